@@ -1,0 +1,37 @@
+"""BM25Retriever: BM25 (bm25s) evaluated through the same CLI, datamodule and evaluator as the dense
+retrievers. It has no parameters to train: run it with ``test`` (the default for evaluation-only modules)."""
+
+from __future__ import annotations
+
+import lightning as L
+
+from callbacks.retrieval_eval import RetrievalEvaluator
+from retrieval.bm25 import BM25
+
+
+class BM25Retriever(L.LightningModule):
+    """Args: k1, b: BM25 saturation and length normalisation; stemmer: Snowball language or None;
+    eval_k: ranking depth kept for evaluation."""
+
+    evaluation_only = True
+
+    def __init__(self, k1: float = 0.9, b: float = 0.4, stemmer: str | None = "english", stopwords: str | None = "en",
+                 eval_k: int = 100):
+        super().__init__()
+        self.save_hyperparameters()
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return {"ids": batch["ids"], "texts": batch["texts"]}
+
+    test_step = validation_step
+
+    def rank(self, corpus: dict, queries: dict, k: int) -> dict[str, dict[str, float]]:
+        hp = self.hparams
+        bm25 = BM25(corpus["ids"], corpus["texts"], k1=hp.k1, b=hp.b, stemmer=hp.stemmer, stopwords=hp.stopwords)
+        return {q: dict(hits) for q, hits in zip(queries["ids"], bm25.search(queries["texts"], k))}
+
+    def configure_optimizers(self):
+        return None
+
+    def configure_callbacks(self):
+        return [RetrievalEvaluator(k=self.hparams.eval_k)]

