@@ -1,0 +1,170 @@
+"""Multi-turn rollout with a search tool: a real tiny Llama whose next tokens are forced by a logits
+processor replaying a script, so the real generate/stop/search/insert loop runs and its masks and
+inserted passages can be checked token by token."""
+
+import time
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
+
+from rl.rollout import rollout
+from rl.search import BM25Search, HTTPSearch, Passage, SafeSearch, format_information, serve
+
+CORPUS = {
+    "d1": {"title": "France", "text": "Paris is the capital of France."},
+    "d2": {"title": "Germany", "text": "Berlin is the capital of Germany."},
+    "d3": {"title": "Italy", "text": "Rome is the capital of Italy."},
+}
+SEARCH = "<think>I should look it up</think><search>capital of France</search>"
+ANSWER = "<answer>Paris</answer>"
+
+
+class ScriptedPolicy(LogitsProcessor):
+    """Forces, for each row, the tokens of ``script(context)``, where ``context`` is the text the row
+    had when this ``generate`` call started; EOS after the script ends."""
+
+    def __init__(self, tokenizer, script):
+        self.tokenizer, self.script = tokenizer, script
+        self.prev, self.start, self.plans = None, 0, None
+
+    def __call__(self, input_ids, scores):
+        prev = self.prev
+        new_call = prev is None or input_ids.shape[1] != prev.shape[1] + 1 or input_ids.shape[0] != prev.shape[0] \
+            or not torch.equal(input_ids[:, :-1], prev)
+        if new_call:
+            self.start = input_ids.shape[1]
+            self.plans = [self.tokenizer(self.script(self.tokenizer.decode(row, skip_special_tokens=True)),
+                                         add_special_tokens=False)["input_ids"] for row in input_ids]
+        self.prev = input_ids.clone()
+        step = input_ids.shape[1] - self.start
+        forced = torch.full_like(scores, float("-inf"))
+        for i, plan in enumerate(self.plans):
+            forced[i, plan[step] if step < len(plan) else self.tokenizer.eos_token_id] = 0.0
+        return forced
+
+
+def script(context: str) -> str:
+    """Question 'A' searches once then answers; 'B' answers at once; 'C' always searches."""
+    searched = context.count("<information>")
+    if "question A" in context:
+        return SEARCH if searched == 0 else ANSWER
+    if "question B" in context:
+        return ANSWER
+    return SEARCH
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_llama_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    return model, tokenizer
+
+
+def ids(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_multi_turn_rollout_masks_and_inserted_passages(policy):
+    model, tokenizer = policy
+    search = SafeSearch(BM25Search(CORPUS), k=1)
+    prompts = ["Answer question A please.", "question B", "Here is a longer prompt for question C, which searches."]
+    processor = ScriptedPolicy(tokenizer, script)
+    out = rollout(model, tokenizer, prompts, search, max_searches=2, max_turn_tokens=40, max_response_tokens=200,
+                  generation_kwargs={"logits_processor": LogitsProcessorList([processor])})
+
+    info = "\n\n" + format_information([Passage("d1", "France", "Paris is the capital of France.")]) + "\n\n"
+    assert info == "\n\n<information>Doc 1(Title: France) Paris is the capital of France.</information>\n\n"
+    # Expected response of each row as (token ids, mask) segments.
+    expected = [
+        [(ids(tokenizer, SEARCH), 1), (ids(tokenizer, info), 0), (ids(tokenizer, ANSWER), 1)],
+        [(ids(tokenizer, ANSWER), 1)],
+        # budget B = 2 searches, then the final turn's search is not executed and ends the sequence
+        [(ids(tokenizer, SEARCH), 1), (ids(tokenizer, info), 0), (ids(tokenizer, SEARCH), 1),
+         (ids(tokenizer, info), 0), (ids(tokenizer, SEARCH), 1)],
+    ]
+    assert out.num_searches.tolist() == [1, 0, 2]
+    assert out.search_errors.tolist() == [0, 0, 0]
+    for i, (prompt, segments) in enumerate(zip(prompts, expected)):
+        p = ids(tokenizer, prompt)
+        resp = [t for seg, _ in segments for t in seg]
+        mask = [m for seg, m in segments for _ in seg]
+        n = len(p) + len(resp)
+        assert out.prompt_lengths[i] == len(p)
+        assert out.input_ids[i, :n].tolist() == p + resp
+        assert out.attention_mask[i].tolist() == [1] * n + [0] * (out.input_ids.shape[1] - n)
+        assert out.loss_mask[i].tolist() == [0] * len(p) + mask + [0] * (out.input_ids.shape[1] - n)
+        assert out.info_mask[i, len(p):n].tolist() == [1 - m for m in mask]
+        assert out.response_lengths[i].item() == sum(mask)
+        # old log-probs: finite and negative where the policy acted, exactly 0 elsewhere
+        lp = out.old_logprobs[i]
+        assert torch.all(lp[out.loss_mask[i] == 0] == 0)
+        assert torch.all(lp[out.loss_mask[i] == 1] < 0)
+    assert out.responses[0].endswith("<answer>Paris</answer>")
+    assert "Doc 1(Title: France) Paris is the capital of France." in out.responses[0]
+    assert out.responses[1] == ANSWER
+
+
+def test_old_logprobs_match_a_full_forward_of_the_policy(policy):
+    model, tokenizer = policy
+    torch.manual_seed(0)
+    out = rollout(model, tokenizer, ["hello there", "a much longer prompt than the first one"], None,
+                  max_turn_tokens=6, max_response_tokens=6, temperature=1.0)
+    # Recompute log p(x_t | x_<t) for one row alone (no padding) and compare at its generated tokens.
+    for i in range(2):
+        n = int(out.attention_mask[i].sum())
+        x = out.input_ids[i:i + 1, :n]
+        logits = model(input_ids=x).logits[0, :-1]
+        ref = torch.log_softmax(logits, -1).gather(-1, x[0, 1:, None])[:, 0]
+        m = out.loss_mask[i, 1:n].bool()
+        assert m.sum() > 0
+        torch.testing.assert_close(out.old_logprobs[i, 1:n][m], ref[m], atol=1e-4, rtol=1e-4)
+
+
+def test_a_search_tool_that_raises_becomes_an_information_message(policy):
+    model, tokenizer = policy
+
+    def broken(queries, k):
+        raise RuntimeError("index offline")
+
+    search = SafeSearch(broken, k=1)
+    out = rollout(model, tokenizer, ["Answer question A please."], search, max_searches=2, max_turn_tokens=40,
+                  generation_kwargs={"logits_processor": LogitsProcessorList([ScriptedPolicy(tokenizer, script)])})
+    assert "<information>search failed: RuntimeError: index offline</information>" in out.responses[0]
+    assert out.responses[0].endswith(ANSWER)
+    assert out.num_searches.tolist() == [1] and out.search_errors.tolist() == [1]
+    assert search.errors == 1
+
+
+def test_safe_search_timeout_and_wrong_arity_are_counted():
+    def slow(queries, k):
+        time.sleep(1.0)
+        return [[] for _ in queries]
+
+    search = SafeSearch(slow, k=1, timeout=0.1)
+    assert search.information(["q1", "q2"]) == \
+        ["<information>search failed: TimeoutError: search took longer than 0.1 s</information>"] * 2
+    assert search.errors == 2
+    short = SafeSearch(lambda queries, k: [[]], k=1)
+    assert "engine returned 1 result lists for 2 queries" in short.information(["a", "b"])[0]
+    assert short.errors == 2
+    empty = SafeSearch(lambda queries, k: [[] for _ in queries], k=1)
+    assert empty.information(["a"]) == ["<information>no results</information>"] and empty.errors == 0
+
+
+def test_bm25_search_over_http_matches_the_local_engine():
+    engine = BM25Search(CORPUS)
+    server = serve(engine, port=0, block=False)
+    try:
+        host, port = server.server_address
+        client = HTTPSearch(f"http://{host}:{port}/retrieve", timeout=5)
+        queries = ["capital of Germany", "Rome Italy"]
+        local, remote = engine(queries, 2), client(queries, 2)
+        assert [p.id for p in local[0]][0] == "d2" and [p.id for p in local[1]][0] == "d3"
+        assert [[(p.id, p.title, p.text) for p in r] for r in remote] == [[(p.id, p.title, p.text) for p in r] for r in local]
+        assert [p.score for r in remote for p in r] == pytest.approx([p.score for r in local for p in r])
+        # a failing server answer becomes an <information> error through SafeSearch
+        bad = SafeSearch(HTTPSearch(f"http://{host}:{port}/nope", timeout=5), k=1)
+        assert "search failed: HTTPError" in bad.information(["x"])[0]
+    finally:
+        server.shutdown()
