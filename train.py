@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -52,6 +53,8 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> CLI:
         # Parse as `fit`; `_run_subcommand` decides whether to fit+test or only test.
         args = ["fit", *args]
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    # `args` is always passed explicitly (see above); LightningCLI's warning about sys.argv is moot.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     return CLI(
         args=args,
         run=run,

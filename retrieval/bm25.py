@@ -1,6 +1,9 @@
 """BM25 through bm25s: a baseline, a hard-negative miner, and a search engine for RAG and RL.
 
-score(D, Q) = sum_q IDF(q) * f(q,D)(k1+1) / (f(q,D) + k1(1 - b + b|D|/avgdl))   (Lucene variant)
+score(D, Q) = sum_q IDF(q) * f(q,D)(k1+1) / (f(q,D) + k1(1 - b + b|D|/avgdl)),  IDF(q) = ln(1 + (N - n_q + 0.5)/(n_q + 0.5))
+
+bm25s's "lucene" method, like Lucene >= 8, leaves out the constant factor (k1+1); it changes no ranking,
+but :meth:`BM25.search` puts it back so scores are exactly the formula above (and comparable to Pyserini's).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class BM25:
         self.stemmer = Stemmer.Stemmer(stemmer) if stemmer else None
         self.stopwords = stopwords
         self.model = bm25s.BM25(k1=k1, b=b, method=method)
+        self.scale = k1 + 1 if method == "lucene" else 1.0
         self.model.index(self._tokenize(texts), show_progress=False)
 
     def _tokenize(self, texts: Sequence[str]):
@@ -43,7 +47,7 @@ class BM25:
         tokens = bm25s.tokenize(list(queries), stopwords=self.stopwords, stemmer=self.stemmer,
                                 return_ids=False, show_progress=False)
         indices, scores = self.model.retrieve(tokens, k=k, show_progress=False, n_threads=0)
-        return [[(self.doc_ids[i], float(s)) for i, s in zip(row_i, row_s) if s > 0]
+        return [[(self.doc_ids[i], float(s) * self.scale) for i, s in zip(row_i, row_s) if s > 0]
                 for row_i, row_s in zip(np.asarray(indices), np.asarray(scores))]
 
 

@@ -64,7 +64,9 @@ class Encoder(nn.Module):
 
         if pooling not in ("mean", "cls"):
             raise ValueError(f"unknown pooling {pooling!r}; expected 'mean' or 'cls'")
-        self.model = from_pretrained(AutoModel, model_name_or_path)
+        # from_pretrained returns eval mode; follow the nn.Module convention (train mode, dropout on) and
+        # let the Trainer switch modes, as sentence-transformers' trainer does.
+        self.model = from_pretrained(AutoModel, model_name_or_path).train()
         self.tokenizer = from_pretrained(AutoTokenizer, model_name_or_path)
         self.pooling, self.normalize, self.max_length = pooling, normalize, max_length
 
