@@ -91,3 +91,29 @@ def test_false_negative_mask_in_batch(tiny_beir_dir):
     assert batch["exclude"].tolist() == expected
     assert batch["exclude"][1, 0] and not batch["exclude"][1, 1] and not batch["exclude"][0, 0]
     assert not set(items[0]["negative_ids"]) & items[0]["all_positives"]
+
+
+def test_validation_on_held_out_dev_queries_and_best_checkpoint(dpr_args):
+    cli = cli_main(["fit", *dpr_args, "--trainer.limit_val_batches", "1.0", "--data.init_args.dev_fraction", "0.34",
+                    "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "1.0",
+                    "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                    "--trainer.callbacks.monitor=val/ndcg@10", "--trainer.callbacks.mode=max"])
+    dm = cli.datamodule
+    assert len(dm.qrels["val"]) == 2 and len(dm.train_qrels) == 4 and not set(dm.qrels["val"]) & set(dm.train_qrels)
+    assert 0 <= cli.trainer.callback_metrics["val/ndcg@10"].item() <= 1
+    checkpoint = cli.trainer.checkpoint_callback
+    assert checkpoint.monitor == "val/ndcg@10" and checkpoint.best_model_score is not None
+
+
+def test_seeded_runs_are_identical_and_accumulation_counts_steps(dpr_args):
+    def trained(*extra):
+        cli = cli_main(["fit", *dpr_args, "--trainer.limit_train_batches", "2", *extra])
+        return cli, cli.model.passage_encoder.model.state_dict()
+
+    cli_a, a = trained()
+    _, b = trained()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    cli_c, c = trained("--seed_everything", "43")
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    cli_d, _ = trained("--trainer.accumulate_grad_batches", "2")
+    assert cli_a.trainer.global_step == 2 and cli_d.trainer.global_step == 1
