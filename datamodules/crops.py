@@ -60,16 +60,20 @@ class CropPairsDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         if not 0 < ratio_min <= ratio_max <= 1:
             raise ValueError(f"CropPairsDataModule: need 0 < ratio_min <= ratio_max <= 1, got {ratio_min}, {ratio_max}")
-        self.beir = BEIRDataModule(data_dir, train_split=None, val_split=val_split, test_split=test_split,
-                                   num_negatives=0, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed)
+        self.beir: BEIRDataModule | None = None
         self.train_dataset: CropPairs | None = None
         self.skipped_doc_ids: list[str] = []
 
     def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        if self.beir is None:
+            # built here, not in __init__: Lightning's save_hyperparameters would read this __init__'s arguments
+            self.beir = BEIRDataModule(hp.data_dir, train_split=None, val_split=hp.val_split, test_split=hp.test_split,
+                                       num_negatives=0, eval_batch_size=hp.eval_batch_size,
+                                       num_workers=hp.num_workers, seed=hp.seed)
         self.beir.setup(stage)
         self.doc_ids, self.passages = self.beir.doc_ids, self.beir.passages
         if self.train_dataset is None:
-            hp = self.hparams
             keep = [d for d in self.doc_ids if len(words(self.passages[d])) >= hp.min_words]
             self.skipped_doc_ids = [d for d in self.doc_ids if len(words(self.passages[d])) < hp.min_words]
             if not keep:

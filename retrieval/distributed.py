@@ -97,7 +97,8 @@ def global_scores(q: torch.Tensor, p: torch.Tensor, gather: bool = False,
     return scores, targets, offset
 
 
-def global_exclude(exclude: torch.Tensor, passage_ids: list[str], num_columns: int, offset: int) -> torch.Tensor:
+def global_exclude(exclude: torch.Tensor, passage_ids: list[str], num_columns: int, offset: int,
+                   gather: bool = True) -> torch.Tensor:
     """Extend a local false-negative mask (B, N_local) to the gathered columns (B, num_columns).
 
     Query i's known positives are its target passage and the local passages marked in ``exclude[i]``;

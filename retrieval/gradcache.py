@@ -13,6 +13,7 @@ So parameter gradients equal those of the uncached computation up to floating-po
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -52,7 +53,8 @@ class GradCacheResult:
 
 def grad_cache(encoders: Sequence[tuple[Callable[[Inputs], torch.Tensor], Inputs]],
                loss_fn: Callable[..., torch.Tensor | tuple], chunk_size: int,
-               backward: Callable[[torch.Tensor], None] = torch.Tensor.backward) -> GradCacheResult:
+               backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+               no_sync: Callable[[], AbstractContextManager] | None = None) -> GradCacheResult:
     """Run steps 1-3 above and leave dL/dtheta in the parameters' ``.grad`` (accumulated, like
     ``loss.backward()``).
 
@@ -60,6 +62,8 @@ def grad_cache(encoders: Sequence[tuple[Callable[[Inputs], torch.Tensor], Inputs
         to (b, H) embeddings; the same encode function may appear twice (a shared encoder).
     loss_fn: embeddings of every encoder -> scalar loss, or (loss, aux).
     backward: how a scalar is backpropagated (e.g. LightningModule.manual_backward).
+    no_sync: with DDP, ``ddp_model.no_sync``: every chunk but the last accumulates gradients locally, and
+        the last backward all-reduces the sum once (without it each chunk's backward all-reduces).
     """
     # 1. embed chunk by chunk, no graph
     chunks, states, reps = [], [], []
@@ -80,14 +84,15 @@ def grad_cache(encoders: Sequence[tuple[Callable[[Inputs], torch.Tensor], Inputs
     grads = torch.autograd.grad(loss, reps, allow_unused=True)
     # 3. re-encode each chunk with a graph and backpropagate its cached gradient
     rng_after = RandState(reps[0].device)
-    for (encode, _), parts, st, grad in zip(encoders, chunks, states, grads):
-        if grad is None:
-            continue
-        start = 0
-        for part, state in zip(parts, st):
-            state.restore()
+    jobs = [(encode, part, state, grad) for (encode, _), parts, st, grad in zip(encoders, chunks, states, grads)
+            if grad is not None for part, state in zip(parts, st)]
+    starts = {}
+    for n, (encode, part, state, grad) in enumerate(jobs):
+        start = starts.get(id(grad), 0)
+        state.restore()
+        with nullcontext() if no_sync is None or n == len(jobs) - 1 else no_sync():
             emb = encode(part)
             backward((emb * grad[start:start + emb.shape[0]]).sum())
-            start += emb.shape[0]
+        starts[id(grad)] = start + emb.shape[0]
     rng_after.restore()
     return GradCacheResult(loss.detach(), [r.detach() for r in reps], aux)

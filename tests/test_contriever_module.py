@@ -1,0 +1,130 @@
+"""ContrastiveRetriever's Contriever/MoCo mode: the MoCo loss, EMA update and queue by hand, the queue in
+checkpoints and on resume, a Contriever fit through the CLI, and GradCache inside the module."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_modules import ContrastiveRetriever
+from train import cli_main
+
+
+def _module(tiny_bert_dir, **kw):
+    return ContrastiveRetriever(tiny_bert_dir, passage_max_length=32, **kw)
+
+
+def test_moco_loss_by_hand(tiny_bert_dir):
+    m = _module(tiny_bert_dir, moco_queue_size=4, temperature=0.5)
+    m._enqueue(torch.tensor([[0.0, 1.0] + [0.0] * 30]))          # one key in the queue: u = e_2
+    q = torch.zeros(2, 32)
+    q[0, 0] = q[1, 1] = 1.0                                      # q0 = e_1, q1 = e_2
+    k = q.clone()                                                # k0+ = e_1, k1+ = e_2
+    loss, acc = m._loss(q, k, {})
+    # MoCo: l_pos = q.k+ / tau, l_neg = q.queue / tau; the batch's other key is not a negative.
+    # q0: pos 1/0.5 = 2, queue 0 -> -log(e^2 / (e^2 + e^0)) = log(1 + e^-2)
+    # q1: pos 2, queue q1.u = 1 -> 2 -> log 2
+    assert loss.item() == pytest.approx((math.log(1 + math.exp(-2)) + math.log(2)) / 2, rel=1e-6)
+    m.hparams.moco_in_batch_negatives = True
+    # now q0 also sees k1 (score 0): log(1 + 2 e^-2); q1 also sees k0 (score 0): log(2 + e^-2)
+    loss, _ = m._loss(q, k, {})
+    assert loss.item() == pytest.approx((math.log(1 + 2 * math.exp(-2)) + math.log(2 + math.exp(-2))) / 2, rel=1e-6)
+
+
+def test_ema_update_and_ring_buffer_by_hand(tiny_bert_dir):
+    m = _module(tiny_bert_dir, moco_queue_size=3, moco_momentum=0.9)
+    key_w = m.key_encoder.model.embeddings.word_embeddings.weight
+    q_w = m.passage_encoder.model.embeddings.word_embeddings.weight
+    with torch.no_grad():
+        key_w.zero_()
+        q_w.fill_(1.0)
+    m._momentum_keys(["a b"])
+    assert torch.allclose(key_w, torch.full_like(key_w, 0.1))    # 0.9 * 0 + 0.1 * 1
+    m._momentum_keys(["a b"])
+    assert torch.allclose(key_w, torch.full_like(key_w, 0.19))   # 0.9 * 0.1 + 0.1 * 1
+    assert not key_w.requires_grad
+    a, b, c, d = (torch.full((1, 32), float(i)) for i in range(1, 5))
+    m._enqueue(torch.cat([a, b]))
+    assert m.moco_queue_ptr.item() == 2 and m.moco_queue_len.item() == 2
+    m._enqueue(torch.cat([c, d]))                                # c -> slot 2, d -> slot 0 (oldest overwritten)
+    assert m.moco_queue[:, 0].tolist() == [4.0, 2.0, 3.0]
+    assert m.moco_queue_ptr.item() == 1 and m.moco_queue_len.item() == 3
+    with pytest.raises(ValueError, match="needs shared_encoder=True"):
+        _module(tiny_bert_dir, moco_queue_size=3, shared_encoder=False)
+
+
+def _contriever_args(tiny_bert_dir, tiny_beir_dir, tmp_path, *extra):
+    return ["--config", "configs/contriever_scifact.yaml",
+            "--model.init_args.model_name_or_path", tiny_bert_dir, "--model.init_args.passage_max_length", "16",
+            "--model.init_args.query_max_length", "16", "--model.init_args.eval_passage_max_length", "16",
+            "--model.init_args.moco_queue_size", "8",
+            "--data.init_args.data_dir", str(tiny_beir_dir), "--data.init_args.batch_size", "4",
+            "--data.init_args.eval_batch_size", "6", "--trainer.accelerator", "cpu",
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false", "--trainer.max_epochs", "5", *extra]
+
+
+def test_contriever_fit_queue_in_checkpoint_and_resume(tiny_bert_dir, tiny_beir_dir, tmp_path):
+    cli = cli_main(["fit", *_contriever_args(tiny_bert_dir, tiny_beir_dir, tmp_path, "--trainer.max_steps", "2")])
+    module = cli.model
+    assert cli.trainer.global_step == 2 and module.moco_queue_len.item() == 8 and module.moco_queue_ptr.item() == 0
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    ckpt_path = next(Path(cli.trainer.log_dir).glob("checkpoints/*.ckpt"))
+    state = torch.load(ckpt_path, weights_only=False)["state_dict"]
+    assert torch.equal(state["moco_queue"], module.moco_queue) and state["moco_queue_len"].item() == 8
+    assert any(k.startswith("key_encoder.") for k in state)
+    # resume: the queue comes back from the checkpoint and the third step writes slots 0-3
+    resumed = cli_main(["fit", *_contriever_args(tiny_bert_dir, tiny_beir_dir, tmp_path, "--trainer.max_steps", "3"),
+                        "--ckpt_path", str(ckpt_path)])
+    assert resumed.trainer.global_step == 3
+    assert torch.equal(resumed.model.moco_queue[4:], state["moco_queue"][4:])
+    assert not torch.equal(resumed.model.moco_queue[:4], state["moco_queue"][:4])
+    assert resumed.model.moco_queue_ptr.item() == 4
+
+
+def test_contriever_default_run_fits_tests_and_exports(tiny_bert_dir, tiny_beir_dir, tmp_path):
+    cli = cli_main(_contriever_args(tiny_bert_dir, tiny_beir_dir, tmp_path, "--trainer.max_steps", "1",
+                                    "--model.init_args.moco_queue_size", "0"))
+    assert cli.model.key_encoder is None
+    assert 0 <= cli.trainer.callback_metrics["test/ndcg@10"].item() <= 1
+    assert (Path(cli.trainer.log_dir) / "export" / "modules.json").exists()
+
+
+def _no_dropout_bert(tmp_path):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from retrieval.encoders import resolve_model_path
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2"))
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    BertModel(config).save_pretrained(tmp_path / "bert")
+    tok.save_pretrained(tmp_path / "bert")
+    return str(tmp_path / "bert")
+
+
+def test_gradcache_step_equals_plain_step(tiny_beir_dir, tmp_path):
+    """One SGD step with GradCache (chunks of 2) lands on the same weights as one plain step, with BM25
+    hard negatives and the false-negative mask."""
+    import lightning as L
+
+    from datamodules import BEIRDataModule
+
+    path = _no_dropout_bert(tmp_path)
+    weights = []
+    for chunk in (None, 2):
+        L.seed_everything(0)
+        model = ContrastiveRetriever(path, passage_max_length=24, warmup=0, gradcache_chunk_size=chunk,
+                                     optimizer=lambda params: torch.optim.SGD(params, lr=0.5))
+        dm = BEIRDataModule(str(tiny_beir_dir), num_negatives=1, batch_size=5, seed=0)
+        trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+        trainer.fit(model, dm)
+        weights.append({k: v.clone() for k, v in model.passage_encoder.model.state_dict().items()})
+    start = ContrastiveRetriever(path).passage_encoder.model.state_dict()
+    changed = [k for k in start if not torch.equal(start[k], weights[0][k])]
+    assert len(changed) > 10
+    for k in weights[0]:
+        assert torch.allclose(weights[0][k], weights[1][k], atol=1e-6), k
