@@ -1,0 +1,171 @@
+"""RAGEvaluator: retrieval-augmented inference evaluated as the test loop of an evaluation-only module.
+
+Methods (``method``):
+  closed_book  answer from the LM alone;
+  read         retrieve-and-read: the top-k passages in one prompt;
+  replug       REPLUG ensemble: one prompt per passage, next-token distributions mixed with softmax
+               weights over the retrieval scores (greedy);
+  recitation   the LM recites a passage from memory, then answers from it (no retrieval);
+  nli_filter   RetRobust: read with the passages, keep the answer only if an NLI judge says the passages
+               entail "question + answer", else answer closed-book.
+Retrievers (``retriever``): bm25, dense, random (irrelevant context). Logs EM, F1, answer-recall@k of
+the retrieved passages, wall time, and a few prompts/answers as text; writes the predictions as JSONL.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from generation.lm import DEFAULT_GENERATOR, load_causal_lm
+from generation.nli import LMJudge, NLIClassifier, nli_hypothesis, select_answers
+from generation.prompts import PromptFormat, extract_answer
+from generation.qa_metrics import exact_match, f1_score, has_answer
+from generation.rag import Answers, read, recite_and_answer
+from generation.replug import replug_generate
+from generation.retrievers import PassageRetriever
+from retrieval.encoders import DEFAULT_ENCODER
+
+METHODS = ("closed_book", "read", "replug", "recitation", "nli_filter")
+NO_RETRIEVAL = ("closed_book", "recitation")
+
+
+class RAGEvaluator(L.LightningModule):
+    """Args:
+        method: one of ``METHODS``.
+        generator: causal LM name or folder (``smollm2-135m-instruct`` = the offline default).
+        retriever: ``bm25``, ``dense`` or ``random`` (ignored by closed_book and recitation).
+        top_k: passages per question.
+        encoder, encoder_max_length: the dense retriever's encoder.
+        nli_model: ``"lm"`` for the prompted-LM judge (the generator itself), else an NLI classifier's
+            name or folder (e.g. a local copy of facebook/bart-large-mnli).
+        nli_threshold: entailment probability needed (None with a classifier: argmax is entailment;
+            the LM judge defaults to 0.5).
+        replug_temperature: softmax temperature over the retrieval scores.
+        max_new_tokens, recitation_tokens, gen_batch_size: generation settings (gen_batch_size prompts at once).
+        prompt: a :class:`generation.prompts.PromptFormat` (templates, system message, chat on/off).
+        num_examples: prompts/answers logged as text.
+    """
+
+    evaluation_only = True
+
+    def __init__(self, method: str = "read", generator: str = DEFAULT_GENERATOR, retriever: str = "bm25",
+                 top_k: int = 5, encoder: str = DEFAULT_ENCODER, encoder_max_length: int = 256, bm25_k1: float = 0.9,
+                 bm25_b: float = 0.4, nli_model: str = "lm", nli_threshold: float | None = None,
+                 replug_temperature: float = 1.0, max_new_tokens: int = 24, recitation_tokens: int = 96,
+                 gen_batch_size: int = 8, prompt: PromptFormat | None = None, num_examples: int = 5, seed: int = 0):
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+        self.save_hyperparameters(ignore=["prompt"])
+        self.prompt = prompt or PromptFormat()
+        self.lm = self.tokenizer = self.search = self.judge = None
+        self.records: list[dict] = []
+
+    # -- set-up -----------------------------------------------------------------------------------
+    @property
+    def uses_retrieval(self) -> bool:
+        return self.hparams.method not in NO_RETRIEVAL
+
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        if self.lm is None:
+            self.lm, self.tokenizer = load_causal_lm(hp.generator, device=self.device)
+            self.lm.eval()
+        if self.uses_retrieval and self.search is None:
+            dm = self.trainer.datamodule
+            if not getattr(dm, "passages", None):
+                raise ValueError(f"method {hp.method!r} retrieves, but the datamodule has no passage pool (data.corpus)")
+            encoder = None
+            if hp.retriever == "dense":
+                from retrieval.encoders import Encoder
+
+                encoder = Encoder(hp.encoder, normalize=True, max_length=hp.encoder_max_length)
+            self.passages = dm.passages
+            self.search = PassageRetriever(hp.retriever, dm.passage_ids, [dm.passages[p] for p in dm.passage_ids],
+                                           encoder=encoder, k1=hp.bm25_k1, b=hp.bm25_b, seed=hp.seed)
+        if hp.method == "nli_filter" and self.judge is None:
+            if hp.nli_model == "lm":
+                self.judge = LMJudge(self.lm, self.tokenizer, threshold=0.5 if hp.nli_threshold is None else hp.nli_threshold,
+                                     batch_size=hp.gen_batch_size)
+            else:
+                self.judge = NLIClassifier(hp.nli_model, threshold=hp.nli_threshold)
+
+    def configure_optimizers(self):
+        return None
+
+    # -- the method --------------------------------------------------------------------------------
+    def answer(self, questions: list[str], passages: list[list[str]], scores: list[list[float]]) -> Answers:
+        hp, kw = self.hparams, dict(prompt_format=self.prompt, max_new_tokens=self.hparams.max_new_tokens,
+                                    batch_size=self.hparams.gen_batch_size)
+        if hp.method == "closed_book":
+            return read(self.lm, self.tokenizer, questions, None, **kw)
+        if hp.method == "read":
+            return read(self.lm, self.tokenizer, questions, passages, **kw)
+        if hp.method == "recitation":
+            return recite_and_answer(self.lm, self.tokenizer, questions, recitation_tokens=hp.recitation_tokens, **kw)
+        if hp.method == "replug":
+            generations = replug_generate(self.lm, self.tokenizer, questions, passages, scores,
+                                          temperature=hp.replug_temperature, **kw)
+            return Answers([self.prompt.render(self.tokenizer, q, p[:1]) + " [+ one prompt per passage]"
+                            for q, p in zip(questions, passages)], generations, [extract_answer(g) for g in generations])
+        # nli_filter: 1. read with passages, 2. closed book, 3. judge entailment, 4. select
+        rag = read(self.lm, self.tokenizer, questions, passages, **kw)
+        closed = read(self.lm, self.tokenizer, questions, None, **kw)
+        entailed = self.judge.entails(["\n\n".join(p) for p in passages],
+                                      [nli_hypothesis(q, a) for q, a in zip(questions, rag.answers)])
+        out = Answers(rag.prompts, rag.generations, select_answers(entailed, rag.answers, closed.answers))
+        out.extra.update(entailed=entailed, rag_answers=rag.answers, closed_book_answers=closed.answers)
+        return out
+
+    def on_test_epoch_start(self) -> None:
+        self.records, self._start = [], time.perf_counter()
+
+    @torch.inference_mode()
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        hp = self.hparams
+        questions, gold = batch["questions"], batch["answers"]
+        # 1. retrieve (top-k passages and their scores)
+        passages, scores = [[] for _ in questions], [[] for _ in questions]
+        if self.uses_retrieval:
+            hits = self.search(questions, hp.top_k)
+            passages = [[self.passages[d] for d, _ in row] for row in hits]
+            scores = [[s for _, s in row] for row in hits]
+        # 2. answer with the method
+        out = self.answer(questions, passages, scores)
+        # 3. score: EM / F1 with SQuAD normalisation, answer recall of the retrieved passages
+        em = torch.tensor([exact_match(a, g) for a, g in zip(out.answers, gold)])
+        f1 = torch.tensor([f1_score(a, g) for a, g in zip(out.answers, gold)])
+        metrics = {"test/em": em.mean(), "test/f1": f1.mean()}
+        if self.uses_retrieval:
+            metrics[f"test/answer_recall@{hp.top_k}"] = torch.tensor(
+                [float(any(has_answer(p, g) for p in ps)) for ps, g in zip(passages, gold)]).mean()
+        if "entailed" in out.extra:
+            metrics["test/nli_kept"] = torch.tensor(out.extra["entailed"], dtype=torch.float).mean()
+        self.log_dict(metrics, batch_size=len(questions), on_epoch=True, sync_dist=True)
+        for i, q in enumerate(questions):
+            self.records.append({"id": batch["ids"][i], "question": q, "answers": gold[i], "prediction": out.answers[i],
+                                 "generation": out.generations[i], "prompt": out.prompts[i], "em": em[i].item(),
+                                 "f1": f1[i].item(), **{k: v[i] for k, v in out.extra.items()}})
+
+    def on_test_epoch_end(self) -> None:
+        seconds = time.perf_counter() - self._start
+        self.log("test/seconds", seconds, sync_dist=False, rank_zero_only=True)
+        if not self.trainer.is_global_zero:
+            return
+        log_dir = Path(self.trainer.log_dir or ".")
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / f"predictions_rank{self.global_rank}.jsonl", "w", encoding="utf-8") as f:
+            for r in self.records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        experiment = getattr(self.logger, "experiment", None)
+        if hasattr(experiment, "add_text"):
+            for i, r in enumerate(self.records[:self.hparams.num_examples]):
+                text = (f"**question** {r['question']}  \n**gold** {r['answers']}  \n**prediction** {r['prediction']} "
+                        f"(EM {r['em']:.0f}, F1 {r['f1']:.2f})  \n**generation** {r['generation']!r}\n\n"
+                        f"    " + r["prompt"].replace("\n", "\n    "))
+                experiment.add_text(f"examples/{self.hparams.method}", text, global_step=i)
