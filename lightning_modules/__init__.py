@@ -9,3 +9,7 @@ from lightning_modules.query_enhanced_retriever import QueryEnhancedRetriever  #
 from lightning_modules.rag_eval import RAGEvaluator  # noqa: E402
 
 __all__ += ["QueryEnhancedRetriever", "RAGEvaluator"]
+
+from lightning_modules.hybrid_retriever import HybridRetriever  # noqa: E402
+
+__all__ += ["HybridRetriever"]
