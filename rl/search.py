@@ -32,12 +32,20 @@ class Passage:
 SearchFn = Callable[[Sequence[str], int], list[list[Passage]]]
 
 
+class SearchEngine:
+    """Base of the engines, so a config can name any of them (or a user's subclass) with ``class_path``.
+    Any plain callable with the same signature works where a ``SearchFn`` is expected."""
+
+    def __call__(self, queries: Sequence[str], k: int = 3) -> list[list[Passage]]:
+        raise NotImplementedError(f"{type(self).__name__} must implement __call__(queries, k)")
+
+
 def _corpus_passages(corpus: str | Path | dict) -> list[Passage]:
     docs = load_corpus(corpus) if isinstance(corpus, (str, Path)) else corpus
     return [Passage(doc_id, (d.get("title") or "").strip(), d["text"]) for doc_id, d in docs.items()]
 
 
-class BM25Search:
+class BM25Search(SearchEngine):
     """BM25 (``retrieval.bm25.BM25``) over a BEIR ``corpus.jsonl`` (or a ``{id: {title, text}}`` dict),
     indexing title and text."""
 
@@ -52,7 +60,7 @@ class BM25Search:
         return [[Passage(d, self.passages[d].title, self.passages[d].text, s) for d, s in row] for row in hits]
 
 
-class DenseSearch:
+class DenseSearch(SearchEngine):
     """Dense retrieval: ``retrieval.encoders.Encoder`` embeds the corpus once into a faiss
     ``retrieval.index.DenseIndex``; queries are embedded with ``query_prefix`` (``"query: "`` for e5)."""
 
@@ -129,7 +137,7 @@ def serve(search: SearchFn, host: str = "127.0.0.1", port: int = 8000, block: bo
     return server
 
 
-class HTTPSearch:
+class HTTPSearch(SearchEngine):
     """Client of a Search-R1-style ``/retrieve`` server (ours from :func:`serve`, or Search-R1's own)."""
 
     def __init__(self, url: str = "http://127.0.0.1:8000/retrieve", timeout: float = 30.0):
