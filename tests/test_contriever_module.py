@@ -65,11 +65,14 @@ def _contriever_args(tiny_bert_dir, tiny_beir_dir, tmp_path, *extra):
             "--trainer.enable_model_summary", "false", "--trainer.max_epochs", "5", *extra]
 
 
-def test_contriever_fit_queue_in_checkpoint_and_resume(tiny_bert_dir, tiny_beir_dir, tmp_path):
-    cli = cli_main(["fit", *_contriever_args(tiny_bert_dir, tiny_beir_dir, tmp_path, "--trainer.max_steps", "2")])
+def test_contriever_fit_test_export_queue_in_checkpoint_and_resume(tiny_bert_dir, tiny_beir_dir, tmp_path):
+    # the default run: fit (2 steps), test with the checkpoint, export
+    cli = cli_main(_contriever_args(tiny_bert_dir, tiny_beir_dir, tmp_path, "--trainer.max_steps", "2"))
     module = cli.model
     assert cli.trainer.global_step == 2 and module.moco_queue_len.item() == 8 and module.moco_queue_ptr.item() == 0
-    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    assert 0 <= cli.trainer.callback_metrics["test/ndcg@10"].item() <= 1
+    assert (Path(cli.trainer.log_dir) / "export" / "modules.json").exists()
+    assert not any("key_encoder" in p.name for p in (Path(cli.trainer.log_dir) / "export").iterdir())
     ckpt_path = next(Path(cli.trainer.log_dir).glob("checkpoints/*.ckpt"))
     state = torch.load(ckpt_path, weights_only=False)["state_dict"]
     assert torch.equal(state["moco_queue"], module.moco_queue) and state["moco_queue_len"].item() == 8
@@ -78,17 +81,10 @@ def test_contriever_fit_queue_in_checkpoint_and_resume(tiny_bert_dir, tiny_beir_
     resumed = cli_main(["fit", *_contriever_args(tiny_bert_dir, tiny_beir_dir, tmp_path, "--trainer.max_steps", "3"),
                         "--ckpt_path", str(ckpt_path)])
     assert resumed.trainer.global_step == 3
+    assert torch.isfinite(resumed.trainer.callback_metrics["train/loss"])
     assert torch.equal(resumed.model.moco_queue[4:], state["moco_queue"][4:])
     assert not torch.equal(resumed.model.moco_queue[:4], state["moco_queue"][:4])
     assert resumed.model.moco_queue_ptr.item() == 4
-
-
-def test_contriever_default_run_fits_tests_and_exports(tiny_bert_dir, tiny_beir_dir, tmp_path):
-    cli = cli_main(_contriever_args(tiny_bert_dir, tiny_beir_dir, tmp_path, "--trainer.max_steps", "1",
-                                    "--model.init_args.moco_queue_size", "0"))
-    assert cli.model.key_encoder is None
-    assert 0 <= cli.trainer.callback_metrics["test/ndcg@10"].item() <= 1
-    assert (Path(cli.trainer.log_dir) / "export" / "modules.json").exists()
 
 
 def _no_dropout_bert(tmp_path):

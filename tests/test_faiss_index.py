@@ -3,12 +3,22 @@ memory-mapped embeddings store (resumable)."""
 
 import json
 
+import faiss
 import numpy as np
 import pytest
 import torch
 
 from retrieval.embeddings_store import EmbeddingsStore, write_embeddings
 from retrieval.index import DenseIndex
+
+
+@pytest.fixture(autouse=True)
+def one_faiss_thread():
+    # faiss' OpenMP threads spin against other processes on a shared 2-core machine (10x slower here)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
 
 
 def _data(n=600, dim=16, seed=0):
@@ -30,7 +40,7 @@ def test_flat_is_exact_inner_product():
                                             ("PQ4x4", None), ("OPQ4,IVF4,PQ4x4", "nprobe=4")])
 def test_factory_trains_searches_saves_and_loads(tmp_path, factory, params):
     ids, x = _data()
-    index = DenseIndex(16, factory, parameters=params)
+    index = DenseIndex(16, factory, parameters=params, train_size=300)
     assert index.is_trained == (factory == "HNSW16")
     index.add(ids, x)
     assert index.is_trained and len(index) == 600
