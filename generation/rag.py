@@ -74,3 +74,47 @@ def recite_and_answer(model, tokenizer, questions: Sequence[str], *, prompt_form
                max_new_tokens=max_new_tokens, batch_size=batch_size)
     out.extra["recitations"] = recitations
     return out
+
+
+METHODS = ("closed_book", "read", "replug", "recitation", "nli_filter")
+NO_RETRIEVAL = ("closed_book", "recitation")
+
+
+def answer_questions(method: str, model, tokenizer, questions: Sequence[str], passages: Sequence[Sequence[str]],
+                     scores: Sequence[Sequence[float]], *, prompt_format: PromptFormat | None = None, judge=None,
+                     max_new_tokens: int = 32, recitation_tokens: int = 96, replug_temperature: float = 1.0,
+                     batch_size: int = 8) -> Answers:
+    """One inference method on a batch of questions (``passages``/``scores`` from the retriever; ignored by
+    closed_book and recitation):
+
+    closed_book, read, recitation: see above;
+    replug: REPLUG ensemble over the passages, weights softmax(scores / replug_temperature);
+    nli_filter: 1. read with the passages, 2. answer closed-book, 3. ask ``judge`` whether the passages
+        entail "question + answer", 4. keep the read answer where they do, else the closed-book one.
+    """
+    from generation.nli import nli_hypothesis, select_answers
+    from generation.replug import replug_generate
+
+    fmt = prompt_format or PromptFormat()
+    kw = dict(prompt_format=fmt, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    if method == "closed_book":
+        return read(model, tokenizer, questions, None, **kw)
+    if method == "read":
+        return read(model, tokenizer, questions, passages, **kw)
+    if method == "recitation":
+        return recite_and_answer(model, tokenizer, questions, recitation_tokens=recitation_tokens, **kw)
+    if method == "replug":
+        generations = replug_generate(model, tokenizer, questions, passages, scores, temperature=replug_temperature, **kw)
+        prompts = [" || ".join(fmt.render(tokenizer, q, [d]) for d in docs) for q, docs in zip(questions, passages)]
+        return Answers(prompts, generations, [extract_answer(g) for g in generations])
+    if method == "nli_filter":
+        if judge is None:
+            raise ValueError("nli_filter needs a judge (generation.nli.NLIClassifier or LMJudge)")
+        rag = read(model, tokenizer, questions, passages, **kw)
+        closed = read(model, tokenizer, questions, None, **kw)
+        entailed = judge.entails(["\n\n".join(p) for p in passages],
+                                 [nli_hypothesis(q, a) for q, a in zip(questions, rag.answers)])
+        out = Answers(rag.prompts, rag.generations, select_answers(entailed, rag.answers, closed.answers))
+        out.extra.update(entailed=entailed, rag_answers=rag.answers, closed_book_answers=closed.answers)
+        return out
+    raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")

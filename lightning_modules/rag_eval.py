@@ -22,16 +22,13 @@ import lightning as L
 import torch
 
 from generation.lm import DEFAULT_GENERATOR, load_causal_lm
-from generation.nli import LMJudge, NLIClassifier, nli_hypothesis, select_answers
-from generation.prompts import PromptFormat, extract_answer
+from generation.nli import LMJudge, NLIClassifier
+from generation.prompts import PromptFormat
 from generation.qa_metrics import exact_match, f1_score, has_answer
-from generation.rag import Answers, read, recite_and_answer
-from generation.replug import replug_generate
+from generation.rag import METHODS, NO_RETRIEVAL, Answers, answer_questions
 from generation.retrievers import PassageRetriever
 from retrieval.encoders import DEFAULT_ENCODER
 
-METHODS = ("closed_book", "read", "replug", "recitation", "nli_filter")
-NO_RETRIEVAL = ("closed_book", "recitation")
 
 
 class RAGEvaluator(L.LightningModule):
@@ -98,29 +95,11 @@ class RAGEvaluator(L.LightningModule):
     def configure_optimizers(self):
         return None
 
-    # -- the method --------------------------------------------------------------------------------
     def answer(self, questions: list[str], passages: list[list[str]], scores: list[list[float]]) -> Answers:
-        hp, kw = self.hparams, dict(prompt_format=self.prompt, max_new_tokens=self.hparams.max_new_tokens,
-                                    batch_size=self.hparams.gen_batch_size)
-        if hp.method == "closed_book":
-            return read(self.lm, self.tokenizer, questions, None, **kw)
-        if hp.method == "read":
-            return read(self.lm, self.tokenizer, questions, passages, **kw)
-        if hp.method == "recitation":
-            return recite_and_answer(self.lm, self.tokenizer, questions, recitation_tokens=hp.recitation_tokens, **kw)
-        if hp.method == "replug":
-            generations = replug_generate(self.lm, self.tokenizer, questions, passages, scores,
-                                          temperature=hp.replug_temperature, **kw)
-            return Answers([self.prompt.render(self.tokenizer, q, p[:1]) + " [+ one prompt per passage]"
-                            for q, p in zip(questions, passages)], generations, [extract_answer(g) for g in generations])
-        # nli_filter: 1. read with passages, 2. closed book, 3. judge entailment, 4. select
-        rag = read(self.lm, self.tokenizer, questions, passages, **kw)
-        closed = read(self.lm, self.tokenizer, questions, None, **kw)
-        entailed = self.judge.entails(["\n\n".join(p) for p in passages],
-                                      [nli_hypothesis(q, a) for q, a in zip(questions, rag.answers)])
-        out = Answers(rag.prompts, rag.generations, select_answers(entailed, rag.answers, closed.answers))
-        out.extra.update(entailed=entailed, rag_answers=rag.answers, closed_book_answers=closed.answers)
-        return out
+        hp = self.hparams
+        return answer_questions(hp.method, self.lm, self.tokenizer, questions, passages, scores, prompt_format=self.prompt,
+                                judge=self.judge, max_new_tokens=hp.max_new_tokens, recitation_tokens=hp.recitation_tokens,
+                                replug_temperature=hp.replug_temperature, batch_size=hp.gen_batch_size)
 
     def on_test_epoch_start(self) -> None:
         self.records, self._start = [], time.perf_counter()
