@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from generation.prompts import PromptFormat, uses_chat
-from generation.scoring import token_logprobs
+from generation.scoring import supports_logits_to_keep, token_logprobs
 
 
 def replug_weights(scores: torch.Tensor | Sequence[float], temperature: float = 1.0) -> torch.Tensor:
@@ -77,6 +77,7 @@ def replug_generate(model, tokenizer, questions: Sequence[str], passages: Sequen
         raise ValueError("replug_generate: the tokenizer must pad on the left (generation.lm.load_tokenizer)")
     fmt = prompt_format or PromptFormat()
     device = next(model.parameters()).device
+    keep = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}  # no (R, L, vocab) logits on the prompt
     eos = getattr(model.generation_config, "eos_token_id", None)
     eos = {tokenizer.eos_token_id} | set([eos] if isinstance(eos, int) else eos or [])
     answers: list[str] = [""] * len(questions)
@@ -92,7 +93,7 @@ def replug_generate(model, tokenizer, questions: Sequence[str], passages: Sequen
         done = torch.zeros(len(qs), dtype=torch.bool, device=device)
         for _ in range(max_new_tokens):
             out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=past,
-                        use_cache=True)
+                        use_cache=True, **keep)
             past = out.past_key_values
             logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)                     # (R, V)
             mixed = torch.stack([torch.logsumexp(log_w[group_t == g, None] + logp[group_t == g], dim=0)

@@ -23,7 +23,7 @@ import torch
 from generation.prompts import PromptFormat, uses_chat
 
 
-def _supports_logits_to_keep(model) -> bool:
+def supports_logits_to_keep(model) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
@@ -67,7 +67,7 @@ def pair_logprobs(model, pairs: Sequence[tuple[list[int], list[int]]], *, batch_
                   requires_grad: bool = False) -> list[torch.Tensor]:
     """:func:`token_logprobs` on already tokenized (prompt ids, target ids) pairs."""
     device = next(model.parameters()).device
-    keep_arg = _supports_logits_to_keep(model)
+    keep_arg = supports_logits_to_keep(model)
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
     out: list[torch.Tensor | None] = [None] * len(pairs)
     with torch.set_grad_enabled(requires_grad):
