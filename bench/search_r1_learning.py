@@ -44,7 +44,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cli = cli_main(["fit", "--config", args.config, "--trainer.max_steps", str(args.steps),
+    cli = cli_main(["--config", args.config, "--trainer.max_steps", str(args.steps),
                     "--trainer.val_check_interval", str(10 ** 9), "--trainer.limit_val_batches", "0",
                     "--data.init_args.limit_test", str(args.eval_questions), *args.overrides], run=False)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule

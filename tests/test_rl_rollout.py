@@ -77,7 +77,9 @@ def ids(tokenizer, text):
 def test_multi_turn_rollout_masks_and_inserted_passages(policy):
     model, tokenizer = policy
     search = SafeSearch(BM25Search(CORPUS), k=1)
-    prompts = ["Answer question A please.", "question B", "Here is a longer prompt for question C, which searches."]
+    # The first prompt ends with Search-R1's example answer: it must not count as a stop (nor as an answer).
+    prompts = ["Answer question A please. For example, <answer> Beijing </answer>", "question B",
+               "Here is a longer prompt for question C, which searches."]
     processor = ScriptedPolicy(tokenizer, script)
     out = rollout(model, tokenizer, prompts, search, max_searches=2, max_turn_tokens=40, max_response_tokens=200,
                   generation_kwargs={"logits_processor": LogitsProcessorList([processor])})
