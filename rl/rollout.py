@@ -13,10 +13,9 @@ The result holds token ids, the attention mask, the loss mask (1 only on tokens 
 0 on the prompt, on inserted information and on padding), the rollout policy's log-probs and the
 number of searches per sequence.
 
-Within a turn ``model.generate`` reuses its KV cache; across turns the context (prompt + response so far
-+ information) is prefilled again. The inserted information has a different length in every row, so
-reusing the previous turn's cache would need holes in the middle of the batch; a prefill of a few
-hundred tokens costs far less than the decoding it precedes, so we keep the loop simple.
+The KV cache is reused across turns (``reuse_cache``): finished rows leave the cache, and the inserted
+information (a different length in every row) is appended after masked padding, so only the new tokens
+are prefilled. ``reuse_cache=False`` prefills the whole context at every turn (the simple reference).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
 from rl.losses import entropy_from_logits, token_logprobs
 from rl.search import SafeSearch
@@ -148,13 +147,17 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
 def rollout(model, tokenizer, prompts: Sequence[str], search: SafeSearch | None, max_searches: int = 3,
             max_turn_tokens: int = 128, max_response_tokens: int = 512, temperature: float = 1.0,
             top_p: float = 1.0, do_sample: bool = True, compute_logprobs: bool = True,
-            logprob_micro_batch_size: int = 8, generation_kwargs: dict | None = None) -> Rollouts:
+            logprob_micro_batch_size: int = 8, generation_kwargs: dict | None = None,
+            reuse_cache: bool = True) -> Rollouts:
     """Sample one multi-turn rollout per prompt (repeat a prompt G times for GRPO groups).
 
     ``search`` is None for plain single-turn generation (no search tool: stop at ``</answer>``/EOS).
     ``max_response_tokens`` caps generated + inserted tokens per sequence; information that would
     overflow it is truncated and ends the sequence. ``generation_kwargs`` go to ``model.generate``
-    (e.g. a ``logits_processor``).
+    (e.g. a ``logits_processor``). With ``reuse_cache`` the KV cache of one turn is kept for the next:
+    finished rows are dropped from it, and each continuing row's information is appended after the
+    previous turn's tokens, with masked padding in between (positions come from the attention mask, so
+    the model sees exactly the compact sequence); otherwise every turn prefills its whole context.
     """
     if not prompts:
         raise ValueError("rollout: no prompts")
@@ -171,6 +174,8 @@ def rollout(model, tokenizer, prompts: Sequence[str], search: SafeSearch | None,
     was_training = model.training
     model.eval()
     budget = max_searches if search is not None else 0
+    # KV-cache reuse state: the batch as generate last saw it (rows = global indices), and its cache.
+    cache, seq, seq_mask, rows, pending = None, None, None, None, {}
     for turn in range(budget + 1):
         active = [i for i in range(n) if not done[i]]
         if not active:
@@ -178,18 +183,29 @@ def rollout(model, tokenizer, prompts: Sequence[str], search: SafeSearch | None,
         final = turn == budget
         stops = [ANSWER_STOP] if search is None else [SEARCH_STOP, ANSWER_STOP]
         room = max(max_response_tokens - len(resp_ids[i]) for i in active)
-        ids, am = _left_pad([prompt_ids[i] + resp_ids[i] for i in active], pad_id)
+        if reuse_cache and seq is not None:
+            keep = torch.tensor([rows.index(i) for i in active], dtype=torch.long)
+            cache.batch_select_indices(keep.to(device))
+            block, block_mask = _left_pad([pending[i] for i in active], pad_id)
+            ids, am = torch.cat([seq[keep], block], 1), torch.cat([seq_mask[keep], block_mask], 1)
+        else:
+            ids, am = _left_pad([prompt_ids[i] + resp_ids[i] for i in active], pad_id)
+            if reuse_cache:
+                cache = DynamicCache()
         stopping = StoppingCriteriaList([StopOnStrings(tokenizer, stops, ids.shape[1])])
         out = model.generate(input_ids=ids.to(device), attention_mask=am.to(device),
                              max_new_tokens=min(max_turn_tokens, room), do_sample=do_sample,
                              temperature=temperature if do_sample else None, top_p=top_p if do_sample else None,
                              top_k=None, stopping_criteria=stopping, pad_token_id=pad_id,
-                             **(generation_kwargs or {}))
-        new = out[:, ids.shape[1]:].cpu().tolist()
+                             past_key_values=cache, return_dict_in_generate=True, **(generation_kwargs or {}))
+        sequences = out.sequences.cpu()
+        new = sequences[:, ids.shape[1]:].tolist()
+        new_mask = torch.zeros(len(active), len(new[0]) if new else 0, dtype=torch.long)
         queries, askers = [], []
         for row, i in enumerate(active):
             k, stop = _cut(tokenizer, new[row], stops, eos_ids)
             k = min(k, max_response_tokens - len(resp_ids[i]))
+            new_mask[row, :k] = 1
             turn_ids = new[row][:k]
             resp_ids[i] += turn_ids
             resp_mask[i] += [1] * len(turn_ids)
@@ -210,8 +226,12 @@ def rollout(model, tokenizer, prompts: Sequence[str], search: SafeSearch | None,
                     info_ids, done[i] = info_ids[:room_left], True
                 resp_ids[i] += info_ids
                 resp_mask[i] += [0] * len(info_ids)
+                pending[i] = info_ids
                 searches[i] += 1
                 errors[i] += int(failed)
+        if reuse_cache:
+            # Tokens generated after a row's stop (padding) stay in the cache, masked out from now on.
+            cache, seq, seq_mask, rows = out.past_key_values, sequences, torch.cat([am, new_mask], 1), active
     model.train(was_training)
 
     # Right-padded (N, L) batch of prompt + response.

@@ -179,3 +179,37 @@ def test_bm25_search_over_http_matches_the_local_engine():
         assert "search failed: HTTPError" in bad.information(["x"])[0]
     finally:
         server.shutdown()
+
+
+class RecordScores(LogitsProcessor):
+    """Keeps the model's raw next-token logits, keyed by the row's text so far (padding dropped)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.seen = tokenizer, {}
+
+    def __call__(self, input_ids, scores):
+        for row, s in zip(input_ids, scores):
+            self.seen[self.tokenizer.decode(row, skip_special_tokens=True)] = s.clone()
+        return scores
+
+
+def test_kv_cache_reuse_across_turns_gives_the_logits_of_a_full_prefill(policy):
+    """With the cache kept across turns (finished rows dropped, information appended after masked
+    padding), every next-token distribution equals the one from prefilling the compact context."""
+    model, tokenizer = policy
+    search = SafeSearch(BM25Search(CORPUS), k=1)
+    prompts = ["Answer question A please.", "question B", "Here is a longer prompt for question C, which searches."]
+    runs = {}
+    for reuse in (False, True):
+        recorder = RecordScores(tokenizer)
+        processors = LogitsProcessorList([recorder, ScriptedPolicy(tokenizer, script)])
+        out = rollout(model, tokenizer, prompts, search, max_searches=2, max_turn_tokens=40, max_response_tokens=200,
+                      generation_kwargs={"logits_processor": processors}, reuse_cache=reuse)
+        runs[reuse] = (out, recorder.seen)
+    (plain, plain_scores), (cached, cached_scores) = runs[False], runs[True]
+    assert torch.equal(plain.input_ids, cached.input_ids) and torch.equal(plain.loss_mask, cached.loss_mask)
+    # contexts after an inserted information block: these are the ones a reused cache could get wrong
+    after_info = [k for k in plain_scores if "</information>" in k]
+    assert len(after_info) > 10 and set(plain_scores) == set(cached_scores)
+    for key, expected in plain_scores.items():
+        torch.testing.assert_close(cached_scores[key], expected, atol=1e-4, rtol=1e-4)
