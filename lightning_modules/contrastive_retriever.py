@@ -121,6 +121,12 @@ class ContrastiveRetriever(L.LightningModule):
         normalize = similarity == "cosine"
         self.passage_encoder = Encoder(model_name_or_path, pooling, normalize, passage_max_length)
         self.query_encoder = None if shared_encoder else Encoder(model_name_or_path, pooling, normalize, query_max_length)
+        for encoder in filter(None, (self.passage_encoder, self.query_encoder)):
+            # BERT's pooler is never used (pooling reads last_hidden_state): it gets no gradient, which DDP
+            # rejects as an unused parameter. Freezing it changes nothing else (AdamW skips grad-less params).
+            pooler = getattr(encoder.model, "pooler", None)
+            if pooler is not None:
+                pooler.requires_grad_(False)
         if lora_r:
             for encoder in filter(None, (self.passage_encoder, self.query_encoder)):
                 add_lora(encoder, lora_r, lora_alpha, lora_dropout, lora_target_modules)
