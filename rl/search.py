@@ -201,3 +201,22 @@ class SafeSearch:
                 row = [Passage(p.id, p.title, p.text[:self.max_passage_chars], p.score) for p in row]
             out.append(format_information(row) if row else "<information>no results</information>")
         return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m rl.search --corpus data/nq_pool/corpus.jsonl --port 8000``: serve BM25 over a BEIR corpus
+    at ``/retrieve`` (point ``HTTPSearch`` at it)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Serve a BM25 search engine with Search-R1's /retrieve interface.")
+    parser.add_argument("--corpus", required=True, help="BEIR corpus.jsonl[.gz]")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+    engine = BM25Search(args.corpus)
+    print(f"serving BM25 over {len(engine.passages)} passages at http://{args.host}:{args.port}/retrieve", flush=True)
+    serve(engine, args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()
