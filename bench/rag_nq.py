@@ -61,8 +61,8 @@ def qa_table(args, model, tok, dm, retrievers, out) -> None:
         f"{args.max_new_tokens} new tokens, prompts in batches of {args.batch_size}\n", out)
     log("| row | EM | F1 | answer in passages | NLI kept | seconds |", out)
     log("|---|---|---|---|---|---|", out)
-    for name, method, kind, k in ROWS:
-        if kind == "dense" and args.skip_dense:
+    for index, (name, method, kind, k) in enumerate(ROWS):
+        if (kind == "dense" and args.skip_dense) or (args.rows and index not in args.rows):
             continue
         t0 = time.perf_counter()
         passages, scores = [[] for _ in rows], [[] for _ in rows]
@@ -136,6 +136,7 @@ def main() -> None:
     ap.add_argument("--hyde-tokens", type=int, default=64)
     ap.add_argument("--lamer-candidates", type=int, default=3)
     ap.add_argument("--skip-dense", action="store_true", help="no dense rows (encoding the pool is the slow part)")
+    ap.add_argument("--rows", type=int, nargs="*", help="only these rows of the QA table (0-based indices of ROWS)")
     ap.add_argument("--skip-qa", action="store_true")
     ap.add_argument("--skip-qe", action="store_true")
     ap.add_argument("--scifact-dense", action="store_true", help="also encode SciFact's 5,183 abstracts (HyDE there)")
