@@ -55,20 +55,28 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 class Encoder(nn.Module):
-    """A transformer encoder with pooling and optional L2 normalisation: texts -> vectors."""
+    """A transformer encoder with pooling and optional L2 normalisation: texts -> vectors.
+
+    ``dropout``: whether the transformer's dropout is active in training mode. Off by default: the
+    SciFact DPR demo (75 steps from all-MiniLM-L6-v2) was measured without it (nDCG@10 0.745)."""
 
     def __init__(self, model_name_or_path: str = DEFAULT_ENCODER, pooling: str = "mean", normalize: bool = False,
-                 max_length: int = 256):
+                 max_length: int = 256, dropout: bool = False):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
         if pooling not in ("mean", "cls"):
             raise ValueError(f"unknown pooling {pooling!r}; expected 'mean' or 'cls'")
-        # from_pretrained returns eval mode; follow the nn.Module convention (train mode, dropout on) and
-        # let the Trainer switch modes, as sentence-transformers' trainer does.
-        self.model = from_pretrained(AutoModel, model_name_or_path).train()
+        self.model = from_pretrained(AutoModel, model_name_or_path)
+        self.dropout = dropout
+        self.train()
         self.tokenizer = from_pretrained(AutoTokenizer, model_name_or_path)
         self.pooling, self.normalize, self.max_length = pooling, normalize, max_length
+
+    def train(self, mode: bool = True) -> "Encoder":
+        super().train(mode)
+        self.model.train(mode and self.dropout)
+        return self
 
     @property
     def dim(self) -> int:

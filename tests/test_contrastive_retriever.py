@@ -117,3 +117,12 @@ def test_seeded_runs_are_identical_and_accumulation_counts_steps(dpr_args):
     assert any(not torch.equal(a[k], c[k]) for k in a)
     cli_d, _ = trained("--trainer.accumulate_grad_batches", "2")
     assert cli_a.trainer.global_step == 2 and cli_d.trainer.global_step == 1
+
+
+def test_encoder_dropout_switch(tiny_bert_dir):
+    from retrieval.encoders import Encoder
+
+    quiet, noisy = Encoder(tiny_bert_dir), Encoder(tiny_bert_dir, dropout=True)
+    assert quiet.training and not quiet.model.training          # measured demo setting: no dropout
+    assert noisy.training and noisy.model.training
+    assert not noisy.eval().model.training and noisy.train().model.training
