@@ -22,8 +22,8 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _setup(tiny_bert_dir):
-    enc = Encoder(tiny_bert_dir, "mean", normalize=True, max_length=16)
+def _setup(tiny_bert_dir, dropout=False):
+    enc = Encoder(tiny_bert_dir, "mean", normalize=True, max_length=16, dropout=dropout)
     q_in = dict(enc.tokenize(QUERIES))
     p_in = dict(enc.tokenize(POSITIVES + NEGATIVES))          # hard negatives after the positives
     exclude = _exclude(POSITIVES + NEGATIVES, POSITIVES)      # NEGATIVES[4] duplicates POSITIVES[0]
@@ -52,7 +52,7 @@ def test_gradcache_equals_full_batch_gradients(tiny_bert_dir):
 def test_gradcache_replays_dropout_masks(tiny_bert_dir):
     # With dropout on, the cached gradients equal those of the same chunks encoded with a graph from the
     # same RNG state: the re-encoding in step 3 replays each chunk's dropout masks.
-    enc, q_in, p_in, loss_fn = _setup(tiny_bert_dir)
+    enc, q_in, p_in, loss_fn = _setup(tiny_bert_dir, dropout=True)
     enc.train()
     torch.manual_seed(123)
     q = torch.cat([enc(**c) for c in split_inputs(q_in, 3)])
