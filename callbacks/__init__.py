@@ -1,9 +1,6 @@
-"""Callbacks: retrieval evaluation, index refresh, rollout/text logging."""
+"""Callbacks: retrieval evaluation, index refresh."""
 
+from callbacks.index_refresh import IndexRefresh
 from callbacks.retrieval_eval import RetrievalEvaluator
 
-__all__ = ["RetrievalEvaluator"]
-
-from callbacks.index_refresh import IndexRefresh  # noqa: E402
-
-__all__ += ["IndexRefresh"]
+__all__ = ["IndexRefresh", "RetrievalEvaluator"]

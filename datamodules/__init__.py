@@ -1,13 +1,8 @@
 """DataModules: BEIR corpora/queries/qrels, QA sets, crop pairs, RL prompt sets."""
 
 from datamodules.beir import BEIRDataModule
+from datamodules.crops import CropPairsDataModule
+from datamodules.qa import QADataModule
+from datamodules.rl_prompts import RLPromptDataModule
 
-__all__ = ["BEIRDataModule"]
-
-from datamodules.crops import CropPairsDataModule  # noqa: E402
-
-__all__ += ["CropPairsDataModule"]
-
-from datamodules.qa import QADataModule  # noqa: E402
-
-__all__ += ["QADataModule"]
+__all__ = ["BEIRDataModule", "CropPairsDataModule", "QADataModule", "RLPromptDataModule"]

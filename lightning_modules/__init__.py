@@ -2,14 +2,10 @@
 
 from lightning_modules.bm25_retriever import BM25Retriever
 from lightning_modules.contrastive_retriever import ContrastiveRetriever
+from lightning_modules.hybrid_retriever import HybridRetriever
+from lightning_modules.query_enhanced_retriever import QueryEnhancedRetriever
+from lightning_modules.rag_eval import RAGEvaluator
+from lightning_modules.search_r1 import SearchR1
 
-__all__ = ["BM25Retriever", "ContrastiveRetriever"]
-
-from lightning_modules.query_enhanced_retriever import QueryEnhancedRetriever  # noqa: E402
-from lightning_modules.rag_eval import RAGEvaluator  # noqa: E402
-
-__all__ += ["QueryEnhancedRetriever", "RAGEvaluator"]
-
-from lightning_modules.hybrid_retriever import HybridRetriever  # noqa: E402
-
-__all__ += ["HybridRetriever"]
+__all__ = ["BM25Retriever", "ContrastiveRetriever", "HybridRetriever", "QueryEnhancedRetriever", "RAGEvaluator",
+           "SearchR1"]

@@ -81,6 +81,8 @@ class ContrastiveRetriever(L.LightningModule):
         optimizer: optimizer factory, given parameter groups (no weight decay on biases/LayerNorm).
         warmup: linear warm-up, as a fraction of the training steps (<1) or a number of steps, then linear decay to 0.
         eval_k: ranking depth kept for evaluation.
+        encoder_dropout: the transformer's dropout during training (off by default: the SciFact demo was
+            measured without it).
 
     Opt-in features (all off by default):
         gather_negatives: with DDP/FSDP, score each query against the passages of every rank (global batch);
@@ -105,7 +107,8 @@ class ContrastiveRetriever(L.LightningModule):
                  gradcache_chunk_size: int | None = None, gradcache_clip_val: float | None = None,
                  lora_r: int = 0, lora_alpha: float = 16.0, lora_dropout: float = 0.0,
                  lora_target_modules: list[str] | None = None, index_factory: str = "Flat",
-                 index_parameters: str | None = None, moco_in_batch_negatives: bool = False):
+                 index_parameters: str | None = None, moco_in_batch_negatives: bool = False,
+                 encoder_dropout: bool = False):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
@@ -119,14 +122,9 @@ class ContrastiveRetriever(L.LightningModule):
         if gradcache_chunk_size is not None and gradcache_chunk_size < 1:
             raise ValueError(f"gradcache_chunk_size must be >= 1 (or null), got {gradcache_chunk_size}")
         normalize = similarity == "cosine"
-        self.passage_encoder = Encoder(model_name_or_path, pooling, normalize, passage_max_length)
-        self.query_encoder = None if shared_encoder else Encoder(model_name_or_path, pooling, normalize, query_max_length)
-        for encoder in filter(None, (self.passage_encoder, self.query_encoder)):
-            # BERT's pooler is never used (pooling reads last_hidden_state): it gets no gradient, which DDP
-            # rejects as an unused parameter. Freezing it changes nothing else (AdamW skips grad-less params).
-            pooler = getattr(encoder.model, "pooler", None)
-            if pooler is not None:
-                pooler.requires_grad_(False)
+        self.passage_encoder = Encoder(model_name_or_path, pooling, normalize, passage_max_length, encoder_dropout)
+        self.query_encoder = (None if shared_encoder else
+                              Encoder(model_name_or_path, pooling, normalize, query_max_length, encoder_dropout))
         if lora_r:
             for encoder in filter(None, (self.passage_encoder, self.query_encoder)):
                 add_lora(encoder, lora_r, lora_alpha, lora_dropout, lora_target_modules)

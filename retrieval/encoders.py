@@ -68,6 +68,10 @@ class Encoder(nn.Module):
         if pooling not in ("mean", "cls"):
             raise ValueError(f"unknown pooling {pooling!r}; expected 'mean' or 'cls'")
         self.model = from_pretrained(AutoModel, model_name_or_path)
+        # BERT's pooler is never used (pooling reads last_hidden_state): it would get no gradient, which DDP
+        # rejects as an unused parameter. Freezing it changes nothing else (AdamW skips grad-less params).
+        if getattr(self.model, "pooler", None) is not None:
+            self.model.pooler.requires_grad_(False)
         self.dropout = dropout
         self.train()
         self.tokenizer = from_pretrained(AutoTokenizer, model_name_or_path)
