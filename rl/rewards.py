@@ -34,24 +34,21 @@ def _check(responses: Sequence[str], answers: Sequence[Sequence[str]]) -> None:
             raise ValueError(f"reward: answers[{i}] must be a non-empty list of strings, got {a!r}")
 
 
+def _answer_reward(metric, responses: Sequence[str], answers: Sequence[Sequence[str]]) -> list[float]:
+    """metric(last <answer> of each response, its gold answers); 0 for a response without an answer."""
+    _check(responses, answers)
+    preds = (extract_answer(r) for r in responses)
+    return [0.0 if pred is None else metric(pred, gold) for pred, gold in zip(preds, answers)]
+
+
 def em_reward(responses: Sequence[str], answers: Sequence[Sequence[str]]) -> list[float]:
     """r = EM(normalize(last <answer> of the response), gold answers) in {0, 1}; 0 without an answer."""
-    _check(responses, answers)
-    out = []
-    for response, gold in zip(responses, answers):
-        pred = extract_answer(response)
-        out.append(0.0 if pred is None else exact_match(pred, gold))
-    return out
+    return _answer_reward(exact_match, responses, answers)
 
 
 def f1_reward(responses: Sequence[str], answers: Sequence[Sequence[str]]) -> list[float]:
     """r = SQuAD token F1 of the last <answer> of the response against the best gold answer; 0 without one."""
-    _check(responses, answers)
-    out = []
-    for response, gold in zip(responses, answers):
-        pred = extract_answer(response)
-        out.append(0.0 if pred is None else f1_score(pred, gold))
-    return out
+    return _answer_reward(f1_score, responses, answers)
 
 
 _FORMAT = re.compile(
