@@ -25,7 +25,10 @@ sys.path.insert(0, str(ROOT))
 
 from datamodules.qa import QADataModule  # noqa: E402
 from generation.lm import load_causal_lm  # noqa: E402
-from generation.nli import LMJudge  # noqa: E402
+import random  # noqa: E402
+
+from generation.nli import LMJudge, nli_hypothesis  # noqa: E402
+from generation.prompts import PRESETS, prompt_format  # noqa: E402
 from generation.qa_metrics import answer_recall_at_k, exact_match, f1_score, has_answer  # noqa: E402
 from generation.rag import TextGenerator, answer_questions  # noqa: E402
 from generation.retrievers import PassageRetriever  # noqa: E402
@@ -56,9 +59,19 @@ def log(line: str, out) -> None:
 def qa_table(args, model, tok, dm, retrievers, out) -> None:
     rows = dm.splits["test"]
     questions, gold = [r["question"] for r in rows], [r["answers"] for r in rows]
+    fmt = prompt_format(args.prompt)
     judge = LMJudge(model, tok, batch_size=args.batch_size)
+    if args.judge_calibration:  # threshold from DEV questions: gold passage (supports) vs a random one (does not)
+        dev = [json.loads(line) for line in open(ROOT / "data/nq_pool/dev.jsonl")][:args.judge_calibration]
+        rng = random.Random(0)
+        t0 = time.perf_counter()
+        threshold = judge.calibrate([dm.passages[r["gold_id"]] for r in dev],
+                                    [dm.passages[rng.choice(dm.passage_ids)] for _ in dev],
+                                    [nli_hypothesis(r["question"], r["answers"][0]) for r in dev])
+        log(f"(LM judge threshold {threshold:.4f}, calibrated on {len(dev)} dev questions' gold vs random passages "
+            f"in {time.perf_counter() - t0:.0f} s; uncalibrated 0.5)", out)
     log(f"\n## QA on the NQ pool test split: first {len(rows)} questions, {args.model} fp32, greedy, "
-        f"{args.max_new_tokens} new tokens, prompts in batches of {args.batch_size}\n", out)
+        f"{args.max_new_tokens} new tokens, prompt {args.prompt!r}, prompts in batches of {args.batch_size}\n", out)
     log("| row | EM | F1 | answer in passages | NLI kept | seconds |", out)
     log("|---|---|---|---|---|---|", out)
     for index, (name, method, kind, k) in enumerate(ROWS):
@@ -72,7 +85,7 @@ def qa_table(args, model, tok, dm, retrievers, out) -> None:
             hits = engine.search(questions, k)
             passages = [[dm.passages[d] for d, _ in h] for h in hits]
             scores = [[s for _, s in h] for h in hits]
-        ans = answer_questions(method, model, tok, questions, passages, scores, judge=judge,
+        ans = answer_questions(method, model, tok, questions, passages, scores, prompt_format=fmt, judge=judge,
                                max_new_tokens=args.max_new_tokens, recitation_tokens=args.recitation_tokens,
                                batch_size=args.batch_size)
         seconds = time.perf_counter() - t0
@@ -129,6 +142,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=24, help="QA test questions (first n of data/nq_pool/test.jsonl)")
     ap.add_argument("--qe-n", type=int, default=24, help="queries for HyDE/LameR (first n of each test set)")
     ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--prompt", default="few_shot", choices=sorted(PRESETS), help="generation.prompts preset")
+    ap.add_argument("--judge-calibration", type=int, default=48,
+                    help="dev questions to calibrate the LM judge's threshold on (0: keep 0.5)")
     ap.add_argument("--recitation-tokens", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--encoder-max-length", type=int, default=128)

@@ -44,6 +44,21 @@ def entailment_label(id2label: dict) -> int:
     return hits[0]
 
 
+def calibrate_threshold(positive: torch.Tensor, negative: torch.Tensor) -> float:
+    """The entailment-probability threshold that best separates ``positive`` pairs (premise known to
+    support the hypothesis, e.g. the gold passage) from ``negative`` ones (e.g. a random passage):
+    argmax over the observed values t of balanced accuracy (P(pos >= t) + P(neg < t)) / 2, the
+    smallest such t on ties. For judges whose yes/no probabilities are not calibrated at 0.5, such as
+    a small prompted LM; fit it on a dev split, never on the test questions."""
+    positive, negative = positive.flatten().float(), negative.flatten().float()
+    if not len(positive) or not len(negative):
+        raise ValueError("calibrate_threshold: needs at least one positive and one negative pair")
+    candidates = torch.cat([positive, negative]).unique()  # sorted ascending
+    accuracy = ((positive[None, :] >= candidates[:, None]).float().mean(1)
+                + (negative[None, :] < candidates[:, None]).float().mean(1)) / 2
+    return candidates[int(accuracy.argmax())].item()  # argmax returns the first (smallest t) maximum
+
+
 class NLIClassifier:
     """A Hugging Face NLI classifier over (premise, hypothesis) pairs.
 
@@ -112,3 +127,10 @@ class LMJudge:
 
     def entails(self, premises: Sequence[str], hypotheses: Sequence[str]) -> list[bool]:
         return (self.entailment_probs(premises, hypotheses) >= self.threshold).tolist()
+
+    def calibrate(self, supporting: Sequence[str], unrelated: Sequence[str], hypotheses: Sequence[str]) -> float:
+        """Set ``threshold`` with :func:`calibrate_threshold` from premises that support each hypothesis and
+        premises that do not (e.g. dev questions' gold and random passages); returns it."""
+        self.threshold = calibrate_threshold(self.entailment_probs(supporting, hypotheses),
+                                             self.entailment_probs(unrelated, hypotheses))
+        return self.threshold

@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 READ_TEMPLATE = ("Answer the question using the following information. Reply with a short answer only.\n\n"
-                 "{context}\n\nQuestion: {question}")
-CLOSED_BOOK_TEMPLATE = "Answer the question. Reply with a short answer only.\n\nQuestion: {question}"
+                 "{examples}{context}\n\nQuestion: {question}")
+CLOSED_BOOK_TEMPLATE = "Answer the question. Reply with a short answer only.\n\n{examples}Question: {question}"
 PASSAGE_TEMPLATE = "Passage {index}: {passage}"
+EXAMPLE_TEMPLATE = "Question: {question}\nAnswer: {answer}\n\n"
+
+# Four demonstrations from the NQ pool's TRAIN split (ids q0, q25, q43, q7: a person, a place, a year, a
+# number), never from dev/test. SmolLM2-135M-Instruct answers zero-shot in full sentences (EM 0 on every
+# row); with these demonstrations, as plain text ending in "Answer:", it gives short answers.
+NQ_EXAMPLES = [["who got the first nobel prize in physics", "Wilhelm Conrad Röntgen"],
+               ["what is the name of manchester united stadium", "Old Trafford"],
+               ["when was the first documented case of tool mark identification", "1835"],
+               ["how many episodes are there in dragon ball z", "291"]]
 
 
 @dataclass
@@ -26,6 +35,8 @@ class PromptFormat:
         system: optional system message (chat template only).
         chat: ``True`` forces the chat template, ``False`` disables it, ``None`` uses it when the
             tokenizer has one.
+        examples: few-shot demonstrations, ``[question, answer]`` pairs, rendered with ``example_template``
+            at the templates' ``{examples}`` field (both templates must have one when examples are given).
     """
 
     template: str = READ_TEMPLATE
@@ -34,18 +45,54 @@ class PromptFormat:
     answer_prefix: str = ""
     system: str | None = None
     chat: bool | None = None
+    examples: list[list[str]] = field(default_factory=list)
+    example_template: str = EXAMPLE_TEMPLATE
+
+    def __post_init__(self):
+        for i, ex in enumerate(self.examples):
+            if isinstance(ex, str) or len(ex) != 2 or not all(isinstance(x, str) and x.strip() for x in ex):
+                raise ValueError(f"PromptFormat.examples[{i}]: expected a [question, answer] pair of non-empty "
+                                 f"strings, got {ex!r}")
+        if self.examples:
+            for name in ("template", "closed_book_template"):
+                if "{examples}" not in getattr(self, name):
+                    raise ValueError(f"PromptFormat.{name} has no {{examples}} field, so its {len(self.examples)} "
+                                     "examples would be dropped; add {examples} where they belong")
+
+    def demonstrations(self) -> str:
+        return "".join(self.example_template.format(question=q, answer=a) for q, a in self.examples)
 
     def user_message(self, question: str, passages: Sequence[str] = ()) -> str:
+        examples = self.demonstrations()
         if not passages:
-            return self.closed_book_template.format(question=question)
+            return self.closed_book_template.format(question=question, examples=examples)
         context = "\n\n".join(self.passage_template.format(index=i + 1, passage=p) for i, p in enumerate(passages))
-        return self.template.format(context=context, question=question)
+        return self.template.format(context=context, question=question, examples=examples)
 
     def render(self, tokenizer, question: str, passages: Sequence[str] = ()) -> str:
         """The full prompt string; with a chat template it already holds the special tokens, so tokenize
         it with ``add_special_tokens=False`` (see :func:`uses_chat`)."""
         return render_message(tokenizer, self.user_message(question, passages), self.system, self.chat,
                               self.answer_prefix)
+
+
+PRESETS = {
+    # The instruction as a chat turn, zero-shot: for instruct LMs that follow "short answer only".
+    "zero_shot_chat": lambda: PromptFormat(),
+    # Plain text with four NQ-train demonstrations, continuing "Answer:": SmolLM2-135M's short answers.
+    "few_shot": lambda: PromptFormat(chat=False, answer_prefix="Answer:", examples=[list(e) for e in NQ_EXAMPLES]),
+}
+
+
+def prompt_format(prompt: "str | PromptFormat | None") -> "PromptFormat":
+    """A :class:`PromptFormat` from a preset name (a key of ``PRESETS``), a PromptFormat, or None (zero-shot chat)."""
+    if prompt is None:
+        return PromptFormat()
+    if isinstance(prompt, PromptFormat):
+        return prompt
+    if prompt not in PRESETS:
+        raise ValueError(f"unknown prompt preset {prompt!r}; expected one of {sorted(PRESETS)} or a PromptFormat")
+    return PRESETS[prompt]()
 
 
 def uses_chat(tokenizer, chat: bool | None = None) -> bool:

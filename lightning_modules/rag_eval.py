@@ -23,7 +23,7 @@ import torch
 
 from generation.lm import DEFAULT_GENERATOR, load_causal_lm
 from generation.nli import LMJudge, NLIClassifier
-from generation.prompts import PromptFormat
+from generation.prompts import PromptFormat, prompt_format
 from generation.qa_metrics import exact_match, f1_score, has_answer
 from generation.rag import METHODS, NO_RETRIEVAL, Answers, answer_questions
 from generation.retrievers import PassageRetriever
@@ -44,7 +44,8 @@ class RAGEvaluator(L.LightningModule):
             the LM judge defaults to 0.5).
         replug_temperature: softmax temperature over the retrieval scores.
         max_new_tokens, recitation_tokens, gen_batch_size: generation settings (gen_batch_size prompts at once).
-        prompt: a :class:`generation.prompts.PromptFormat` (templates, system message, chat on/off).
+        prompt: a preset name of ``generation.prompts.PRESETS`` (``few_shot``: plain text with four NQ-train
+            demonstrations, the default for SmolLM2; ``zero_shot_chat``) or a :class:`PromptFormat`.
         num_examples: prompts/answers logged as text.
     """
 
@@ -54,12 +55,12 @@ class RAGEvaluator(L.LightningModule):
                  top_k: int = 5, encoder: str = DEFAULT_ENCODER, encoder_max_length: int = 256, bm25_k1: float = 0.9,
                  bm25_b: float = 0.4, nli_model: str = "lm", nli_threshold: float | None = None,
                  replug_temperature: float = 1.0, max_new_tokens: int = 24, recitation_tokens: int = 96,
-                 gen_batch_size: int = 8, prompt: PromptFormat | None = None, num_examples: int = 5, seed: int = 0):
+                 gen_batch_size: int = 8, prompt: str | PromptFormat = "few_shot", num_examples: int = 5, seed: int = 0):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
         self.save_hyperparameters(ignore=["prompt"])
-        self.prompt = prompt or PromptFormat()
+        self.prompt = prompt_format(prompt)
         self.lm = self.tokenizer = self.search = self.judge = None
         self.records: list[dict] = []
 

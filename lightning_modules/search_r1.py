@@ -28,7 +28,7 @@ from generation.lm import DEFAULT_GENERATOR, load_causal_lm
 from rl.advantages import gae, grpo_advantages, whiten
 from rl.kl import kl_estimate
 from rl.losses import aggregate, clipped_policy_loss, value_loss
-from rl.prompts import SEARCH_R1_TEMPLATE, render_prompt
+from rl.prompts import render_prompt, resolve_template
 from rl.rewards import combined_reward, em_reward, f1_reward
 from rl.rollout import Rollouts, rollout, sequence_logprobs
 from rl.search import SafeSearch, SearchEngine
@@ -70,7 +70,9 @@ class SearchR1(L.LightningModule):
         micro_batch_size: rollouts per forward pass (gradient accumulation inside a mini-batch).
         max_grad_norm: gradient clipping (manual optimisation: Trainer.gradient_clip_val is not used).
         optimizer: optimizer factory for the trainable parameters (LoRA adapters or all weights, and the value head).
-        template / chat: the instruction template (``{question}``) and whether to wrap it in the chat template.
+        template / chat: the instruction template, by name (``search_r1``: the paper's; ``search_r1_one_shot``:
+            the same plus one worked trajectory, for small policies) or literal (with ``{question}``), and
+            whether to wrap it in the chat template.
         log_rollouts: sampled rollouts written to TensorBoard as text every ``log_rollouts_every`` steps.
         generation_kwargs: extra ``model.generate`` arguments (Python use only, e.g. a logits processor).
     """
@@ -86,9 +88,10 @@ class SearchR1(L.LightningModule):
                  entropy_coef: float = 0.0, value_coef: float = 0.5, value_clip: float | None = 0.2,
                  ppo_epochs: int = 1, mini_batch_size: int | None = None, micro_batch_size: int = 8,
                  max_grad_norm: float | None = 1.0, optimizer: OptimizerCallable = adamw,
-                 template: str = SEARCH_R1_TEMPLATE, chat: bool = True, log_rollouts: int = 2,
+                 template: str = "search_r1", chat: bool = True, log_rollouts: int = 2,
                  log_rollouts_every: int = 10, generation_kwargs: dict | None = None):
         super().__init__()
+        resolve_template(template)  # fail at construction on a bad name, not at the first step
         self.save_hyperparameters(ignore=["search", "optimizer", "generation_kwargs"])
         if algorithm not in ("grpo", "ppo"):
             raise ValueError(f"unknown algorithm {algorithm!r}; expected 'grpo' or 'ppo'")

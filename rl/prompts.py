@@ -1,4 +1,4 @@
-"""Search-R1's instruction template and its rendering with a chat template."""
+"""Search-R1's instruction template, a one-shot variant for small policies, and prompt rendering."""
 
 from __future__ import annotations
 
@@ -11,11 +11,33 @@ SEARCH_R1_TEMPLATE = (
     "you can directly provide the answer inside <answer> and </answer>, without detailed illustrations. "
     "For example, <answer> Beijing </answer>. Question: {question}\n")
 
+# The same instruction followed by one worked trajectory (search, information, answer). The paper's 3B-7B
+# policies follow the protocol zero-shot; SmolLM2-135M does not (measured: 0 of 64 sampled rollouts search
+# with the paper's prompt in its chat template, 27% with this one as plain text), so a learning run
+# at 135M starts from this prompt. The example is invented, and not from the NQ pool.
+ONE_SHOT_EXAMPLE = (
+    "Example:\nQuestion: who wrote the novel moby dick\n<search> moby dick author </search>\n"
+    "<information>Doc 1 (Moby-Dick): Moby-Dick is an 1851 novel by American writer Herman Melville.</information>\n"
+    "<answer> Herman Melville </answer>\n\n")
+SEARCH_R1_ONE_SHOT_TEMPLATE = SEARCH_R1_TEMPLATE.replace("Question: {question}\n", ONE_SHOT_EXAMPLE + "Question: {question}\n")
 
-def render_prompt(tokenizer, question: str, template: str = SEARCH_R1_TEMPLATE, chat: bool = True) -> str:
-    """The prompt text for one question: ``template`` filled in, wrapped in the tokenizer's chat template
-    (as a user turn, with the assistant header) when it has one and ``chat`` is set."""
-    text = template.format(question=question.strip())
+TEMPLATES = {"search_r1": SEARCH_R1_TEMPLATE, "search_r1_one_shot": SEARCH_R1_ONE_SHOT_TEMPLATE}
+
+
+def resolve_template(template: str) -> str:
+    """A template by name (a key of ``TEMPLATES``) or a literal template containing ``{question}``."""
+    if template in TEMPLATES:
+        return TEMPLATES[template]
+    if "{question}" not in template:
+        raise ValueError(f"prompt template {template[:60]!r}: neither a known name {sorted(TEMPLATES)} nor a "
+                         "template with a {question} field")
+    return template
+
+
+def render_prompt(tokenizer, question: str, template: str = "search_r1", chat: bool = True) -> str:
+    """The prompt text for one question: ``template`` (a name or a literal) filled in, wrapped in the
+    tokenizer's chat template (as a user turn, with the assistant header) when it has one and ``chat`` is set."""
+    text = resolve_template(template).format(question=question.strip())
     if chat and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                              add_generation_prompt=True)

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from generation.lm import load_causal_lm
-from generation.nli import LMJudge, NLIClassifier, entailment_label, nli_hypothesis, select_answers
-from generation.prompts import PromptFormat, render_message
+from generation.nli import (LMJudge, NLIClassifier, calibrate_threshold, entailment_label, nli_hypothesis,
+                            select_answers)
+from generation.prompts import NQ_EXAMPLES, PromptFormat, prompt_format, render_message
 from generation.rag import TextGenerator, read, recite_and_answer
 
 
@@ -83,6 +84,45 @@ def test_lm_judge_probability_is_normalised_yes_vs_no(lm):
     assert math.isclose(torch.sigmoid(torch.tensor(math.log(0.2) - math.log(0.6))).item(), 0.25, rel_tol=1e-6)
     judge.threshold = 0.0
     assert judge.entails(premises, hyps) == [True, True]
+
+
+def test_calibrate_threshold_by_hand():
+    # positives 0.3, 0.4, 0.9; negatives 0.1, 0.35. Balanced accuracy (TPR + TNR) / 2 at each observed t:
+    # t=0.1: (3/3 + 0/2)/2 = .5; t=0.3: (1 + 1/2)/2 = .75; t=0.35: (2/3 + 1/2)/2 = .583;
+    # t=0.4: (2/3 + 1)/2 = .833; t=0.9: (1/3 + 1)/2 = .667 -> 0.4
+    pos, neg = torch.tensor([0.3, 0.4, 0.9]), torch.tensor([0.1, 0.35])
+    assert math.isclose(calibrate_threshold(pos, neg), 0.4, rel_tol=1e-6)
+    # ties: perfectly separated sets -> the smallest threshold that separates them
+    assert math.isclose(calibrate_threshold(torch.tensor([0.6, 0.8]), torch.tensor([0.1, 0.2])), 0.6, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="at least one"):
+        calibrate_threshold(torch.tensor([]), neg)
+
+
+def test_lm_judge_calibrate_sets_threshold_from_its_probabilities(lm):
+    model, tok = lm
+    judge = LMJudge(model, tok)
+    support, unrelated, hyps = ["Paris is in France.", "Hamlet is a play."], ["Cats purr.", "Rain is wet."], ["a", "b"]
+    t = judge.calibrate(support, unrelated, hyps)
+    assert judge.threshold == t
+    assert t == calibrate_threshold(judge.entailment_probs(support, hyps), judge.entailment_probs(unrelated, hyps))
+
+
+def test_few_shot_prompt_format():
+    fmt = PromptFormat(chat=False, answer_prefix="Answer:", examples=[["who wrote hamlet", "Shakespeare"]])
+    assert fmt.user_message("q?") == ("Answer the question. Reply with a short answer only.\n\n"
+                                      "Question: who wrote hamlet\nAnswer: Shakespeare\n\nQuestion: q?")
+    assert fmt.user_message("q?", ["d1", "d2"]).endswith(
+        "Question: who wrote hamlet\nAnswer: Shakespeare\n\nPassage 1: d1\n\nPassage 2: d2\n\nQuestion: q?")
+    # without examples the templates render exactly as before (no stray text where {examples} was)
+    assert PromptFormat().user_message("q?") == "Answer the question. Reply with a short answer only.\n\nQuestion: q?"
+    with pytest.raises(ValueError, match="no \\{examples\\} field"):
+        PromptFormat(template="{context} {question}", examples=[["q", "a"]])
+    with pytest.raises(ValueError, match=r"examples\[0\]"):
+        PromptFormat(examples=[["only a question"]])
+    preset = prompt_format("few_shot")
+    assert preset.examples == NQ_EXAMPLES and preset.chat is False and preset.answer_prefix == "Answer:"
+    with pytest.raises(ValueError, match="unknown prompt preset"):
+        prompt_format("fewshot")
 
 
 def test_read_closed_book_and_recitation(lm):

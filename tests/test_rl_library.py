@@ -181,3 +181,22 @@ def test_entropy_and_token_logprobs_by_hand():
     assert token_logprobs(logits, torch.tensor([[1]])).item() == pytest.approx(math.log(0.75), abs=1e-6)
     # temperature 2: logits [0, ln3 / 2] -> p1 = sqrt3 / (1 + sqrt3) = 0.633975
     assert token_logprobs(logits, torch.tensor([[1]]), 2.0).item() == pytest.approx(math.log(0.633975), abs=1e-6)
+
+
+def test_search_r1_templates_by_name_or_literal():
+    from rl.prompts import ONE_SHOT_EXAMPLE, SEARCH_R1_TEMPLATE, render_prompt, resolve_template
+
+    assert resolve_template("search_r1") == SEARCH_R1_TEMPLATE
+    one_shot = resolve_template("search_r1_one_shot")
+    # the paper's instruction, then the worked example, then the question
+    assert one_shot.startswith(SEARCH_R1_TEMPLATE[:SEARCH_R1_TEMPLATE.index("Question: {question}")])
+    assert one_shot.endswith(ONE_SHOT_EXAMPLE + "Question: {question}\n")
+    assert resolve_template("Q: {question}") == "Q: {question}"
+
+    class NoChat:
+        chat_template = None
+
+    assert render_prompt(NoChat(), " who? ", "search_r1_one_shot").endswith("<answer> Herman Melville </answer>\n\n"
+                                                                            "Question: who?\n")
+    with pytest.raises(ValueError, match="neither a known name"):
+        resolve_template("search_r1_oneshot")
