@@ -1,5 +1,7 @@
 """SearchR1: an LLM that learns when and what to search, trained with GRPO or PPO (Jin et al., 2025).
 
+Optional, once before RL (``warm_start_questions`` > 0): a supervised warm start on search-protocol
+demonstrations from training questions (rl.sft), for policies too small to follow the tags zero-shot.
 One training step, for a batch of Q questions:
   1. rollout:    G samples per question with the search tool (rl.rollout): <search> stops generation,
                  top-k passages come back as <information>, up to B searches, then a final turn
@@ -32,6 +34,7 @@ from rl.prompts import render_prompt, resolve_template
 from rl.rewards import combined_reward, em_reward, f1_reward
 from rl.rollout import Rollouts, rollout, sequence_logprobs
 from rl.search import SafeSearch, SearchEngine
+from rl.sft import protocol_demonstrations, sft_loss
 
 
 def adamw(params) -> torch.optim.Optimizer:
@@ -75,6 +78,9 @@ class SearchR1(L.LightningModule):
             whether to wrap it in the chat template.
         log_rollouts: sampled rollouts written to TensorBoard as text every ``log_rollouts_every`` steps.
         generation_kwargs: extra ``model.generate`` arguments (Python use only, e.g. a logits processor).
+        warm_start_questions / warm_start_epochs / warm_start_batch_size: supervised warm start before RL on
+            demonstrations built from the first N training questions (those whose search returns the answer;
+            ``rl.sft``), with the module's optimizer; 0 = none (the paper). Done once: a resumed run skips it.
     """
 
     def __init__(self, model_name_or_path: str = DEFAULT_GENERATOR, lora: dict | None = None,
@@ -89,7 +95,8 @@ class SearchR1(L.LightningModule):
                  ppo_epochs: int = 1, mini_batch_size: int | None = None, micro_batch_size: int = 8,
                  max_grad_norm: float | None = 1.0, optimizer: OptimizerCallable = adamw,
                  template: str = "search_r1", chat: bool = True, log_rollouts: int = 2,
-                 log_rollouts_every: int = 10, generation_kwargs: dict | None = None):
+                 log_rollouts_every: int = 10, generation_kwargs: dict | None = None, warm_start_questions: int = 0,
+                 warm_start_epochs: int = 1, warm_start_batch_size: int = 8):
         super().__init__()
         resolve_template(template)  # fail at construction on a bad name, not at the first step
         self.save_hyperparameters(ignore=["search", "optimizer", "generation_kwargs"])
@@ -113,6 +120,10 @@ class SearchR1(L.LightningModule):
             self.reference = copy.deepcopy(self.policy).requires_grad_(False).eval()
         # PPO's critic: a linear value head on the policy's last hidden states (shared backbone).
         self.value_head = nn.Linear(self.policy.config.hidden_size, 1) if algorithm == "ppo" else None
+        if warm_start_questions and search is None:
+            raise ValueError("warm_start_questions needs a search engine (the demonstrations search)")
+        # In the state dict, so a resumed run knows the warm start is done.
+        self.register_buffer("warm_started", torch.tensor(False))
 
     # -- library calls, one per step ------------------------------------------------------------------
     def prompts(self, questions: list[str], repeat: int = 1) -> list[str]:
@@ -236,6 +247,36 @@ class SearchR1(L.LightningModule):
         return {k: v / count for k, v in sums.items()}
 
     # -- training -------------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        hp = self.hparams
+        if hp.warm_start_questions and not bool(self.warm_started):
+            self.warm_start(self.trainer.datamodule.rows["train"][:hp.warm_start_questions])
+
+    def warm_start(self, rows: list[dict]) -> None:
+        """0. supervised warm start on protocol demonstrations (rl.sft), before the first RL step."""
+        hp = self.hparams
+        demos = protocol_demonstrations(self.tokenizer, self.prompts([r["question"] for r in rows]),
+                                        [r["question"] for r in rows], [r["answers"] for r in rows], self.search)
+        opt = self.optimizers()
+        self.policy.train()
+        step = 0
+        for _ in range(hp.warm_start_epochs):
+            order = torch.randperm(len(demos))
+            for s in range(0, len(demos), hp.warm_start_batch_size):
+                opt.zero_grad()
+                loss = sft_loss(self.policy, demos.select(order[s:s + hp.warm_start_batch_size]).to(self.device),
+                                hp.micro_batch_size)
+                self.manual_backward(loss)
+                if hp.max_grad_norm:
+                    self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+                opt.step()
+                if self.logger is not None:
+                    self.logger.log_metrics({"warm_start/loss": loss.item(), "warm_start/demonstrations": len(demos)},
+                                            step=step)
+                step += 1
+        opt.zero_grad()
+        self.warm_started.fill_(True)
+
     def training_step(self, batch: dict, batch_idx: int) -> None:
         hp = self.hparams
         answers = [a for a in batch["answers"] for _ in range(hp.group_size)]

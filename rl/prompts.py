@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rl.search import Passage, format_information
+
 # The template of Search-R1 (Jin et al., 2025), verbatim apart from whitespace.
 SEARCH_R1_TEMPLATE = (
     "Answer the given question. You must conduct reasoning inside <think> and </think> first every time you get "
@@ -15,10 +17,12 @@ SEARCH_R1_TEMPLATE = (
 # policies follow the protocol zero-shot; SmolLM2-135M does not (measured: 0 of 64 sampled rollouts search
 # with the paper's prompt in its chat template, 27% with this one as plain text), so a learning run
 # at 135M starts from this prompt. The example is invented, and not from the NQ pool.
+# The information block is rendered exactly as the search tool inserts it (rl.search, rl.rollout).
 ONE_SHOT_EXAMPLE = (
-    "Example:\nQuestion: who wrote the novel moby dick\n<search> moby dick author </search>\n"
-    "<information>Doc 1 (Moby-Dick): Moby-Dick is an 1851 novel by American writer Herman Melville.</information>\n"
-    "<answer> Herman Melville </answer>\n\n")
+    "Example:\nQuestion: who wrote the novel moby dick\n<search> moby dick author </search>\n\n"
+    + format_information([Passage("example", "Moby-Dick", "Moby-Dick is an 1851 novel by American writer Herman "
+                                  "Melville.", 0.0)])
+    + "\n\n<answer> Herman Melville </answer>\n\n")
 SEARCH_R1_ONE_SHOT_TEMPLATE = SEARCH_R1_TEMPLATE.replace("Question: {question}\n", ONE_SHOT_EXAMPLE + "Question: {question}\n")
 
 TEMPLATES = {"search_r1": SEARCH_R1_TEMPLATE, "search_r1_one_shot": SEARCH_R1_ONE_SHOT_TEMPLATE}

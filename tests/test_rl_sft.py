@@ -1,0 +1,96 @@
+"""Supervised warm start on the search protocol: demonstrations (masks, filtering on the answer being in
+the information), the masked NLL by hand, and SearchR1 running it once before RL."""
+
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from datamodules.rl_prompts import RLPromptDataModule
+from generation.lm import load_causal_lm
+from lightning_modules.search_r1 import SearchR1
+from rl.search import BM25Search, SafeSearch
+from rl.sft import protocol_demonstrations, sft_loss
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CORPUS = [{"_id": "d1", "title": "France", "text": "Paris is the capital of France."},
+          {"_id": "d2", "title": "Italy", "text": "Rome is the capital of Italy."}]
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in CORPUS))
+    return tmp_path / "corpus.jsonl"
+
+
+def test_demonstrations_mask_prompt_and_information_and_drop_unanswerable(tiny_llama_dir, corpus_file):
+    _, tok = load_causal_lm(tiny_llama_dir, device="cpu")
+    search = SafeSearch(BM25Search(corpus_file), k=1)
+    questions = ["capital of france", "capital of italy", "capital of italy"]
+    answers = [["Paris"], ["Rome", "Roma"], ["Milan"]]  # the 3rd: its passage does not contain the answer
+    demos = protocol_demonstrations(tok, ["P1: ", "P2: ", "P3: "], questions, answers, search)
+    assert len(demos) == 2
+    info = search.information(["capital of italy"])[0]
+    assert demos.texts[1] == f"<search> capital of italy </search>\n\n{info}\n\n<answer> Rome </answer>"
+    for i, prompt in enumerate(["P1: ", "P2: "]):
+        n = int(demos.attention_mask[i].sum())
+        ids, mask = demos.input_ids[i, :n].tolist(), demos.loss_mask[i, :n].tolist()
+        p_len = len(tok(prompt, add_special_tokens=False)["input_ids"])
+        assert mask[:p_len] == [0] * p_len  # prompt masked
+        own = tok.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=False)
+        q, a = questions[i], answers[i][0]
+        assert own == f"<search> {q} </search><answer> {a} </answer>{tok.eos_token}"  # information masked
+        assert tok.decode(ids) == prompt + demos.texts[i] + tok.eos_token
+    assert demos.loss_mask[:, :].masked_select(demos.attention_mask == 0).sum() == 0  # padding masked
+    with pytest.raises(ValueError, match="no question's information"):
+        protocol_demonstrations(tok, ["P: "], ["capital of italy"], [["Milan"]], search)
+
+
+def test_sft_loss_is_mean_nll_of_the_masked_tokens(tiny_llama_dir, corpus_file):
+    model, tok = load_causal_lm(tiny_llama_dir, device="cpu")
+    search = SafeSearch(BM25Search(corpus_file), k=1)
+    demos = protocol_demonstrations(tok, ["Question: a\n", "Q: b\n"], ["capital of france", "capital of italy"],
+                                    [["Paris"], ["Rome"]], search)
+    loss = sft_loss(model, demos, micro_batch_size=1)
+    # by hand: one sequence at a time, full forward, -log p of each masked token, averaged over all of them
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(len(demos)):
+            n = int(demos.attention_mask[i].sum())
+            ids = demos.input_ids[i, :n]
+            logp = torch.log_softmax(model(input_ids=ids[None]).logits[0].float(), -1)
+            for t in range(1, n):
+                if demos.loss_mask[i, t]:
+                    total -= logp[t - 1, ids[t]].item()
+                    count += 1
+    assert count == int(demos.loss_mask.sum())
+    assert abs(loss.item() - total / count) < 1e-4
+    loss.backward()  # differentiable
+    assert any(p.grad is not None for p in model.parameters())
+
+
+def test_search_r1_warm_start_runs_once_before_rl(tiny_llama_dir, corpus_file, tmp_path):
+    qa = [{"question": "capital of france", "answers": ["Paris"]}, {"question": "capital of italy", "answers": ["Rome"]}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(q) + "\n" for q in qa))
+    torch.manual_seed(0)
+    model = SearchR1(tiny_llama_dir, search=BM25Search(corpus_file), search_k=1, max_searches=1, group_size=2,
+                     max_turn_tokens=4, max_response_tokens=40, kl_coef=0.0, log_rollouts=0,
+                     warm_start_questions=2, warm_start_epochs=3, warm_start_batch_size=2,
+                     optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
+    demos = protocol_demonstrations(model.tokenizer, model.prompts(["capital of france", "capital of italy"]),
+                                    ["capital of france", "capital of italy"], [["Paris"], ["Rome"]], model.search)
+    with torch.no_grad():
+        before = sft_loss(model.policy, demos).item()
+    data = RLPromptDataModule(str(tmp_path / "train.jsonl"), test_file=None, batch_size=2)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, data)
+    assert bool(model.warm_started)
+    with torch.no_grad():
+        after = sft_loss(model.policy, demos).item()
+    assert after < before  # 3 epochs at lr 1e-2 on 2 demonstrations (plus one RL step) lower their NLL
+    assert "warm_started" in model.state_dict()  # a resumed run skips it
+    with pytest.raises(ValueError, match="needs a search engine"):
+        SearchR1(tiny_llama_dir, search=None, warm_start_questions=2)
