@@ -55,10 +55,10 @@ def main(argv=None) -> None:
     rows = [("before", evaluate(trainer, model, data))]
     t1 = time.time()
     if model.hparams.warm_start_questions:  # 0. the supervised warm start alone (fit with no RL step), evaluated
-        trainer.fit_loop.max_steps = 0
+        trainer.fit_loop.epoch_loop.max_steps = 0
         trainer.fit(model, datamodule=data)
         rows.append(("warm start", evaluate(trainer, model, data)))
-        trainer.fit_loop.max_steps = args.steps
+        trainer.fit_loop.epoch_loop.max_steps = args.steps
     t2 = time.time()
     trainer.fit(model, datamodule=data)
     t3 = time.time()
