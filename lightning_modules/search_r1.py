@@ -6,7 +6,8 @@ One training step, for a batch of Q questions:
   1. rollout:    G samples per question with the search tool (rl.rollout): <search> stops generation,
                  top-k passages come back as <information>, up to B searches, then a final turn
   2. reward:     EM of the last <answer> of each response (rl.rewards, the evaluation metric itself)
-  3. reference:  log-probs of the reference policy (frozen copy, or the LoRA model with adapters off)
+  3. reference:  log-probs of the reference policy, the one RL starts from (frozen copy, or the LoRA
+                 model with adapters off)
   4. advantage:  GRPO: group-normalised outcome reward; PPO: GAE over the policy's own tokens with the
                  value head (rl.advantages); KL to the reference in the reward if configured
   5. update:     ppo_epochs x mini-batches of the clipped policy loss (+ KL loss, - entropy bonus,
@@ -47,7 +48,8 @@ class SearchR1(L.LightningModule):
     Args:
         model_name_or_path: the policy (a local folder, a hub name, or ``smollm2-135m-instruct``).
         lora: peft LoRA settings (``{"r", "alpha", "dropout", "target_modules"}``); then the reference
-            policy is the same model with its adapters disabled (no second copy in memory).
+            policy is the same model with its adapters disabled (no second copy in memory), unless a warm
+            start runs (then it is a frozen copy of the warm-started policy).
         load_in_4bit: QLoRA base (bitsandbytes nf4); needs ``lora``.
         search: the search engine (``rl.search.BM25Search``, ``DenseSearch``, ``HTTPSearch``, ...);
             None trains without a tool (plain single-turn generation).
@@ -81,6 +83,7 @@ class SearchR1(L.LightningModule):
         warm_start_questions / warm_start_epochs / warm_start_batch_size: supervised warm start before RL on
             demonstrations built from the first N training questions (those whose search returns the answer;
             ``rl.sft``), with the module's optimizer; 0 = none (the paper). Done once: a resumed run skips it.
+            The warm-started policy becomes the KL reference.
     """
 
     def __init__(self, model_name_or_path: str = DEFAULT_GENERATOR, lora: dict | None = None,
@@ -114,9 +117,11 @@ class SearchR1(L.LightningModule):
         self.policy, self.tokenizer = load_causal_lm(model_name_or_path, load_in_4bit=load_in_4bit, lora=lora,
                                                      device=None if load_in_4bit else "cpu")
         self.policy.config.use_cache = True
-        # Reference policy: adapters disabled (LoRA) or a frozen copy; none when there is no KL term.
+        # Reference policy = the policy RL starts from; none when there is no KL term. With LoRA and no warm
+        # start that is the model with its adapters disabled; otherwise a frozen copy, which the warm start
+        # overwrites with its result (a KL pulling back to the pre-warm-start model would undo it).
         self.reference = None
-        if kl_coef > 0 and lora is None:
+        if kl_coef > 0 and (lora is None or warm_start_questions):
             self.reference = copy.deepcopy(self.policy).requires_grad_(False).eval()
         # PPO's critic: a linear value head on the policy's last hidden states (shared backbone).
         self.value_head = nn.Linear(self.policy.config.hidden_size, 1) if algorithm == "ppo" else None
@@ -275,6 +280,8 @@ class SearchR1(L.LightningModule):
                                             step=step)
                 step += 1
         opt.zero_grad()
+        if self.reference is not None:  # RL's reference is the warm-started policy
+            self.reference.load_state_dict(self.policy.state_dict())
         self.warm_started.fill_(True)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:

@@ -10,6 +10,7 @@ import torch
 from datamodules.rl_prompts import RLPromptDataModule
 from generation.lm import load_causal_lm
 from lightning_modules.search_r1 import SearchR1
+from rl.rollout import sequence_logprobs
 from rl.search import BM25Search, SafeSearch
 from rl.sft import protocol_demonstrations, sft_loss
 
@@ -94,3 +95,30 @@ def test_search_r1_warm_start_runs_once_before_rl(tiny_llama_dir, corpus_file, t
     assert "warm_started" in model.state_dict()  # a resumed run skips it
     with pytest.raises(ValueError, match="needs a search engine"):
         SearchR1(tiny_llama_dir, search=None, warm_start_questions=2)
+
+
+def test_search_r1_warm_started_policy_is_the_kl_reference(tiny_llama_dir, corpus_file, tmp_path):
+    """With LoRA the reference would be the adapters-off base; after a warm start it must be the warm-started
+    policy itself (KL 0 at the first RL step), not the model before the warm start."""
+    qa = [{"question": "capital of france", "answers": ["Paris"]}, {"question": "capital of italy", "answers": ["Rome"]}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(q) + "\n" for q in qa))
+    torch.manual_seed(0)
+    model = SearchR1(tiny_llama_dir, lora={"r": 4, "alpha": 8, "dropout": 0.0}, search=BM25Search(corpus_file),
+                     search_k=1, max_searches=1, group_size=2, max_turn_tokens=4, max_response_tokens=40,
+                     kl_coef=0.1, log_rollouts=0, warm_start_questions=2, warm_start_epochs=2,
+                     warm_start_batch_size=2, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
+    assert model.reference is not None and "reference.base_model.model.lm_head.weight" in model.state_dict()
+    data = RLPromptDataModule(str(tmp_path / "train.jsonl"), test_file=None, batch_size=2)
+    trainer = L.Trainer(max_steps=0, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, data)  # max_steps=0: the warm start only (on_fit_start)
+    assert bool(model.warm_started)
+    r = model.sample(model.prompts(["capital of france"], 2))
+    policy = r.old_logprobs * r.loss_mask  # the policy's own log-probs, as sampled
+    ref = model.reference_logprobs(r)
+    assert torch.allclose(ref, policy, atol=1e-6)
+    model.policy.eval()
+    with torch.no_grad(), model.policy.disable_adapter():
+        base = sequence_logprobs(model.policy, r.input_ids, r.attention_mask, model.hparams.temperature,
+                                 start=min(r.prompt_lengths)) * r.loss_mask
+    assert (base - policy).abs().max() > 1e-3  # the warm start moved the policy away from the base
