@@ -126,6 +126,14 @@ def load_causal_lm(name_or_path: str = DEFAULT_GENERATOR, *, dtype: str = "float
     model = from_pretrained(AutoModelForCausalLM, path, **kwargs)
     if not load_in_4bit:
         model.to(device)
+    elif device.type == "cpu":
+        # bitsandbytes repacks 4-bit weights for its AVX512-BF16 kernel on the first eval-mode no-grad forward
+        # (a validation pass, a rollout) and keeps them packed: from then on the layer computes in bf16, passes
+        # no gradient to its input (LoRA adapters below it silently stop learning), and it crashes on layers
+        # narrower than 64 inputs x 32 outputs. The portable path, the same on every CPU, is kept instead.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     tokenizer = load_tokenizer(path)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id

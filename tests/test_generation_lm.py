@@ -38,10 +38,29 @@ def test_qlora_4bit_on_cpu_uses_nf4_and_fp32_compute(tiny_llama_dir):
     assert isinstance(q, bnb.nn.Linear4bit)
     assert q.weight.quant_type == "nf4" and q.compute_dtype == torch.float32
     batch = tok(["question: who? answer:"], return_tensors="pt")
-    loss = model(**batch, labels=batch["input_ids"]).loss
-    loss.backward()
-    grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
-    assert grads and all(g is not None for g in grads)
+
+    def lora_grads():
+        model.zero_grad()
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if "lora_B" in n and p.grad is not None}
+
+    before = lora_grads()
+    assert len(before) == 2 * 2 and all(g.abs().sum() > 0 for g in before.values())
+    # An eval-mode no-grad pass (validation, a rollout) must not change how the frozen 4-bit layers compute:
+    # on AVX512-BF16 CPUs bitsandbytes would repack them for a bf16 kernel that passes no gradient to its input
+    # (and crashes on these 32-wide layers).
+    model.eval()
+    with torch.no_grad():
+        model(**batch)
+    model.train()
+    assert not any(getattr(getattr(m, "weight", None), "quant_state", None) is not None
+                   and getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+                   for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    assert not any(m.support_avx512bf16_for_cpu for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    after = lora_grads()
+    assert after.keys() == before.keys()
+    for name in before:
+        torch.testing.assert_close(after[name], before[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
 def test_unknown_hub_name_offline_gives_clear_error():
