@@ -7,7 +7,7 @@ short still reports what it did.
     python bench/rag_nq.py --n 300 --qe-n 300 --scifact-dense   # the whole test split (GPU)
 
 Every row goes through the same library calls as ``python train.py --config configs/<method>_nq.yaml``
-(generation.rag.answer_questions, generation.retrievers.PassageRetriever, retrieval.query_enhancement).
+(generation.rag.answer_questions, retrieval.search, retrieval.query_enhancement).
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from generation.nli import LMJudge, nli_hypothesis  # noqa: E402
 from generation.prompts import PRESETS, prompt_format  # noqa: E402
 from generation.qa_metrics import answer_recall_at_k, exact_match, f1_score, has_answer  # noqa: E402
 from generation.rag import TextGenerator, answer_questions  # noqa: E402
-from generation.retrievers import PassageRetriever  # noqa: E402
 from retrieval.beir import BeirDataset, passage_text  # noqa: E402
 from retrieval.encoders import Encoder  # noqa: E402
 from retrieval.metrics import evaluate  # noqa: E402
-from retrieval.query_enhancement import HYDE_TEMPLATES, hyde_documents, hyde_vectors, lamer_search  # noqa: E402
+from retrieval.query_enhancement import HYDE_TEMPLATES, hyde_search, lamer_search  # noqa: E402
+from retrieval.search import Retriever, make_retriever  # noqa: E402
 
 ROWS = [  # name, method, retriever, k
     ("closed-book", "closed_book", None, 0),
@@ -66,7 +66,7 @@ def qa_table(args, model, tok, dm, retrievers, out) -> None:
         rng = random.Random(0)
         t0 = time.perf_counter()
         threshold = judge.calibrate([dm.passages[r["gold_id"]] for r in dev],
-                                    [dm.passages[rng.choice(dm.passage_ids)] for _ in dev],
+                                    [dm.passages[rng.choice(dm.doc_ids)] for _ in dev],
                                     [nli_hypothesis(r["question"], r["answers"][0]) for r in dev])
         log(f"(LM judge threshold {threshold:.4f}, calibrated on {len(dev)} dev questions' gold vs random passages "
             f"in {time.perf_counter() - t0:.0f} s; uncalibrated 0.5)", out)
@@ -82,9 +82,9 @@ def qa_table(args, model, tok, dm, retrievers, out) -> None:
         if kind:
             engine = retrievers(kind)
             t0 = time.perf_counter()
-            hits = engine.search(questions, k)
-            passages = [[dm.passages[d] for d, _ in h] for h in hits]
-            scores = [[s for _, s in h] for h in hits]
+            hits = engine.retrieve(questions, k)
+            passages = [[p.contents for p in h] for h in hits]
+            scores = [[p.score for p in h] for h in hits]
         ans = answer_questions(method, model, tok, questions, passages, scores, prompt_format=fmt, judge=judge,
                                max_new_tokens=args.max_new_tokens, recitation_tokens=args.recitation_tokens,
                                batch_size=args.batch_size)
@@ -107,10 +107,10 @@ def retrieval_rows(label: str, ids, texts, queries: dict, qrels, answers, gen_hy
     passages = dict(zip(ids, texts))
     log(f"\n## Retrieval, {label}: {len(qids)} queries\n", out)
     if engines is None:
-        engines = {"BM25": PassageRetriever("bm25", ids, texts)}
+        engines = {"BM25": make_retriever("bm25", passages)}
         if encoder is not None:
             t0 = time.perf_counter()
-            engines["dense"] = PassageRetriever("dense", ids, texts, encoder=encoder, show_progress=False)
+            engines["dense"] = make_retriever("dense", passages, encoder=encoder)
             log(f"(dense index: {len(ids)} passages encoded in {time.perf_counter() - t0:.0f} s)\n", out)
     cols = "| retrieval | nDCG@10 | Recall@20 |" + (" answer-recall@1 | @5 | @20 |" if answers else "") + " seconds |"
     log(cols, out)
@@ -118,11 +118,11 @@ def retrieval_rows(label: str, ids, texts, queries: dict, qrels, answers, gen_hy
     runs = []
     for name, engine in engines.items():
         runs.append((name, lambda e=engine: e.search(qtexts, 100)))
-        runs.append((f"LameR + {name}", lambda e=engine: lamer_search(e.search, passages, gen_lamer, qtexts, 100,
-                                                                         args.lamer_candidates, 1)[0]))
+        runs.append((f"LameR + {name}", lambda e=engine: lamer_search(e, gen_lamer, qtexts, 100, args.lamer_candidates,
+                                                                         1)[0]))
         if name == "dense":
-            runs.append(("HyDE + dense", lambda e=engine: e.search_vectors(hyde_vectors(
-                e.encode, qtexts, hyde_documents(gen_hyde, qtexts, args.hyde_docs, template)), 100)))
+            runs.append(("HyDE + dense", lambda e=engine: hyde_search(e, gen_hyde, qtexts, 100, args.hyde_docs,
+                                                                      template)[0]))
     for name, fn in runs:
         t0 = time.perf_counter()
         ranking = fn()
@@ -170,16 +170,15 @@ def main() -> None:
     model.eval()
     dm = QADataModule(test_file="data/nq_pool/test.jsonl", corpus="data/nq_pool", limit=args.n)
     dm.setup()
-    cache: dict[str, PassageRetriever] = {}
+    cache: dict[str, Retriever] = {}
     encoder = None if args.skip_dense else Encoder(args.encoder, normalize=True, max_length=args.encoder_max_length)
 
-    def retrievers(kind: str) -> PassageRetriever:
+    def retrievers(kind: str) -> Retriever:
         if kind not in cache:
             t0 = time.perf_counter()
-            cache[kind] = PassageRetriever(kind, dm.passage_ids, [dm.passages[p] for p in dm.passage_ids],
-                                           encoder=encoder if kind == "dense" else None)
+            cache[kind] = make_retriever(kind, dm.corpus, encoder=encoder if kind == "dense" else None)
             if kind == "dense":
-                log(f"(dense index: {len(dm.passage_ids)} pool passages encoded in {time.perf_counter() - t0:.0f} s, "
+                log(f"(dense index: {len(dm.doc_ids)} pool passages encoded in {time.perf_counter() - t0:.0f} s, "
                     f"not counted in the row's time)", out)
         return cache[kind]
 
@@ -191,8 +190,8 @@ def main() -> None:
         gen_lamer = TextGenerator(model, tok, max_new_tokens=args.max_new_tokens, stop_strings=("\n",),
                                   batch_size=args.batch_size)
         test = [json.loads(line) for line in open(ROOT / "data/nq_pool/test.jsonl")][:args.qe_n]
-        retrieval_rows("NQ pool (2,600 passages), gold passage as qrel", dm.passage_ids,
-                       [dm.passages[p] for p in dm.passage_ids], {r["id"]: r["question"] for r in test},
+        retrieval_rows("NQ pool (2,600 passages), gold passage as qrel", dm.doc_ids,
+                       [dm.passages[p] for p in dm.doc_ids], {r["id"]: r["question"] for r in test},
                        {r["id"]: {r["gold_id"]: 1} for r in test}, {r["id"]: r["answers"] for r in test},
                        gen_hyde, gen_lamer, encoder, args, out, HYDE_TEMPLATES["web"],
                        engines={"BM25": retrievers("bm25"), **({} if encoder is None else {"dense": retrievers("dense")})})

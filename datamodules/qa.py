@@ -64,7 +64,8 @@ class QADataModule(L.LightningDataModule):
     Args:
         test_file / val_file / train_file: QA JSONL files (relative paths from the project root).
         corpus: a BEIR corpus file or folder (``corpus.jsonl[.gz]``) with the passages; None for
-            closed-book methods only.
+            closed-book methods only. After ``setup``: ``corpus`` ({id: {title, text}}), ``passages``
+            ({id: title + " " + text}, ``retrieval.beir.passage_text``) and ``doc_ids``.
         limit: use only the first ``limit`` questions of each file (quick runs; None = all).
         batch_size: questions per step.
     """
@@ -75,7 +76,7 @@ class QADataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.splits: dict[str, list[dict]] = {}
-        self.passage_ids: list[str] = []
+        self.corpus: dict[str, dict[str, str]] = {}
         self.passages: dict[str, str] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -86,9 +87,14 @@ class QADataModule(L.LightningDataModule):
             if file:
                 self.splits[name] = read_qa_jsonl(resolve_data_dir(file), hp.limit)
         if hp.corpus:
-            corpus = load_corpus(_corpus_file(resolve_data_dir(hp.corpus)))
-            self.passages = {pid: passage_text(doc, separator="\n") for pid, doc in corpus.items()}
-            self.passage_ids = list(self.passages)
+            self.corpus = load_corpus(_corpus_file(resolve_data_dir(hp.corpus)))
+            # the same title + text rule as the BEIR DataModule and the search layer
+            self.passages = {pid: passage_text(doc) for pid, doc in self.corpus.items()}
+
+    @property
+    def doc_ids(self) -> list[str]:
+        """The passage pool's ids, in file order (what ``callbacks.IndexRefresh`` encodes)."""
+        return list(self.passages)
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         if split not in self.splits:

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 
 import torch
 
+from generation.logprobs import position_ids, supports_logits_to_keep
 from generation.prompts import PromptFormat, uses_chat
-from generation.scoring import supports_logits_to_keep, token_logprobs
+from generation.scoring import token_logprobs
 
 
 def replug_weights(scores: torch.Tensor | Sequence[float], temperature: float = 1.0) -> torch.Tensor:
@@ -88,11 +89,11 @@ def replug_generate(model, tokenizer, questions: Sequence[str], passages: Sequen
         group_t = torch.tensor(group, device=device)
         batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not uses_chat(tokenizer, fmt.chat))
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = position_ids(mask)
         past, tokens = None, [[] for _ in qs]
         done = torch.zeros(len(qs), dtype=torch.bool, device=device)
         for _ in range(max_new_tokens):
-            out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=past,
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
                         use_cache=True, **keep)
             past = out.past_key_values
             logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)                     # (R, V)
@@ -111,7 +112,7 @@ def replug_generate(model, tokenizer, questions: Sequence[str], passages: Sequen
                 break
             ids = nxt[group_t].unsqueeze(-1)                                                 # (R, 1)
             mask = torch.cat([mask, torch.ones_like(ids)], dim=-1)
-            position_ids = position_ids[:, -1:] + 1
+            positions = positions[:, -1:] + 1
         for g, q in enumerate(qs):
             answers[q] = tokenizer.decode(tokens[g], skip_special_tokens=True)
     return answers

@@ -9,23 +9,20 @@ Prompt tokens are masked (they are conditioned on, never scored). It is the buil
 ensemble, of REPLUG LSR's LM-likelihood targets and of answer-likelihood evaluation.
 
 Batching: rows are sorted by length (longest first) so each batch pads little; they are padded on the
-left with explicit position ids, so every target ends at the last position and only the last T_max + 1
-positions' logits are computed (``logits_to_keep``), which saves a (B, L, vocab) tensor per batch.
+left (positions from the attention mask, so absolute-position models score as unpadded), so every
+target ends at the last position and only the last T_max + 1 positions' logits are computed
+(``logits_to_keep``), which saves a (B, L, vocab) tensor per batch.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import torch
 
+from generation.logprobs import sequence_logprobs
 from generation.prompts import PromptFormat, uses_chat
-
-
-def supports_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+from generation.tokens import pad
 
 
 def encode_pairs(tokenizer, prompts: Sequence[str], targets: Sequence[str], *, add_special_tokens: bool = True,
@@ -65,30 +62,18 @@ def token_logprobs(model, tokenizer, prompts: Sequence[str], targets: Sequence[s
 
 def pair_logprobs(model, pairs: Sequence[tuple[list[int], list[int]]], *, batch_size: int = 8, pad_id: int = 0,
                   requires_grad: bool = False) -> list[torch.Tensor]:
-    """:func:`token_logprobs` on already tokenized (prompt ids, target ids) pairs."""
-    device = next(model.parameters()).device
-    keep_arg = supports_logits_to_keep(model)
+    """:func:`token_logprobs` on already tokenized (prompt ids, target ids) pairs, through the LM core's
+    :func:`generation.logprobs.sequence_logprobs` (positions from the attention mask)."""
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
     out: list[torch.Tensor | None] = [None] * len(pairs)
     with torch.set_grad_enabled(requires_grad):
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            length = max(len(pairs[i][0]) + len(pairs[i][1]) for i in rows)
+            ids, mask = pad([pairs[i][0] + pairs[i][1] for i in rows], pad_id, side="left")
             t_max = max(len(pairs[i][1]) for i in rows)
-            ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), length), dtype=torch.long)
-            for r, i in enumerate(rows):
-                seq = pairs[i][0] + pairs[i][1]
-                ids[r, length - len(seq):] = torch.tensor(seq)
-                mask[r, length - len(seq):] = 1
-            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-            kwargs = {"logits_to_keep": t_max + 1} if keep_arg else {}
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                           position_ids=position_ids.to(device), **kwargs).logits
-            # positions L-T_max-1 .. L-2 predict the tokens at L-T_max .. L-1: (B, T_max, V)
-            logits = logits[:, -(t_max + 1):-1].float()
-            target = ids[:, -t_max:].to(device)
-            lp = torch.log_softmax(logits, dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (B, T_max)
+            # every target ends at the last column, so only the last t_max columns are scored
+            lp = sequence_logprobs(model, ids, mask, micro_batch_size=len(rows),
+                                   start=ids.shape[1] - t_max).logprobs[:, -t_max:]  # (B, T_max)
             for r, i in enumerate(rows):
                 out[i] = lp[r, t_max - len(pairs[i][1]):]
     return out  # type: ignore[return-value]

@@ -11,9 +11,9 @@ from callbacks.retrieval_eval import RetrievalEvaluator
 from generation.lm import DEFAULT_GENERATOR, load_causal_lm
 from generation.qa_metrics import answer_recall_at_k
 from generation.rag import TextGenerator
-from generation.retrievers import PassageRetriever
 from retrieval.encoders import DEFAULT_ENCODER
-from retrieval.query_enhancement import HYDE_TEMPLATES, LAMER_TEMPLATE, hyde_documents, hyde_vectors, lamer_search
+from retrieval.query_enhancement import HYDE_TEMPLATES, LAMER_TEMPLATE, hyde_search, lamer_search
+from retrieval.search import make_retriever
 
 METHODS = ("none", "hyde", "lamer")
 
@@ -73,24 +73,24 @@ class QueryEnhancedRetriever(L.LightningModule):
             from retrieval.encoders import Encoder
 
             encoder = Encoder(hp.encoder, normalize=True, max_length=hp.encoder_max_length)
-        # 1. index the corpus
-        search = PassageRetriever(hp.retriever, corpus["ids"], corpus["texts"], encoder=encoder, k1=hp.bm25_k1, b=hp.bm25_b)
+        # 1. index the corpus (the evaluator hands over title + text as one string per passage)
+        passages = dict(zip(corpus["ids"], corpus["texts"]))
+        retriever = make_retriever(hp.retriever, passages, encoder=encoder, k1=hp.bm25_k1, b=hp.bm25_b)
         texts = queries["texts"]
         # 2. search with the enhanced queries
         if hp.method == "hyde":
-            docs = hyde_documents(self._generator(hp.doc_tokens, sample=True), texts, hp.num_docs, self.template)
-            ranking = search.search_vectors(hyde_vectors(search.encode, texts, docs, hp.include_query), k)
+            ranking, docs = hyde_search(retriever, self._generator(hp.doc_tokens, sample=True), texts, k, hp.num_docs,
+                                        self.template, hp.include_query)
             shown = [f"{q}\n\n---\n\n" + "\n\n---\n\n".join(d) for q, d in zip(texts, docs)]
         elif hp.method == "lamer":
-            passages = dict(zip(corpus["ids"], corpus["texts"]))
-            ranking, shown = lamer_search(search.search, passages, self._generator(hp.draft_tokens, sample=False), texts,
-                                          k, hp.num_candidates, hp.num_drafts, hp.lamer_template)
+            ranking, shown = lamer_search(retriever, self._generator(hp.draft_tokens, sample=False), texts, k,
+                                          hp.num_candidates, hp.num_drafts, hp.lamer_template)
         else:
-            ranking, shown = search.search(texts, k), list(texts)
+            ranking, shown = retriever.search(texts, k), list(texts)
         run = {q: dict(hits) for q, hits in zip(queries["ids"], ranking)}
         # 3. answer recall of the rankings (QA pools)
         if hp.answers_file:
-            self._log_answer_recall(run, dict(zip(corpus["ids"], corpus["texts"])), queries["ids"])
+            self._log_answer_recall(run, passages, queries["ids"])
         self._log_examples(shown)
         return run
 

@@ -26,8 +26,8 @@ from generation.nli import LMJudge, NLIClassifier
 from generation.prompts import PromptFormat, prompt_format
 from generation.qa_metrics import exact_match, f1_score, has_answer
 from generation.rag import METHODS, NO_RETRIEVAL, Answers, answer_questions
-from generation.retrievers import PassageRetriever
 from retrieval.encoders import DEFAULT_ENCODER
+from retrieval.search import make_retriever
 
 
 
@@ -83,9 +83,8 @@ class RAGEvaluator(L.LightningModule):
                 from retrieval.encoders import Encoder
 
                 encoder = Encoder(hp.encoder, normalize=True, max_length=hp.encoder_max_length)
-            self.passages = dm.passages
-            self.search = PassageRetriever(hp.retriever, dm.passage_ids, [dm.passages[p] for p in dm.passage_ids],
-                                           encoder=encoder, k1=hp.bm25_k1, b=hp.bm25_b, seed=hp.seed)
+            self.search = make_retriever(hp.retriever, dm.corpus, encoder=encoder, k1=hp.bm25_k1, b=hp.bm25_b,
+                                         seed=hp.seed)
         if hp.method == "nli_filter" and self.judge is None:
             if hp.nli_model == "lm":
                 self.judge = LMJudge(self.lm, self.tokenizer, threshold=0.5 if hp.nli_threshold is None else hp.nli_threshold,
@@ -112,9 +111,9 @@ class RAGEvaluator(L.LightningModule):
         # 1. retrieve (top-k passages and their scores)
         passages, scores = [[] for _ in questions], [[] for _ in questions]
         if self.uses_retrieval:
-            hits = self.search(questions, hp.top_k)
-            passages = [[self.passages[d] for d, _ in row] for row in hits]
-            scores = [[s for _, s in row] for row in hits]
+            hits = self.search.retrieve(questions, hp.top_k)
+            passages = [[p.contents for p in row] for row in hits]
+            scores = [[p.score for p in row] for row in hits]
         # 2. answer with the method
         out = self.answer(questions, passages, scores)
         # 3. score: EM / F1 with SQuAD normalisation, answer recall of the retrieved passages

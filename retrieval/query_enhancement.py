@@ -14,7 +14,9 @@ retrieve again with the query augmented by the drafts, each draft appended to a 
     q' = q a_1 q a_2 ... q a_n
 
 It works with any engine, BM25 included. The LM is injected as ``generate(messages) -> texts`` (e.g.
-``generation.rag.TextGenerator``), the engine as ``search(queries, k) -> [[(doc_id, score), ...], ...]``.
+``generation.rag.TextGenerator``), the engine is a :class:`retrieval.search.Retriever` (HyDE needs a
+:class:`retrieval.search.DenseRetriever`: it searches with vectors), read at every call so both see an
+index refreshed during training.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 Generate = Callable[[Sequence[str]], list[str]]
-Search = Callable[[Sequence[str], int], list[list[tuple[str, float]]]]
+Hits = list[list[tuple[str, float]]]
 
 HYDE_TEMPLATES = {
     # the prompts of the HyDE repository (web search and SciFact)
@@ -81,11 +83,20 @@ def lamer_drafts(generate: Generate, queries: Sequence[str], candidates: Sequenc
     return [texts[i * num_drafts:(i + 1) * num_drafts] for i in range(len(queries))]
 
 
-def lamer_search(search: Search, passages: dict[str, str], generate: Generate, queries: Sequence[str], k: int = 100,
-                 num_candidates: int = 5, num_drafts: int = 1,
-                 template: str = LAMER_TEMPLATE) -> tuple[list[list[tuple[str, float]]], list[str]]:
+def hyde_search(retriever, generate: Generate, queries: Sequence[str], k: int = 100, num_docs: int = 4,
+                template: str = HYDE_TEMPLATES["web"], include_query: bool = True) -> tuple[Hits, list[list[str]]]:
+    """HyDE: (ranking of the HyDE vectors in the retriever's current index, hypothetical documents)."""
+    if not hasattr(retriever, "search_vectors"):
+        raise ValueError(f"HyDE searches with embeddings: it needs a dense retriever, not {type(retriever).__name__}")
+    docs = hyde_documents(generate, queries, num_docs, template)
+    return retriever.search_vectors(hyde_vectors(retriever.encode, queries, docs, include_query), k), docs
+
+
+def lamer_search(retriever, generate: Generate, queries: Sequence[str], k: int = 100, num_candidates: int = 5,
+                 num_drafts: int = 1, template: str = LAMER_TEMPLATE) -> tuple[Hits, list[str]]:
     """LameR: (ranking of the augmented queries, augmented queries)."""
-    first = search(list(queries), num_candidates)
-    drafts = lamer_drafts(generate, queries, [[passages[d] for d, _ in row] for row in first], num_drafts, template)
+    first = retriever.search(list(queries), num_candidates)
+    drafts = lamer_drafts(generate, queries, [[retriever.text(d) for d, _ in row] for row in first], num_drafts,
+                          template)
     augmented = [lamer_query(q, ds) for q, ds in zip(queries, drafts)]
-    return search(augmented, k), augmented
+    return retriever.search(augmented, k), augmented

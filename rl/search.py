@@ -1,33 +1,33 @@
 """The search tool of a rollout: a plain callable ``search(queries, k) -> list[list[Passage]]``.
 
-Engines: :class:`BM25Search` (default, bm25s), :class:`DenseSearch` (encoder + faiss) and
-:class:`HTTPSearch`, a client of a retrieval server with Search-R1's ``/retrieve`` interface
-(:func:`serve` runs one over any engine, so that at scale the retriever lives on its own machine).
-:class:`SafeSearch` wraps an engine for the rollout: an exception or a timeout becomes an
-``<information>`` message and is counted, never a crash.
+The engines are thin adapters over the one search layer, :mod:`retrieval.search`: :class:`BM25Search`
+(bm25s) and :class:`DenseSearch` (encoder + faiss) build a retriever from a corpus file, and
+:class:`RetrieverSearch` wraps any retriever already built (e.g. the one a training module searches, so
+the tool sees the index that ``callbacks.IndexRefresh`` swaps in). :class:`HTTPSearch` is a client of a
+retrieval server with Search-R1's ``/retrieve`` interface (:func:`serve` runs one over any engine, so that
+at scale the retriever lives on its own machine). :class:`SafeSearch` wraps an engine for the rollout: an
+exception or a timeout becomes an ``<information>`` message, is counted, and is reported on the console
+(a rate-limited warning), never a crash.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import logging
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from retrieval.beir import load_corpus
+from retrieval.search import BM25Retriever, DenseRetriever, Passage, Retriever
 
+__all__ = ["Passage", "SearchFn", "SearchEngine", "RetrieverSearch", "BM25Search", "DenseSearch", "HTTPSearch",
+           "SafeSearch", "serve", "format_information"]
 
-@dataclass(frozen=True)
-class Passage:
-    id: str
-    title: str
-    text: str
-    score: float = 0.0
-
+log = logging.getLogger(__name__)
 
 SearchFn = Callable[[Sequence[str], int], list[list[Passage]]]
 
@@ -40,47 +40,39 @@ class SearchEngine:
         raise NotImplementedError(f"{type(self).__name__} must implement __call__(queries, k)")
 
 
-def _corpus_passages(corpus: str | Path | dict) -> list[Passage]:
-    docs = load_corpus(corpus) if isinstance(corpus, (str, Path)) else corpus
-    return [Passage(doc_id, (d.get("title") or "").strip(), d["text"]) for doc_id, d in docs.items()]
+class RetrieverSearch(SearchEngine):
+    """A :class:`retrieval.search.Retriever` as the search tool: its hits as passages."""
 
+    def __init__(self, retriever: Retriever):
+        self.retriever = retriever
 
-class BM25Search(SearchEngine):
-    """BM25 (``retrieval.bm25.BM25``) over a BEIR ``corpus.jsonl`` (or a ``{id: {title, text}}`` dict),
-    indexing title and text."""
-
-    def __init__(self, corpus: str | Path | dict, k1: float = 0.9, b: float = 0.4):
-        from retrieval.bm25 import BM25
-
-        self.passages = {p.id: p for p in _corpus_passages(corpus)}
-        self.bm25 = BM25(list(self.passages), [f"{p.title} {p.text}".strip() for p in self.passages.values()], k1, b)
+    @property
+    def passages(self) -> dict[str, Passage]:
+        return self.retriever.passages
 
     def __call__(self, queries: Sequence[str], k: int = 3) -> list[list[Passage]]:
-        hits = self.bm25.search(list(queries), k)
-        return [[Passage(d, self.passages[d].title, self.passages[d].text, s) for d, s in row] for row in hits]
+        return self.retriever.retrieve(list(queries), k)
 
 
-class DenseSearch(SearchEngine):
-    """Dense retrieval: ``retrieval.encoders.Encoder`` embeds the corpus once into a faiss
-    ``retrieval.index.DenseIndex``; queries are embedded with ``query_prefix`` (``"query: "`` for e5)."""
+class BM25Search(RetrieverSearch):
+    """BM25 over a BEIR ``corpus.jsonl`` (or a ``{id: {title, text}}`` dict), indexing title and text."""
+
+    def __init__(self, corpus: str | Path | dict, k1: float = 0.9, b: float = 0.4):
+        super().__init__(BM25Retriever(corpus, k1=k1, b=b))
+
+
+class DenseSearch(RetrieverSearch):
+    """Dense retrieval: ``retrieval.encoders.Encoder`` embeds the corpus once into a faiss index; queries are
+    embedded with ``query_prefix`` (``"query: "`` for e5)."""
 
     def __init__(self, corpus: str | Path | dict, model_name_or_path: str = "all-MiniLM-L6-v2",
                  pooling: str = "mean", normalize: bool = True, max_length: int = 256, query_prefix: str = "",
                  passage_prefix: str = "", factory: str = "Flat", batch_size: int = 64):
         from retrieval.encoders import Encoder
-        from retrieval.index import DenseIndex
 
-        self.passages = {p.id: p for p in _corpus_passages(corpus)}
-        self.encoder = Encoder(model_name_or_path, pooling, normalize, max_length)
-        self.query_prefix = query_prefix
-        emb = self.encoder.encode([f"{passage_prefix}{p.title} {p.text}".strip() for p in self.passages.values()],
-                                  batch_size=batch_size, show_progress=False)
-        self.index = DenseIndex(emb.shape[1], factory).add(list(self.passages), emb)
-
-    def __call__(self, queries: Sequence[str], k: int = 3) -> list[list[Passage]]:
-        q = self.encoder.encode([self.query_prefix + x for x in queries], show_progress=False)
-        return [[Passage(d, self.passages[d].title, self.passages[d].text, s) for d, s in row]
-                for row in self.index.search(q, k)]
+        encoder = Encoder(model_name_or_path, pooling, normalize, max_length)
+        super().__init__(DenseRetriever(corpus, encoder, factory=factory, query_prefix=query_prefix,
+                                        passage_prefix=passage_prefix, batch_size=batch_size))
 
 
 # -- Search-R1's /retrieve interface -------------------------------------------------------------------
@@ -96,40 +88,107 @@ def _from_contents(doc_id: str, contents: str, score: float) -> Passage:
     return Passage(doc_id, title.strip('"'), text, score)
 
 
-def serve(search: SearchFn, host: str = "127.0.0.1", port: int = 8000, block: bool = True) -> ThreadingHTTPServer:
+class BadRequest(ValueError):
+    """A request the server refuses with 400 (the client's fault, not the engine's)."""
+
+
+def parse_request(raw: bytes) -> tuple[list[str], int]:
+    """``(queries, topk)`` from a ``/retrieve`` body; anything else than a JSON object with a list of
+    strings ``queries``, an optional positive integer ``topk`` (default 3; not a float, bool or null) and
+    an optional boolean ``return_scores`` is a :class:`BadRequest`."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadRequest(f"the body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise BadRequest("the body is JSON nested too deeply") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"the body must be a JSON object {{queries, topk, return_scores}}, got a {type(body).__name__}")
+    queries = body.get("queries")
+    if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
+        raise BadRequest("field 'queries' must be a list of strings")
+    topk = body.get("topk", 3)
+    if type(topk) is not int or topk < 1:  # noqa: E721 (bool is an int subclass; true must not mean 1)
+        raise BadRequest(f"field 'topk' must be a positive integer, got {json.dumps(topk)}")
+    if not isinstance(body.get("return_scores", True), bool):
+        raise BadRequest(f"field 'return_scores' must be true or false, got {json.dumps(body['return_scores'])}")
+    return queries, topk
+
+
+def serve(search: SearchFn | Retriever, host: str = "127.0.0.1", port: int = 8000, block: bool = True,
+          max_request_bytes: int = 1 << 20, read_timeout: float = 30.0) -> ThreadingHTTPServer:
     """Serve ``search`` at ``POST http://host:port/retrieve``. With ``block=False`` it runs in a daemon
     thread and the server is returned (call ``.shutdown()``); port 0 picks a free port
-    (``server.server_address``)."""
+    (``server.server_address``).
+
+    Every answer is JSON: 200 ``{"result": ...}``; errors ``{"error": ...}`` with 400 (malformed body or
+    fields), 404 (another path), 408 (the body did not arrive within ``read_timeout`` seconds), 411 (no
+    Content-Length), 413 (body over ``max_request_bytes``), 501 (a method other than POST) and 500 (the
+    engine failed)."""
+
+    if isinstance(search, Retriever):
+        search = RetrieverSearch(search)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (http.server's name)
-            if self.path.rstrip("/") != "/retrieve":
-                self.send_error(404, f"unknown path {self.path}; POST /retrieve")
-                return
-            try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                queries, k = body["queries"], int(body.get("topk", 3))
-                if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
-                    raise ValueError("field 'queries' must be a list of strings")
-                hits = search(queries, k)
-                result = [[{"document": {"id": p.id, "contents": _to_contents(p)}, "score": p.score} for p in row]
-                          for row in hits]
-                payload, status = {"result": result}, 200
-            except (KeyError, ValueError, json.JSONDecodeError) as e:
-                payload, status = {"error": f"bad request: {e!r}"}, 400
-            except Exception as e:  # the engine failed: report it to the client, keep serving
-                payload, status = {"error": f"search failed: {e!r}"}, 500
+        timeout = read_timeout  # socket timeout: a client that stops sending cannot hold a thread
+
+        def _reply(self, status: int, payload: dict) -> None:
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(data)
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        def send_error(self, code, message=None, explain=None):  # http.server's own errors (404, 501, ...) as JSON
+            self.close_connection = True
+            self._reply(code, {"error": f"{code} {message or self.responses.get(code, ('',))[0]}"})
+
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            if self.path.rstrip("/") != "/retrieve":
+                self.send_error(404, f"unknown path {self.path}; POST /retrieve")
+                return
+            length = self.headers.get("Content-Length")
+            if length is None:
+                self.send_error(411, "Content-Length required")
+                return
+            if not length.strip().isdigit():
+                self.send_error(400, f"bad Content-Length {length!r}")
+                return
+            if int(length) > max_request_bytes:
+                self.send_error(413, f"request body of {int(length)} bytes; the limit is {max_request_bytes}")
+                return
+            try:
+                raw = self.rfile.read(int(length))
+            except TimeoutError:
+                self.send_error(408, f"the request body did not arrive within {read_timeout} s")
+                return
+            if len(raw) < int(length):
+                self.send_error(400, f"request body ended after {len(raw)} of {length} bytes")
+                return
+            try:
+                queries, k = parse_request(raw)
+            except BadRequest as e:
+                self._reply(400, {"error": f"bad request: {e}"})
+                return
+            try:
+                hits = search(queries, k)
+                result = [[{"document": {"id": p.id, "contents": _to_contents(p)}, "score": p.score} for p in row]
+                          for row in hits]
+            except Exception as e:  # the engine failed: report it to the client, keep serving
+                log.warning("/retrieve: search failed: %s: %s", type(e).__name__, e)
+                self._reply(500, {"error": f"search failed: {type(e).__name__}: {e}"})
+                return
+            self._reply(200, {"result": result})
 
         def log_message(self, *args):  # keep the training log clean
             pass
 
     server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
     if block:
         server.serve_forever()
     else:
@@ -162,12 +221,21 @@ class SafeSearch:
     """The rollout's view of a search engine: ``information(queries) -> list[str]`` of ``<information>``
     blocks. An engine that raises, returns the wrong number of results, or exceeds ``timeout`` seconds
     yields ``<information>search failed: ...</information>`` for the affected queries; failures are
-    counted in ``self.errors`` (and per call in ``self.last_errors``)."""
+    counted in ``self.errors`` (and per call in ``self.last_errors``) and reported as a warning on the
+    console naming the error, at most once every ``warn_every`` seconds (with the count in between).
 
-    def __init__(self, search: SearchFn, k: int = 3, timeout: float | None = 30.0, max_passage_chars: int | None = None):
-        self.search, self.k, self.timeout, self.max_passage_chars = search, k, timeout, max_passage_chars
+    ``search`` is a ``SearchFn`` or a :class:`retrieval.search.Retriever` (searched through
+    :class:`RetrieverSearch`)."""
+
+    def __init__(self, search: SearchFn | Retriever, k: int = 3, timeout: float | None = 30.0,
+                 max_passage_chars: int | None = None, warn_every: float = 60.0):
+        self.search = RetrieverSearch(search) if isinstance(search, Retriever) else search
+        self.k, self.timeout, self.max_passage_chars = k, timeout, max_passage_chars
         self.errors = 0
         self.last_errors = 0
+        self.warn_every = warn_every
+        self._last_warning: float | None = None
+        self._unreported = 0
         self._pool = cf.ThreadPoolExecutor(max_workers=1) if timeout is not None else None
 
     def _run(self, queries: list[str]) -> list[list[Passage]]:
@@ -182,6 +250,15 @@ class SafeSearch:
             self._pool = cf.ThreadPoolExecutor(max_workers=1)
             raise TimeoutError(f"search took longer than {self.timeout} s") from None
 
+    def _warn(self, error: Exception, failed: int) -> None:
+        self._unreported += failed
+        now = time.monotonic()
+        if self._last_warning is not None and now - self._last_warning < self.warn_every:
+            return
+        log.warning("search failed for %d queries (%d since the last warning, %d in all): %s: %s",
+                    failed, self._unreported, self.errors, type(error).__name__, error)
+        self._last_warning, self._unreported = now, 0
+
     def information(self, queries: Sequence[str]) -> list[str]:
         queries = list(queries)
         self.last_errors = 0
@@ -194,6 +271,7 @@ class SafeSearch:
         except Exception as e:
             self.errors += len(queries)
             self.last_errors = len(queries)
+            self._warn(e, len(queries))
             return [f"<information>search failed: {type(e).__name__}: {e}</information>"] * len(queries)
         out = []
         for row in hits:

@@ -8,13 +8,14 @@ import torch
 
 from generation.lm import load_causal_lm
 from generation.rag import TextGenerator
-from generation.retrievers import PassageRetriever
 from retrieval.encoders import Encoder
-from retrieval.query_enhancement import hyde_documents, hyde_vectors, lamer_drafts, lamer_query, lamer_search
+from retrieval.query_enhancement import hyde_documents, hyde_search, hyde_vectors, lamer_drafts, lamer_query, lamer_search
+from retrieval.search import make_retriever
 
 IDS = ["d0", "d1", "d2", "d3"]
 TEXTS = ["Paris is the capital of France.", "Hamlet was written by William Shakespeare.",
          "The Moon landing happened in 1969.", "Mount Everest is the highest mountain."]
+POOL = dict(zip(IDS, TEXTS))
 
 
 def test_hyde_vector_is_mean_with_query_by_hand():
@@ -32,7 +33,7 @@ def test_hyde_vector_is_mean_with_query_by_hand():
 
 def test_hyde_with_real_encoder_and_index(tiny_bert_dir):
     enc = Encoder(tiny_bert_dir, normalize=True, max_length=32)
-    search = PassageRetriever("dense", IDS, TEXTS, encoder=enc)
+    search = make_retriever("dense", POOL, encoder=enc)
     docs = [["The capital of France is Paris.", "France's capital city."]]
     vec = hyde_vectors(search.encode, ["capital of france"], docs)
     e = enc.encode(["capital of france", *docs[0]], show_progress=False)
@@ -51,25 +52,38 @@ def test_lamer_query_by_hand():
 def test_lamer_and_hyde_with_tiny_lm_and_bm25(tiny_llama_dir):
     model, tok = load_causal_lm(tiny_llama_dir, device="cpu")
     gen = TextGenerator(model, tok, max_new_tokens=4)
-    bm25 = PassageRetriever("bm25", IDS, TEXTS)
+    bm25 = make_retriever("bm25", POOL)
     queries = ["who wrote hamlet", "capital of france"]
-    ranking, augmented = lamer_search(bm25.search, dict(zip(IDS, TEXTS)), gen, queries, k=3, num_candidates=2)
+    ranking, augmented = lamer_search(bm25, gen, queries, k=3, num_candidates=2)
     drafts = lamer_drafts(gen, queries, [[TEXTS[IDS.index(d)] for d, _ in row] for row in bm25.search(queries, 2)])
     assert augmented == [lamer_query(q, d) for q, d in zip(queries, drafts)]
     assert ranking == bm25.search(augmented, 3)
     docs = hyde_documents(TextGenerator(model, tok, max_new_tokens=3, do_sample=True), queries, num_docs=3)
     assert [len(d) for d in docs] == [3, 3]
+    with pytest.raises(ValueError, match="dense retriever"):
+        hyde_search(bm25, gen, queries, 3)
+
+
+def test_hyde_search_is_documents_then_mean_vector_then_index(tiny_bert_dir, tiny_llama_dir):
+    model, tok = load_causal_lm(tiny_llama_dir, device="cpu")
+    gen = TextGenerator(model, tok, max_new_tokens=3)  # greedy: the same documents on every call
+    dense = make_retriever("dense", POOL, encoder=Encoder(tiny_bert_dir, normalize=True, max_length=32))
+    queries = ["who wrote hamlet", "capital of france"]
+    ranking, docs = hyde_search(dense, gen, queries, 3, num_docs=2)
+    assert docs == hyde_documents(gen, queries, 2)
+    assert ranking == dense.search_vectors(hyde_vectors(dense.encode, queries, docs), 3)
+    assert ranking != dense.search(queries, 3)  # the documents moved the search vector
 
 
 def test_random_retriever_is_seeded_per_query_and_bm25_matches_library():
-    r = PassageRetriever("random", IDS, TEXTS, seed=1)
+    r = make_retriever("random", POOL, seed=1)
     a = r.search(["q1", "q2"], 2)
     assert r.search(["q2", "q1"], 2) == a[::-1]  # independent of batch order
     assert all(len(row) == 2 and len({d for d, _ in row}) == 2 and all(s == 0.0 for _, s in row) for row in a)
     from retrieval.bm25 import BM25
 
-    assert PassageRetriever("bm25", IDS, TEXTS).search(["hamlet"], 2) == BM25(IDS, TEXTS).search(["hamlet"], 2)
+    assert make_retriever("bm25", POOL).search(["hamlet"], 2) == BM25(IDS, TEXTS).search(["hamlet"], 2)
     with pytest.raises(ValueError, match="unknown retriever"):
-        PassageRetriever("tfidf", IDS, TEXTS)
+        make_retriever("tfidf", POOL)
     with pytest.raises(ValueError, match="needs an encoder"):
-        PassageRetriever("dense", IDS, TEXTS)
+        make_retriever("dense", POOL)
