@@ -430,11 +430,11 @@ def _kill_leftovers(pid: int, namespaces: bool) -> None:
 
 
 def _reap() -> None:
-    """Collect zombies (in namespaces mode the program's orphans are re-parented to the job loop)."""
+    """Wait for every child to be gone (in namespaces mode the program's orphans are re-parented to the job
+    loop): all were sent SIGKILL, and a job is over only when none of its processes is left."""
     while True:
         try:
-            if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                return
+            os.waitpid(-1, 0)
         except ChildProcessError:
             return
 
@@ -699,6 +699,8 @@ class Sandbox:
         self._procs: list[subprocess.Popen | None] = [None] * workers
         self.isolation: list[dict] = [{} for _ in range(workers)]
         self._lock = threading.Lock()
+        for i in range(workers):  # start now: a refused mode is an error at construction, not mid-training
+            self._procs[i] = self._start(i)
 
     def _start(self, i: int) -> subprocess.Popen:
         config = {"limits": asdict(self.limits), "index": i, "mode": self.mode, "base_uid": self.base_uid}
