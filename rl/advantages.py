@@ -1,6 +1,16 @@
-"""Advantage estimators: GRPO's group-normalised outcome advantage and PPO's GAE."""
+"""Advantage estimators and reward placement.
+
+Sequence-level (one advantage per rollout, every generated token of it gets it): GRPO (group-normalised,
+with or without the std: Dr. GRPO), RLOO (leave-one-out group baseline), REINFORCE with a baseline (the
+batch mean, or a given baseline such as a greedy rollout's reward, ReMax). Token-level: GAE over the
+policy's own tokens with a value function. :func:`place_rewards` puts outcome rewards on tokens (the last
+generated token of the rollout, or of each turn); :func:`per_turn` spreads per-turn coefficients (KL,
+bonuses) over the tokens of their turn.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -15,15 +25,99 @@ def grpo_advantages(rewards: torch.Tensor, group_size: int, normalize_std: bool 
     ``std`` is the unbiased sample std (torch default, as in TRL). ``rewards`` is (N,) with the G samples
     of each prompt contiguous, N = num_prompts * G. Returns (N,); every token of o_i gets A_i.
     """
-    if rewards.ndim != 1 or rewards.numel() % group_size:
-        raise ValueError(f"grpo_advantages: rewards of shape {tuple(rewards.shape)} is not a multiple of "
-                         f"group_size={group_size}")
-    groups = rewards.float().view(-1, group_size)
+    groups = _groups(rewards, group_size, "grpo_advantages")
     adv = groups - groups.mean(dim=1, keepdim=True)
     if normalize_std:
         std = groups.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(groups[:, :1])
         adv = adv / (std + eps)
     return adv.view(-1)
+
+
+def _groups(rewards: torch.Tensor, group_size: int, name: str) -> torch.Tensor:
+    if rewards.ndim != 1 or group_size < 1 or rewards.numel() % group_size:
+        raise ValueError(f"{name}: rewards of shape {tuple(rewards.shape)} is not a multiple of "
+                         f"group_size={group_size}")
+    return rewards.float().view(-1, group_size)
+
+
+def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO (Ahmadian et al., 2024): each sample's baseline is the mean reward of the OTHER samples of its
+    prompt,
+
+        A_i = r_i - 1/(G-1) sum_{j != i} r_j  =  G/(G-1) (r_i - mean(r_1..r_G)).
+
+    ``rewards`` (N,) with the G samples of a prompt contiguous; G >= 2."""
+    if group_size < 2:
+        raise ValueError("rloo_advantages: group_size must be >= 2 (the baseline is the other samples)")
+    groups = _groups(rewards, group_size, "rloo_advantages")
+    others = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)
+    return (groups - others).view(-1)
+
+
+def reinforce_advantages(rewards: torch.Tensor, baseline: torch.Tensor | None = None) -> torch.Tensor:
+    """REINFORCE with a baseline: A_i = r_i - b_i, with b the batch mean reward when ``baseline`` is None,
+    or the given (N,) baseline (e.g. the reward of a greedy rollout of the same prompt, ReMax)."""
+    rewards = rewards.float()
+    if baseline is None:
+        return rewards - rewards.mean()
+    if baseline.shape != rewards.shape:
+        raise ValueError(f"reinforce_advantages: baseline {tuple(baseline.shape)} vs rewards {tuple(rewards.shape)}")
+    return rewards - baseline.float()
+
+
+def last_token_positions(loss_mask: torch.Tensor, turn_ids: torch.Tensor | None = None,
+                         turn: int | None = None) -> torch.Tensor:
+    """(N,) column of the last loss token of each row (of turn ``turn`` when given); -1 where there is none."""
+    mask = loss_mask.bool()
+    if turn is not None:
+        if turn_ids is None:
+            raise ValueError("last_token_positions: a turn was asked for but the batch has no turn_ids")
+        mask = mask & (turn_ids == turn)
+    cols = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    return torch.where(mask, cols, torch.full_like(cols, -1)).max(dim=1).values
+
+
+def place_rewards(rewards: torch.Tensor, loss_mask: torch.Tensor, turn_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, L) token rewards: ``rewards`` (N,) on each row's last generated token, or (N, T) per turn, the
+    reward of turn t on the last generated token of turn t (a multi-turn reward: SCoRe's attempts).
+
+    A reward that has no token to sit on (a row, or a turn, without any generated token) is refused with
+    an error naming the row: it would otherwise be lost silently. A zero reward there loses nothing and
+    is allowed (e.g. the missing second attempt of a row that used its budget on the first)."""
+    if rewards.ndim == 1:
+        rewards, turn_ids = rewards[:, None], None
+    if rewards.ndim != 2 or rewards.shape[0] != loss_mask.shape[0]:
+        raise ValueError(f"place_rewards: rewards {tuple(rewards.shape)} for a batch of {loss_mask.shape[0]} rows")
+    out = torch.zeros(loss_mask.shape, dtype=torch.float32, device=loss_mask.device)
+    rows = torch.arange(loss_mask.shape[0], device=loss_mask.device)
+    for t in range(rewards.shape[1]):
+        pos = last_token_positions(loss_mask, turn_ids, t if rewards.shape[1] > 1 or turn_ids is not None else None)
+        r = rewards[:, t].to(out.device, torch.float32)
+        lost = (pos < 0) & (r != 0)
+        if bool(lost.any()):
+            i = int(lost.nonzero()[0])
+            where = f"turn {t} of row {i}" if rewards.shape[1] > 1 else f"row {i}"
+            raise ValueError(f"place_rewards: reward {float(r[i])} for {where}, which has no generated token")
+        ok = pos >= 0
+        out[rows[ok], pos[ok]] += r[ok]
+    return out
+
+
+def per_turn(coefficients: float | Sequence[float], loss_mask: torch.Tensor,
+             turn_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, L) coefficient of each token: one value for every generated token, or one value per turn
+    (``coefficients[t]`` on the tokens of turn t; a turn past the list takes its last value). 0 elsewhere."""
+    mask = loss_mask.float()
+    if isinstance(coefficients, (int, float)):
+        return float(coefficients) * mask
+    coefs = torch.tensor(list(coefficients), dtype=torch.float32, device=loss_mask.device)
+    if coefs.numel() == 0:
+        raise ValueError("per_turn: an empty list of per-turn coefficients")
+    if coefs.numel() == 1:
+        return coefs[0] * mask
+    if turn_ids is None:
+        raise ValueError("per_turn: per-turn coefficients need a batch with turn_ids")
+    return coefs[turn_ids.clamp(0, coefs.numel() - 1)] * mask
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,

@@ -1,9 +1,10 @@
 """Outcome rewards for QA rollouts. They call the evaluation metrics of ``generation.qa_metrics``, so
 the training reward and the reported EM/F1 are the same function.
 
-Every reward has the signature ``reward(responses, answers) -> list[float]``: ``responses`` are the
-policy's generated texts only (never the prompt, whose few-shot example may contain an ``<answer>``),
-``answers`` the gold answer lists.
+Every reward has the signature ``reward(responses, examples) -> list[float]`` shared by all tasks (QA
+here, math and code in ``rl.tasks``): ``responses`` are the policy's texts only (never the prompt, whose
+few-shot example may contain an ``<answer>``), ``examples`` the whole dataset rows, dicts; a QA example
+holds its gold answer list under ``"answers"``.
 """
 
 from __future__ import annotations
@@ -26,29 +27,36 @@ def extract_answer(response: str) -> str | None:
     return matches[-1].strip() if matches else None
 
 
-def _check(responses: Sequence[str], answers: Sequence[Sequence[str]]) -> None:
-    if len(responses) != len(answers):
-        raise ValueError(f"reward: {len(responses)} responses but {len(answers)} answer lists")
-    for i, a in enumerate(answers):
-        if isinstance(a, str) or not len(a):
-            raise ValueError(f"reward: answers[{i}] must be a non-empty list of strings, got {a!r}")
+def gold_answers(responses: Sequence[str], examples: Sequence[dict]) -> list[list[str]]:
+    """The ``"answers"`` of each example, checked: one example per response, a non-empty list of strings."""
+    if len(responses) != len(examples):
+        raise ValueError(f"reward: {len(responses)} responses but {len(examples)} examples")
+    out = []
+    for i, ex in enumerate(examples):
+        if not isinstance(ex, dict) or "answers" not in ex:
+            raise ValueError(f"reward: examples[{i}] must be a dict with an 'answers' field, got {ex!r:.200}")
+        a = ex["answers"]
+        if isinstance(a, str) or not len(a) or not all(isinstance(x, str) for x in a):
+            raise ValueError(f"reward: examples[{i}]['answers'] must be a non-empty list of strings, got {a!r}")
+        out.append(list(a))
+    return out
 
 
-def _answer_reward(metric, responses: Sequence[str], answers: Sequence[Sequence[str]]) -> list[float]:
+def _answer_reward(metric, responses: Sequence[str], examples: Sequence[dict]) -> list[float]:
     """metric(last <answer> of each response, its gold answers); 0 for a response without an answer."""
-    _check(responses, answers)
+    answers = gold_answers(responses, examples)
     preds = (extract_answer(r) for r in responses)
     return [0.0 if pred is None else metric(pred, gold) for pred, gold in zip(preds, answers)]
 
 
-def em_reward(responses: Sequence[str], answers: Sequence[Sequence[str]]) -> list[float]:
-    """r = EM(normalize(last <answer> of the response), gold answers) in {0, 1}; 0 without an answer."""
-    return _answer_reward(exact_match, responses, answers)
+def em_reward(responses: Sequence[str], examples: Sequence[dict]) -> list[float]:
+    """r = EM(normalize(last <answer> of the response), example["answers"]) in {0, 1}; 0 without an answer."""
+    return _answer_reward(exact_match, responses, examples)
 
 
-def f1_reward(responses: Sequence[str], answers: Sequence[Sequence[str]]) -> list[float]:
+def f1_reward(responses: Sequence[str], examples: Sequence[dict]) -> list[float]:
     """r = SQuAD token F1 of the last <answer> of the response against the best gold answer; 0 without one."""
-    return _answer_reward(f1_score, responses, answers)
+    return _answer_reward(f1_score, responses, examples)
 
 
 _FORMAT = re.compile(
@@ -57,7 +65,7 @@ _FORMAT = re.compile(
     r"<answer>.*?</answer>\s*$", re.DOTALL)
 
 
-def format_reward(responses: Sequence[str], answers: Sequence[Sequence[str]] | None = None) -> list[float]:
+def format_reward(responses: Sequence[str], examples: Sequence[dict] | None = None) -> list[float]:
     """1 if the response follows ``[<think>] (<search> <information> [<think>])* <answer>`` and ends
     there, else 0 (an optional shaping term; Search-R1's paper uses EM alone)."""
     return [1.0 if _FORMAT.match(r) else 0.0 for r in responses]
@@ -66,12 +74,12 @@ def format_reward(responses: Sequence[str], answers: Sequence[Sequence[str]] | N
 REWARDS = {"em": em_reward, "f1": f1_reward}
 
 
-def combined_reward(responses: Sequence[str], answers: Sequence[Sequence[str]], kind: str = "em",
+def combined_reward(responses: Sequence[str], examples: Sequence[dict], kind: str = "em",
                     format_weight: float = 0.0) -> list[float]:
     """r = outcome(kind) + format_weight * format (format_weight 0: the paper's pure outcome reward)."""
     if kind not in REWARDS:
         raise ValueError(f"unknown reward {kind!r}; expected one of {sorted(REWARDS)}")
-    r = REWARDS[kind](responses, answers)
+    r = REWARDS[kind](responses, examples)
     if format_weight:
         r = [x + format_weight * f for x, f in zip(r, format_reward(responses))]
     return r

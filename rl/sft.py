@@ -16,77 +16,62 @@ of the policy's own tokens: the prompt and the inserted information are masked e
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from generation.qa_metrics import has_answer
-from rl.rollout import sequence_logprobs
-from rl.search import SafeSearch
+from generation.tokens import TokenBatch
 
 
 @dataclass
-class Demonstrations:
-    """Right-padded prompt + response token ids; ``loss_mask`` is 1 on the response's own tokens only."""
+class Demonstrations(TokenBatch):
+    """A right-padded prompt + response TokenBatch (``loss_mask`` 1 on the response's own tokens only)
+    and the response texts."""
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    loss_mask: torch.Tensor
-    texts: list[str]
+    texts: list[str] = field(default_factory=list)
 
-    def __len__(self) -> int:
-        return len(self.texts)
+    def to(self, device) -> Demonstrations:
+        b = super().to(device)
+        return Demonstrations(b.input_ids, b.attention_mask, b.loss_mask, b.turn_ids, self.texts)
 
-    def to(self, device) -> "Demonstrations":
-        return Demonstrations(self.input_ids.to(device), self.attention_mask.to(device), self.loss_mask.to(device),
-                              self.texts)
+    def select(self, idx) -> Demonstrations:
+        b = super().select(idx)
+        rows = range(len(self))[idx] if isinstance(idx, slice) else torch.as_tensor(idx).tolist()
+        return Demonstrations(b.input_ids, b.attention_mask, b.loss_mask, b.turn_ids, [self.texts[i] for i in rows])
 
-    def select(self, idx) -> "Demonstrations":
-        return Demonstrations(self.input_ids[idx], self.attention_mask[idx], self.loss_mask[idx],
-                              [self.texts[i] for i in (idx.tolist() if torch.is_tensor(idx) else idx)])
+
+class SearchEngineDown(RuntimeError):
+    """Every search of the warm start failed: the engine, not the data, is the problem."""
 
 
 def protocol_demonstrations(tokenizer, prompts: Sequence[str], questions: Sequence[str],
-                            answers: Sequence[Sequence[str]], search: SafeSearch) -> Demonstrations:
+                            answers: Sequence[Sequence[str]], search) -> Demonstrations:
     """One demonstration per question whose search (the question as the query) returns information
     containing a gold answer; the others are left out (the result may be shorter than the input). The
-    segments are tokenised separately, as the rollout inserts them: generated / information / generated."""
+    segments are tokenised separately, as the rollout inserts them: generated / information / generated.
+    ``search`` is the rollout's tool (``information(queries)``, ``last_errors``: rl.search.SafeSearch)."""
     if not len(prompts) == len(questions) == len(answers):
         raise ValueError("protocol_demonstrations: prompts, questions and answers differ in length")
     infos = search.information([q.strip() for q in questions])
+    failed = int(getattr(search, "last_errors", 0))
+    if questions and failed >= len(questions):
+        raise SearchEngineDown(f"protocol_demonstrations: all {len(questions)} warm-start searches failed "
+                               f"({infos[0][:300]}); check the search engine")
     rows, texts = [], []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    enc = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     for prompt, q, gold, info in zip(prompts, questions, answers, infos):
         if not has_answer(info, gold):
             continue
         answer = next(a for a in gold if has_answer(info, [a]))  # the gold string the passages contain
         segments = [(f"<search> {q.strip()} </search>", 1), (f"\n\n{info}\n\n", 0), (f"<answer> {answer} </answer>", 1)]
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        mask = [0] * len(ids)
-        for text, own in segments:
-            seg = tokenizer(text, add_special_tokens=False)["input_ids"]
-            ids, mask = ids + seg, mask + [own] * len(seg)
-        ids, mask = ids + eos, mask + [1] * len(eos)  # the policy learns to stop after its answer
-        rows.append((ids, mask))
+        # the policy learns to stop after its answer: EOS carries loss
+        rows.append([(enc(prompt), 0), *[(enc(text), own) for text, own in segments], (eos, 1)])
         texts.append("".join(t for t, _ in segments))
     if not rows:
-        raise ValueError("protocol_demonstrations: no question's information contains its answer")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    length = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-    loss_mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, (ids, mask) in enumerate(rows):
-        input_ids[i, :len(ids)] = torch.tensor(ids)
-        attention_mask[i, :len(ids)] = 1
-        loss_mask[i, :len(ids)] = torch.tensor(mask)
-    return Demonstrations(input_ids, attention_mask, loss_mask, texts)
-
-
-def sft_loss(model, demos: Demonstrations, micro_batch_size: int = 8) -> torch.Tensor:
-    """Mean NLL over the masked tokens: -sum(mask * log p(x_t | x_<t)) / sum(mask)."""
-    start = int(demos.loss_mask.float().argmax(1).min())  # no logits over the shared prompt prefix
-    lp = sequence_logprobs(model, demos.input_ids, demos.attention_mask, micro_batch_size=micro_batch_size,
-                           start=start)
-    mask = demos.loss_mask.to(lp.dtype)
-    return -(lp * mask).sum() / mask.sum().clamp(min=1)
+        raise ValueError(f"protocol_demonstrations: no question's information contains its answer "
+                         f"({failed} of {len(questions)} searches failed)")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    b = TokenBatch.from_segments(rows, pad_id, "right")
+    return Demonstrations(b.input_ids, b.attention_mask, b.loss_mask, None, texts)

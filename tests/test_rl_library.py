@@ -5,10 +5,15 @@ import math
 import pytest
 import torch
 
-from rl.advantages import gae, grpo_advantages, whiten
+from rl.advantages import (gae, grpo_advantages, last_token_positions, per_turn, place_rewards, reinforce_advantages,
+                           rloo_advantages, whiten)
 from rl.kl import kl_estimate
-from rl.losses import aggregate, clipped_policy_loss, entropy_from_logits, token_logprobs, value_loss
+from rl.losses import aggregate, clipped_policy_loss, entropy_from_logits, logprobs_from_logits, value_loss
 from rl.rewards import combined_reward, em_reward, extract_answer, f1_reward, format_reward
+
+
+def ex(*answers):
+    return [{"answers": list(a)} for a in answers]
 
 
 # -- rewards ----------------------------------------------------------------------------------------
@@ -26,20 +31,20 @@ def test_em_reward_ignores_the_prompts_example_answer():
     # Search-R1's reference extracts from prompt+response and would score the example's 'Beijing';
     # the reward sees the response alone, which has no answer -> 0.
     assert extract_answer(prompt + response) == "Beijing"
-    assert em_reward([response], [["Beijing"]]) == [0.0]
+    assert em_reward([response], [{"answers": ["Beijing"]}]) == [0.0]
 
 
 def test_em_reward_uses_squad_normalisation():
     # "The  Eiffel-Tower!" -> lower "the  eiffel-tower!" -> drop punctuation "the  eiffeltower" -> drop article -> "eiffeltower"
     responses = ["<answer>The  Eiffel-Tower!</answer>", "<answer>an apple</answer>", "<answer>Paris, France</answer>"]
-    assert em_reward(responses, [["eiffeltower"], ["Apple"], ["Paris"]]) == [1.0, 1.0, 0.0]
+    assert em_reward(responses, ex(["eiffeltower"], ["Apple"], ["Paris"])) == [1.0, 1.0, 0.0]
 
 
 def test_f1_reward_by_hand():
     # pred "paris france" vs gold "paris": common 1, precision 1/2, recall 1/1 -> F1 = 2*0.5*1/1.5 = 2/3
     # second: no answer -> 0; third: best of golds, "the big apple" -> "big apple" vs "new york" (0) / "big apple" (1)
     r = f1_reward(["<answer>Paris, France</answer>", "Paris", "<answer>the Big Apple</answer>"],
-                  [["Paris"], ["Paris"], ["New York", "big apple"]])
+                  ex(["Paris"], ["Paris"], ["New York", "big apple"]))
     assert r == pytest.approx([2 / 3, 0.0, 1.0])
 
 
@@ -48,14 +53,22 @@ def test_format_reward_and_combination():
     assert format_reward([good, "<answer>x</answer>", "x <answer>x</answer>", "<answer>x</answer> tail"]) == \
         [1.0, 1.0, 0.0, 0.0]
     # EM 1 + 0.2 * format 1 = 1.2 ; EM 0 + 0.2 * format 1 = 0.2
-    assert combined_reward([good, "<answer>y</answer>"], [["x"], ["x"]], "em", 0.2) == pytest.approx([1.2, 0.2])
+    assert combined_reward([good, "<answer>y</answer>"], ex(["x"], ["x"]), "em", 0.2) == pytest.approx([1.2, 0.2])
 
 
 def test_reward_rejects_bad_answers():
-    with pytest.raises(ValueError, match="answers\\[0\\]"):
-        em_reward(["<answer>x</answer>"], ["x"])
+    with pytest.raises(ValueError, match=r"examples\[0\]\['answers'\]"):
+        em_reward(["<answer>x</answer>"], [{"answers": "x"}])
+    with pytest.raises(ValueError, match=r"examples\[0\] must be a dict with an 'answers' field"):
+        em_reward(["<answer>x</answer>"], [["x"]])
     with pytest.raises(ValueError, match="1 responses but 2"):
-        em_reward(["a"], [["a"], ["b"]])
+        em_reward(["a"], ex(["a"], ["b"]))
+
+
+def test_rewards_take_whole_examples():
+    # extra fields (a math/code task's "answer"/"tests", the question) ride along untouched
+    rows = [{"question": "q", "answers": ["Paris"], "id": 3}, {"answers": ["Rome"], "tests": ["assert 1"]}]
+    assert f1_reward(["<answer>Paris</answer>", "<answer>Rome, Italy</answer>"], rows) == pytest.approx([1.0, 2 / 3])
 
 
 # -- advantages -------------------------------------------------------------------------------------
@@ -72,6 +85,51 @@ def test_grpo_advantages_by_hand():
     assert a.tolist() == pytest.approx([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0])
     with pytest.raises(ValueError, match="group_size=3"):
         grpo_advantages(r, group_size=3)
+
+
+def test_rloo_and_reinforce_by_hand():
+    # group [1, 0, 0, 1]: the baseline of sample 0 is mean(0, 0, 1) = 1/3 -> A0 = 2/3; sample 1: mean(1, 0, 1) -> -2/3
+    # group [3, 1]: A = 3 - 1 = 2 and 1 - 3 = -2
+    r = torch.tensor([1.0, 0, 0, 1])
+    assert rloo_advantages(r, 4).tolist() == pytest.approx([2 / 3, -2 / 3, -2 / 3, 2 / 3])
+    assert rloo_advantages(torch.tensor([3.0, 1.0]), 2).tolist() == pytest.approx([2.0, -2.0])
+    with pytest.raises(ValueError, match="group_size must be >= 2"):
+        rloo_advantages(r, 1)
+    # REINFORCE: batch mean baseline (rewards [2, 0, 1] -> mean 1) or a given one (a greedy rollout's reward)
+    assert reinforce_advantages(torch.tensor([2.0, 0.0, 1.0])).tolist() == pytest.approx([1.0, -1.0, 0.0])
+    assert reinforce_advantages(torch.tensor([2.0, 0.0]), torch.tensor([0.5, 1.0])).tolist() == pytest.approx([1.5, -1.0])
+
+
+def test_rewards_go_on_the_last_generated_token_not_on_padding():
+    # row 0: generated tokens at columns 2, 3 (then padding); row 1: generated at 1, then an information
+    # token (mask 0) at 2, generated at 3, 4; right padding after each row.
+    mask = torch.tensor([[0, 0, 1, 1, 0, 0], [0, 1, 0, 1, 1, 0]])
+    placed = place_rewards(torch.tensor([1.0, 2.0]), mask)
+    assert placed.tolist() == [[0, 0, 0, 1.0, 0, 0], [0, 0, 0, 0, 2.0, 0]]
+    assert last_token_positions(mask).tolist() == [3, 4]
+
+
+def test_rewards_and_coefficients_per_turn():
+    # turn ids: row 0 has turn 0 at columns 1-2 and turn 1 at 4-5; row 1 only turn 0 at column 1
+    mask = torch.tensor([[0, 1, 1, 0, 1, 1], [0, 1, 0, 0, 0, 0]])
+    turns = torch.tensor([[-1, 0, 0, -1, 1, 1], [-1, 0, -1, -1, -1, -1]])
+    placed = place_rewards(torch.tensor([[0.5, 1.0], [0.25, 0.0]]), mask, turns)
+    assert placed.tolist() == [[0, 0, 0.5, 0, 0, 1.0], [0, 0.25, 0, 0, 0, 0]]
+    # per-turn KL coefficients: 0.1 on turn 0, 0.3 on turn 1
+    torch.testing.assert_close(per_turn([0.1, 0.3], mask, turns),
+                               torch.tensor([[0, 0.1, 0.1, 0, 0.3, 0.3], [0, 0.1, 0, 0, 0, 0]]))
+    torch.testing.assert_close(per_turn(0.2, mask), 0.2 * mask.float())
+
+
+def test_a_reward_with_no_generated_token_is_refused_not_lost():
+    mask = torch.tensor([[0, 1, 1], [0, 0, 0]])
+    with pytest.raises(ValueError, match="row 1, which has no generated token"):
+        place_rewards(torch.tensor([1.0, 1.0]), mask)
+    # a missing second turn with a nonzero reward is refused too; a zero one loses nothing
+    turns = torch.tensor([[-1, 0, 0], [-1, -1, -1]])
+    with pytest.raises(ValueError, match="turn 1 of row 0"):
+        place_rewards(torch.tensor([[0.0, 1.0], [0.0, 0.0]]), mask, turns)
+    assert place_rewards(torch.tensor([[1.0, 0.0], [0.0, 0.0]]), mask, turns).sum().item() == 1.0
 
 
 def test_gae_by_hand_with_a_masked_information_span():
@@ -130,9 +188,26 @@ def test_aggregation_modes_by_hand():
     assert aggregate(x, m, "token-mean").item() == pytest.approx((1 + 2 + 3 + 4) / 4)            # 2.5
     assert aggregate(x, m, "seq-mean-token-mean").item() == pytest.approx((6 / 3 + 4 / 1) / 2)   # 3.0
     assert aggregate(x, m, "seq-mean-token-sum").item() == pytest.approx((6 + 4) / 2)            # 5.0
-    assert aggregate(x, m, "seq-mean-token-sum-norm").item() == pytest.approx((6 / 3 + 4 / 3) / 2)
+    # Dr. GRPO: a constant L (here 5), never the batch's padded width (3)
+    assert aggregate(x, m, "seq-mean-token-sum-norm", norm_length=5).item() == pytest.approx((6 / 5 + 4 / 5) / 2)
+    with pytest.raises(ValueError, match="norm_length"):
+        aggregate(x, m, "seq-mean-token-sum-norm")
     with pytest.raises(ValueError, match="token-max"):
         aggregate(x, m, "token-max")
+
+
+def test_aggregation_with_the_mini_batch_counts_sums_over_micro_batches():
+    # A mini-batch of 2 rows split into micro-batches of 1: with the mini-batch's counts (4 tokens, 2 rows)
+    # the two micro losses add up to the mini-batch loss, in every mode.
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    m = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"):
+        norm = {"num_tokens": m.sum(), "num_seqs": 2, "norm_length": 7}
+        whole = aggregate(x, m, mode, **norm)
+        parts = aggregate(x[:1], m[:1], mode, **norm) + aggregate(x[1:], m[1:], mode, **norm)
+        assert parts.item() == pytest.approx(whole.item()), mode
+    # token-mean by hand: (1 + 2 + 3) / 4 + 4 / 4 = 2.5 (a per-micro denominator would give 2 + 4 = 6)
+    assert aggregate(x[:1], m[:1], num_tokens=4).item() == pytest.approx(1.5)
 
 
 def test_clipped_policy_loss_by_hand_with_mask_and_asymmetric_clip():
@@ -158,6 +233,19 @@ def test_clipped_policy_loss_by_hand_with_mask_and_asymmetric_clip():
     assert loss.item() == pytest.approx(-2.8 / 3, abs=1e-6)
 
 
+def test_approx_kl_is_k3_of_kl_old_new():
+    # one token, pi_old = 0.5, pi_new = 0.8: r = log(0.8 / 0.5) = 0.470004
+    # KL(old || new) estimated on old samples by k3: exp(r) - 1 - r = 1.6 - 1 - 0.470004 = 0.129996
+    # (the reverse form exp(-r) - 1 + r = 0.625 - 1 + 0.470004 = 0.095004 is not an estimate of it)
+    _, stats = clipped_policy_loss(torch.tensor([[math.log(0.8)]]), torch.tensor([[math.log(0.5)]]),
+                                   torch.tensor([1.0]), torch.tensor([[1]]))
+    assert stats["approx_kl"].item() == pytest.approx(0.129996, abs=1e-6)
+    # exact KL(old || new) for two outcomes, old = [0.5, 0.5], new = [0.8, 0.2], equals E_old[k3]
+    old, new = torch.tensor([0.5, 0.5]), torch.tensor([0.8, 0.2])
+    k3 = torch.exp(new.log() - old.log()) - 1 - (new.log() - old.log())
+    assert (old * k3).sum().item() == pytest.approx((old * (old / new).log()).sum().item(), abs=1e-6)
+
+
 def test_clipped_policy_loss_gradient_is_zero_on_masked_and_clipped_tokens():
     logp = torch.tensor([[0.0, math.log(1.5), math.log(0.9)]], requires_grad=True)
     loss, _ = clipped_policy_loss(logp, torch.zeros(1, 3), torch.tensor([1.0]), torch.tensor([[0, 1, 1]]), 0.2)
@@ -174,13 +262,13 @@ def test_value_loss_by_hand():
     assert loss.item() == pytest.approx(0.32)
 
 
-def test_entropy_and_token_logprobs_by_hand():
+def test_entropy_and_logprobs_from_logits_by_hand():
     # logits [0, ln 3] -> p = [1/4, 3/4]; H = -(0.25 ln 0.25 + 0.75 ln 0.75) = 0.562335
     logits = torch.tensor([[[0.0, math.log(3.0)]]])
     assert entropy_from_logits(logits).item() == pytest.approx(0.562335, abs=1e-6)
-    assert token_logprobs(logits, torch.tensor([[1]])).item() == pytest.approx(math.log(0.75), abs=1e-6)
+    assert logprobs_from_logits(logits, torch.tensor([[1]])).item() == pytest.approx(math.log(0.75), abs=1e-6)
     # temperature 2: logits [0, ln3 / 2] -> p1 = sqrt3 / (1 + sqrt3) = 0.633975
-    assert token_logprobs(logits, torch.tensor([[1]]), 2.0).item() == pytest.approx(math.log(0.633975), abs=1e-6)
+    assert logprobs_from_logits(logits, torch.tensor([[1]]), 2.0).item() == pytest.approx(math.log(0.633975), abs=1e-6)
 
 
 def test_search_r1_templates_by_name_or_literal():

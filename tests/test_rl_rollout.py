@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
+from rl.envs import SearchEnv
 from rl.rollout import rollout
 from rl.search import BM25Search, HTTPSearch, Passage, SafeSearch, format_information, serve
 
@@ -75,7 +76,7 @@ def test_multi_turn_rollout_masks_and_inserted_passages(policy):
     prompts = ["Answer question A please. For example, <answer> Beijing </answer>", "question B",
                "Here is a longer prompt for question C, which searches."]
     processor = ScriptedPolicy(tokenizer, script)
-    out = rollout(model, tokenizer, prompts, search, max_searches=2, max_turn_tokens=40, max_response_tokens=200,
+    out = rollout(model, tokenizer, prompts, SearchEnv(search, max_searches=2), max_turn_tokens=40, max_response_tokens=200,
                   generation_kwargs={"logits_processor": LogitsProcessorList([processor])})
 
     info = "\n\n" + format_information([Passage("d1", "France", "Paris is the capital of France.")]) + "\n\n"
@@ -133,7 +134,7 @@ def test_a_search_tool_that_raises_becomes_an_information_message(policy):
         raise RuntimeError("index offline")
 
     search = SafeSearch(broken, k=1)
-    out = rollout(model, tokenizer, ["Answer question A please."], search, max_searches=2, max_turn_tokens=40,
+    out = rollout(model, tokenizer, ["Answer question A please."], SearchEnv(search, max_searches=2), max_turn_tokens=40,
                   generation_kwargs={"logits_processor": LogitsProcessorList([ScriptedPolicy(tokenizer, script)])})
     assert "<information>search failed: RuntimeError: index offline</information>" in out.responses[0]
     assert out.responses[0].endswith(ANSWER)
@@ -197,7 +198,7 @@ def test_kv_cache_reuse_across_turns_gives_the_logits_of_a_full_prefill(policy):
     for reuse in (False, True):
         recorder = RecordScores(tokenizer)
         processors = LogitsProcessorList([recorder, ScriptedPolicy(tokenizer, script)])
-        out = rollout(model, tokenizer, prompts, search, max_searches=2, max_turn_tokens=40, max_response_tokens=200,
+        out = rollout(model, tokenizer, prompts, SearchEnv(search, max_searches=2), max_turn_tokens=40, max_response_tokens=200,
                       generation_kwargs={"logits_processor": processors}, reuse_cache=reuse)
         runs[reuse] = (out, recorder.seen)
     (plain, plain_scores), (cached, cached_scores) = runs[False], runs[True]

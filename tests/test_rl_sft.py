@@ -10,9 +10,9 @@ import torch
 from datamodules.rl_prompts import RLPromptDataModule
 from generation.lm import load_causal_lm
 from lightning_modules.search_r1 import SearchR1
-from rl.rollout import sequence_logprobs
+from generation.logprobs import masked_nll, sequence_logprobs
 from rl.search import BM25Search, SafeSearch
-from rl.sft import protocol_demonstrations, sft_loss
+from rl.sft import SearchEngineDown, protocol_demonstrations
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,12 +49,23 @@ def test_demonstrations_mask_prompt_and_information_and_drop_unanswerable(tiny_l
         protocol_demonstrations(tok, ["P: "], ["capital of italy"], [["Milan"]], search)
 
 
-def test_sft_loss_is_mean_nll_of_the_masked_tokens(tiny_llama_dir, corpus_file):
+def test_warm_start_blames_the_engine_when_every_search_fails(tiny_llama_dir):
+    """A dead engine must not read as 'no question's information contains its answer' (a data problem)."""
+    _, tok = load_causal_lm(tiny_llama_dir, device="cpu")
+
+    def dead(queries, k):
+        raise ConnectionError("connection refused")
+
+    with pytest.raises(SearchEngineDown, match="all 2 warm-start searches failed.*connection refused"):
+        protocol_demonstrations(tok, ["P: ", "Q: "], ["a", "b"], [["x"], ["y"]], SafeSearch(dead, k=1))
+
+
+def test_warm_start_loss_is_mean_nll_of_the_masked_tokens(tiny_llama_dir, corpus_file):
     model, tok = load_causal_lm(tiny_llama_dir, device="cpu")
     search = SafeSearch(BM25Search(corpus_file), k=1)
     demos = protocol_demonstrations(tok, ["Question: a\n", "Q: b\n"], ["capital of france", "capital of italy"],
                                     [["Paris"], ["Rome"]], search)
-    loss = sft_loss(model, demos, micro_batch_size=1)
+    loss = masked_nll(model, demos, micro_batch_size=1)
     # by hand: one sequence at a time, full forward, -log p of each masked token, averaged over all of them
     total, count = 0.0, 0
     with torch.no_grad():
@@ -80,17 +91,18 @@ def test_search_r1_warm_start_runs_once_before_rl(tiny_llama_dir, corpus_file, t
                      max_turn_tokens=4, max_response_tokens=40, kl_coef=0.0, log_rollouts=0,
                      warm_start_questions=2, warm_start_epochs=3, warm_start_batch_size=2,
                      optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
+    model.configure_model()
     demos = protocol_demonstrations(model.tokenizer, model.prompts(["capital of france", "capital of italy"]),
                                     ["capital of france", "capital of italy"], [["Paris"], ["Rome"]], model.search)
     with torch.no_grad():
-        before = sft_loss(model.policy, demos).item()
+        before = masked_nll(model.policy, demos).item()
     data = RLPromptDataModule(str(tmp_path / "train.jsonl"), test_file=None, batch_size=2)
     trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, data)
     assert bool(model.warm_started)
     with torch.no_grad():
-        after = sft_loss(model.policy, demos).item()
+        after = masked_nll(model.policy, demos).item()
     assert after < before  # 3 epochs at lr 1e-2 on 2 demonstrations (plus one RL step) lower their NLL
     assert "warm_started" in model.state_dict()  # a resumed run skips it
     with pytest.raises(ValueError, match="needs a search engine"):
@@ -107,7 +119,8 @@ def test_search_r1_warm_started_policy_is_the_kl_reference(tiny_llama_dir, corpu
                      search_k=1, max_searches=1, group_size=2, max_turn_tokens=4, max_response_tokens=40,
                      kl_coef=0.1, log_rollouts=0, warm_start_questions=2, warm_start_epochs=2,
                      warm_start_batch_size=2, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
-    assert model.reference is not None and "reference.base_model.model.lm_head.weight" in model.state_dict()
+    model.configure_model()
+    assert model.reference.mode == "copy" and "reference.model.base_model.model.lm_head.weight" in model.state_dict()
     data = RLPromptDataModule(str(tmp_path / "train.jsonl"), test_file=None, batch_size=2)
     trainer = L.Trainer(max_steps=0, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
@@ -115,10 +128,10 @@ def test_search_r1_warm_started_policy_is_the_kl_reference(tiny_llama_dir, corpu
     assert bool(model.warm_started)
     r = model.sample(model.prompts(["capital of france"], 2))
     policy = r.old_logprobs * r.loss_mask  # the policy's own log-probs, as sampled
-    ref = model.reference_logprobs(r)
+    ref = model.reference.logprobs(model.policy, r.tokens, model.hparams.temperature, start=min(r.prompt_lengths))
     assert torch.allclose(ref, policy, atol=1e-6)
     model.policy.eval()
     with torch.no_grad(), model.policy.disable_adapter():
-        base = sequence_logprobs(model.policy, r.input_ids, r.attention_mask, model.hparams.temperature,
-                                 start=min(r.prompt_lengths)) * r.loss_mask
+        base = sequence_logprobs(model.policy, r.input_ids, r.attention_mask, temperature=model.hparams.temperature,
+                                 start=min(r.prompt_lengths)).logprobs * r.loss_mask
     assert (base - policy).abs().max() > 1e-3  # the warm start moved the policy away from the base

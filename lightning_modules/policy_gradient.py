@@ -1,0 +1,67 @@
+"""PolicyGradientModule: the Lightning side of every RL method (SearchR1, SCoRe): manual optimisation
+(several optimizer steps per rollout batch), the calls into the Lightning-free update loop (rl.update)
+and the supervised loss (generation.logprobs.masked_nll), and the RNG state in checkpoints so that a
+resumed run samples exactly what an uninterrupted one would.
+
+A subclass builds its models in ``configure_model`` (idempotent: FSDP calls it to build shard by shard)
+and writes its ``training_step`` as numbered calls: rollout, reward, reference, advantage, ``self.rl_update``.
+"""
+
+from __future__ import annotations
+
+import random
+
+import lightning as L
+import numpy as np
+import torch
+
+from generation.logprobs import masked_nll
+from generation.tokens import TokenBatch
+from rl.rollout import Rollouts
+from rl.update import LossConfig, Schedule, update
+
+
+class PolicyGradientModule(L.LightningModule):
+    def __init__(self, max_grad_norm: float | None = 1.0):
+        super().__init__()
+        self.automatic_optimization = False  # several epochs / mini-batches per rollout batch
+        self.max_grad_norm = max_grad_norm
+
+    def _step(self) -> None:
+        opt = self.optimizers()
+        if self.max_grad_norm:
+            self.clip_gradients(opt, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+        opt.step()
+        opt.zero_grad()
+
+    def rl_update(self, policy, r: Rollouts, advantages: torch.Tensor, cfg: LossConfig, schedule: Schedule,
+                  **kwargs) -> dict[str, float]:
+        """rl.update with Lightning's backward (precision, strategy) and one optimizer step per mini-batch."""
+        self.optimizers().zero_grad()
+        return update(policy, r, advantages, cfg, schedule, self.manual_backward, self._step, **kwargs)
+
+    def supervised_step(self, policy, batch: TokenBatch, micro_batch_size: int = 8) -> float:
+        """One optimizer step on the masked NLL of ``batch``."""
+        self.optimizers().zero_grad()
+        loss = masked_nll(policy, batch.to(self.device), micro_batch_size)
+        self.manual_backward(loss)
+        self._step()
+        return loss.item()
+
+    # -- checkpoints: the RNG state too (plain types: Lightning loads with torch.load(weights_only=True)) ----
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("rng")
+        if rng is None:
+            return
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        name, keys, pos, has_gauss, gauss = rng["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
