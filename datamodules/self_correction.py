@@ -1,0 +1,167 @@
+"""Problems for self-correction (SCoRe training and the two-attempt evaluation): GSM8K, MATH-500 or a user's
+MATH-format JSONL, HumanEval, MBPP, read with ``rl.tasks``. Batches are lists of example dicts (the module
+renders prompts with the policy's tokenizer through :attr:`SelfCorrectionDataModule.problem_format`).
+
+Splits: GSM8K train / test files; MBPP's paper ranges of ``mbpp.jsonl.gz`` (train 601-974, test 11-510,
+few-shot prompts 1-10); MATH-500 and HumanEval are test-only (a MATH-format training file can be given).
+
+Slices (``slice``): a named filter applied to every split (and to the few-shot pool), e.g. ``short``:
+GSM8K problems whose reference solution has at most ``max_steps`` lines (the model's "half-solved" slice,
+see runs/half_solved.md). ``limit_*`` keeps the first N problems after the slice (test in file order, train
+after a seeded shuffle).
+"""
+
+from __future__ import annotations
+
+import random
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from datamodules.beir import resolve_data_dir
+from rl.self_correction import MATH_SHOTS, ProblemFormat, task_kind
+from rl.tasks import load_gsm8k, load_humaneval, load_math, load_mbpp
+
+DEFAULT_FILES = {  # task -> (train file, test file)
+    "gsm8k": ("data/gsm8k/train.jsonl", "data/gsm8k/test.jsonl"),
+    "math500": (None, "data/math500/test.jsonl"),
+    "math": (None, None),
+    "humaneval": (None, "data/humaneval/HumanEval.jsonl.gz"),
+    "mbpp": ("data/mbpp/mbpp.jsonl.gz", "data/mbpp/mbpp.jsonl.gz"),
+}
+
+
+def solution_steps(example: dict) -> int:
+    """Lines of a math example's reference solution before its final answer (GSM8K: one calculation each)."""
+    text = example.get("solution") or ""
+    return len([line for line in text.split("####")[0].splitlines() if line.strip()])
+
+
+def _short(example: dict, max_steps: int) -> bool:
+    if "solution" not in example:
+        raise ValueError(f"slice 'short' needs math examples with a 'solution'; {example.get('id')!r} has none")
+    return solution_steps(example) <= max_steps
+
+
+SLICES = {"short": _short}
+
+
+def as_list(rows: list[dict]) -> list[dict]:
+    return rows
+
+
+class SelfCorrectionDataModule(L.LightningDataModule):
+    """Args:
+        task: gsm8k, math500, math (a user's MATH-format JSONL: give test_file/train_file), humaneval, mbpp.
+        train_file / test_file: override the task's files (relative paths from the project root); MBPP files
+            are split by ``train_split`` / ``test_split`` (prompt, train, validation, test).
+        limit_train / limit_val / limit_test: first N problems (after the slice); val is the first
+            ``limit_val`` test problems (none when unset).
+        slice: a name in ``SLICES`` (``short``: at most ``max_steps`` solution lines), or None.
+        prompt: the first-attempt template (a ``rl.self_correction.PROMPTS`` name, a literal template, or
+            None for the task's default); ``num_shots`` demonstrations from ``shots_file`` (default: GSM8K
+            train, MBPP's prompt split, Minerva's four MATH examples); ``chat``: use the chat template.
+        batch_size / eval_batch_size: problems per training / evaluation batch.
+        seed: the training order.
+    """
+
+    def __init__(self, task: str = "gsm8k", train_file: str | None = None, test_file: str | None = None,
+                 train_split: str = "train", test_split: str = "test", limit_train: int | None = None,
+                 limit_val: int | None = None, limit_test: int | None = None, slice: str | None = None,
+                 max_steps: int = 2, prompt: str | None = None, num_shots: int = 0, shots_file: str | None = None,
+                 chat: bool = True, batch_size: int = 8, eval_batch_size: int = 8, seed: int = 0):
+        super().__init__()
+        if task not in DEFAULT_FILES:
+            raise ValueError(f"unknown task {task!r}; expected one of {sorted(DEFAULT_FILES)}")
+        if slice is not None and slice not in SLICES:
+            raise ValueError(f"unknown slice {slice!r}; expected one of {sorted(SLICES)} or null")
+        if num_shots < 0:
+            raise ValueError(f"num_shots must be >= 0, got {num_shots}")
+        self.save_hyperparameters()
+        self.rows: dict[str, list[dict]] = {}
+        self.shots: list[dict] = []
+
+    # -- reading --------------------------------------------------------------------------------------
+    def _load(self, path: str, split: str | None) -> list[dict]:
+        task = self.hparams.task
+        path = str(resolve_data_dir(path))
+        if task == "gsm8k":
+            return load_gsm8k(path)
+        if task in ("math", "math500"):
+            return load_math(path, task)
+        if task == "humaneval":
+            return load_humaneval(path)
+        return load_mbpp(path, split)
+
+    def _keep(self, rows: list[dict]) -> list[dict]:
+        hp = self.hparams
+        if hp.slice is None:
+            return rows
+        return [r for r in rows if SLICES[hp.slice](r, hp.max_steps)]
+
+    def _load_shots(self) -> list[dict]:
+        hp = self.hparams
+        if hp.num_shots == 0:
+            return []
+        if hp.shots_file is not None:
+            pool = self._load(hp.shots_file, "prompt" if hp.task == "mbpp" else None)
+        elif hp.task == "gsm8k":
+            pool = self._load(DEFAULT_FILES["gsm8k"][0], None)
+        elif hp.task == "mbpp":
+            pool = self._load(DEFAULT_FILES["mbpp"][0], "prompt")
+        elif task_kind(hp.task) == "math":
+            pool = [dict(s, id=f"minerva/{i}") for i, s in enumerate(MATH_SHOTS)]
+        else:
+            raise ValueError(f"task {hp.task!r} has no few-shot pool; set shots_file or num_shots: 0")
+        pool = self._keep(pool) if "demonstration" not in pool[0] else pool
+        if len(pool) < hp.num_shots:
+            raise ValueError(f"num_shots={hp.num_shots} but the shot pool has {len(pool)} problems")
+        return pool[:hp.num_shots]
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        if self.rows:
+            return
+        default_train, default_test = DEFAULT_FILES[hp.task]
+        train_file, test_file = hp.train_file or default_train, hp.test_file or default_test
+        self.shots = self._load_shots()
+        shot_ids = {s["id"] for s in self.shots}
+        if test_file:
+            test = self._keep(self._load(test_file, hp.test_split))
+            self.rows["test"] = test[:hp.limit_test] if hp.limit_test is not None else test
+            if hp.limit_val:
+                self.rows["val"] = test[:hp.limit_val]
+        if train_file:
+            train = [r for r in self._keep(self._load(train_file, hp.train_split)) if r["id"] not in shot_ids]
+            random.Random(hp.seed).shuffle(train)
+            self.rows["train"] = train[:hp.limit_train] if hp.limit_train is not None else train
+        for split, rows in self.rows.items():
+            if not rows:
+                raise ValueError(f"SelfCorrectionDataModule: the {split} split of task {hp.task!r} is empty "
+                                 f"(slice={hp.slice!r}, limit)")
+
+    @property
+    def problem_format(self) -> ProblemFormat:
+        """How the module renders a first attempt: the prompt template, the demonstrations, chat or not."""
+        return ProblemFormat(self.hparams.prompt, tuple(self.shots), self.hparams.chat)
+
+    # -- loaders --------------------------------------------------------------------------------------
+    def _split(self, name: str) -> list[dict]:
+        if name not in self.rows:
+            files = {"train": "train_file", "test": "test_file", "val": "limit_val"}
+            raise ValueError(f"SelfCorrectionDataModule: task {self.hparams.task!r} has no {name} split "
+                             f"(set data.init_args.{files[name]})")
+        return self.rows[name]
+
+    def train_dataloader(self) -> DataLoader:
+        rows = self._split("train")
+        return DataLoader(rows, batch_size=self.hparams.batch_size, shuffle=True, collate_fn=as_list,
+                          drop_last=len(rows) >= self.hparams.batch_size)
+
+    def val_dataloader(self):
+        if "val" not in self.rows:
+            return []
+        return DataLoader(self.rows["val"], batch_size=self.hparams.eval_batch_size, collate_fn=as_list)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self._split("test"), batch_size=self.hparams.eval_batch_size, collate_fn=as_list)
