@@ -143,7 +143,7 @@ class SearchR1(PolicyGradientModule):
         examples = [{"question": q, "answers": a} for q, a in zip(batch["question"], batch["answers"])
                     for _ in range(hp.group_size)]
         r = self.sample(self.prompts(batch["question"], hp.group_size))                        # 1. rollout
-        rewards = torch.tensor(combined_reward(r.responses, examples, hp.reward, hp.format_reward_weight))  # 2. reward
+        rewards = self.rewards(r, examples)                                                      # 2. reward
         start = min(r.prompt_lengths)
         ref = self.reference.logprobs(self.policy, r.tokens, cfg.temperature, hp.micro_batch_size, start)  # 3. ref.
         values = old_values(self.policy, self.value_head, r, cfg.temperature, hp.micro_batch_size) \
@@ -161,6 +161,10 @@ class SearchR1(PolicyGradientModule):
         self.log("train/reward_mean", rewards.mean(), prog_bar=True, batch_size=len(r), logger=False)
         if hp.log_rollouts and batch_idx % max(hp.log_rollouts_every, 1) == 0:
             self.log_text("train/rollouts", r, rewards.tolist(), [e["answers"] for e in examples])
+
+    def rewards(self, r: Rollouts, examples: list[dict]) -> torch.Tensor:
+        """(N,) outcome reward of the responses alone (a prompt's example answer is never the model's)."""
+        return torch.tensor(combined_reward(r.responses, examples, self.hparams.reward, self.hparams.format_reward_weight))
 
     # -- evaluation -------------------------------------------------------------------------------------
     def _evaluate(self, batch: dict, prefix: str) -> None:
