@@ -9,7 +9,8 @@ Methods (``method``):
   nli_filter   RetRobust: read with the passages, keep the answer only if an NLI judge says the passages
                entail "question + answer", else answer closed-book.
 Retrievers (``retriever``): bm25, dense, random (irrelevant context). Logs EM, F1, answer-recall@k of
-the retrieved passages, wall time, and a few prompts/answers as text; writes the predictions as JSONL.
+the retrieved passages, wall time, and a few prompts/answers as text; writes every rank's predictions to
+one ``predictions.jsonl`` in the log directory.
 """
 
 from __future__ import annotations
@@ -26,9 +27,22 @@ from generation.nli import LMJudge, NLIClassifier
 from generation.prompts import PromptFormat, prompt_format
 from generation.qa_metrics import exact_match, f1_score, has_answer
 from generation.rag import METHODS, NO_RETRIEVAL, Answers, answer_questions
+from retrieval.distributed import gather_objects
 from retrieval.encoders import DEFAULT_ENCODER
 from retrieval.search import make_retriever
 
+
+
+def merge_records(parts: list[list[dict]]) -> list[dict]:
+    """The prediction records of every rank (``parts`` in rank order) as one list, each question once: a
+    distributed sampler pads the last ranks with repeats of the first questions to equal lengths."""
+    seen, out = set(), []
+    for part in parts:
+        for r in part:
+            if r["id"] not in seen:
+                seen.add(r["id"])
+                out.append(r)
+    return out
 
 
 class RAGEvaluator(L.LightningModule):
@@ -104,7 +118,8 @@ class RAGEvaluator(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self.records, self._start = [], time.perf_counter()
 
-    @torch.inference_mode()
+    # no @torch.inference_mode here: Lightning's test loop already runs without grad, and inference tensors
+    # in the logged metrics break their sync across processes (in-place update outside inference mode)
     def test_step(self, batch: dict, batch_idx: int) -> None:
         hp = self.hparams
         questions, gold = batch["questions"], batch["answers"]
@@ -134,11 +149,13 @@ class RAGEvaluator(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         seconds = time.perf_counter() - self._start
         self.log("test/seconds", seconds, sync_dist=False, rank_zero_only=True)
+        records = merge_records(gather_objects(self.records))  # every rank's predictions, not only rank 0's
+        log_dir = Path(self.trainer.log_dir or ".")  # a broadcast under DDP: every rank must ask
         if not self.trainer.is_global_zero:
             return
-        log_dir = Path(self.trainer.log_dir or ".")
+        self.records = records
         log_dir.mkdir(parents=True, exist_ok=True)
-        with open(log_dir / f"predictions_rank{self.global_rank}.jsonl", "w", encoding="utf-8") as f:
+        with open(log_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
             for r in self.records:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
         experiment = getattr(self.logger, "experiment", None)

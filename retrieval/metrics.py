@@ -16,9 +16,16 @@ Run = dict[str, dict[str, float]]
 Qrels = dict[str, dict[str, int]]
 
 
+def trec_order(docs: dict[str, float]) -> list[tuple[str, float]]:
+    """``(doc_id, score)`` best first, in trec_eval's order: score descending, then doc id descending
+    (trec_eval sorts equal scores by ``strcmp`` of the docnos, reversed; checked with pytrec_eval)."""
+    return sorted(docs.items(), key=lambda x: (x[1], x[0]), reverse=True)
+
+
 def top_k(run: Run, k: int) -> Run:
-    """Keep each query's ``k`` best documents (ties broken by doc id, as trec_eval does)."""
-    return {q: dict(sorted(docs.items(), key=lambda x: (-x[1], x[0]))[:k]) for q, docs in run.items()}
+    """Keep each query's ``k`` best documents in trec_eval's order, so a tie straddling rank ``k`` keeps the
+    documents trec_eval would rank first."""
+    return {q: dict(trec_order(docs)[:k]) for q, docs in run.items()}
 
 
 def evaluate(run: Run, qrels: Qrels, ndcg_at: tuple[int, ...] = (10,), recall_at: tuple[int, ...] = (100,),
@@ -51,7 +58,7 @@ def write_trec_run(run: Run, path: str | Path, tag: str = "ragkit") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         for q in sorted(run):
-            for rank, (doc, score) in enumerate(sorted(run[q].items(), key=lambda x: (-x[1], x[0])), start=1):
+            for rank, (doc, score) in enumerate(trec_order(run[q]), start=1):
                 f.write(f"{q} Q0 {doc} {rank} {score:.6f} {tag}\n")
 
 

@@ -60,3 +60,23 @@ def test_trec_run_round_trip(tmp_path):
     assert lines[0] == "q1 Q0 b 1 1.500000 t" and lines[1] == "q1 Q0 a 2 0.500000 t"
     assert read_trec_run(tmp_path / "r.trec") == run
     assert top_k(run, 1) == {"q1": {"b": 1.5}, "q2": {"c": 0.1}}
+
+
+def test_ties_follow_trec_eval_order_across_the_cutoff(tmp_path):
+    """Equal scores: trec_eval ranks the larger doc id first (d9 before d10 as strings, b before a), so
+    with a tie straddling rank 1 the relevant "a" is at rank 2: MRR@1 = 0, MRR@2 = 1/2, nDCG@1 = 0."""
+    import pytrec_eval
+
+    qrels = {"q": {"a": 1}, "r": {"d10": 1}}
+    run = {"q": {"a": 1.0, "b": 1.0, "c": 0.5}, "r": {"d10": 2.0, "d9": 2.0, "x": 3.0}}
+    m = evaluate(run, qrels, ndcg_at=(1, 3), recall_at=(1,), mrr_at=(1, 2, 3))
+    assert m["mrr@1"] == 0.0
+    assert m["mrr@2"] == pytest.approx((1 / 2 + 0) / 2)            # r: x, d9, d10 -> d10 at rank 3
+    assert m["mrr@3"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert m["ndcg@1"] == 0.0 and m["recall@1"] == 0.0
+    # MRR@k equals trec_eval's own reciprocal rank where k covers the whole ranking
+    full = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(run)
+    assert m["mrr@3"] == pytest.approx(sum(v["recip_rank"] for v in full.values()) / 2)
+    assert list(top_k(run, 2)["q"]) == ["b", "a"] and list(top_k(run, 2)["r"]) == ["x", "d9"]
+    write_trec_run(run, tmp_path / "r.trec")
+    assert [line.split()[2] for line in (tmp_path / "r.trec").read_text().splitlines()] == ["b", "a", "c", "x", "d9", "d10"]

@@ -12,6 +12,9 @@ def test_normalisation_by_hand():
     assert normalize_answer("  The  Eiffel-Tower!  ") == "eiffeltower"
     assert normalize_answer("An apple, a pear and THE plum.") == "apple pear and plum"
     assert normalize_answer("theory") == "theory"  # 'the' only as a whole word
+    # SQuAD's order: punctuation goes first, so "The-Beatles" becomes one token and keeps its article
+    assert normalize_answer("The-Beatles") == "thebeatles"
+    assert exact_match("The-Beatles", ["Beatles"]) == 0.0 and exact_match("The Beatles", ["Beatles"]) == 1.0
 
 
 def test_exact_match_by_hand():

@@ -67,7 +67,7 @@ def test_rag_config_runs_on_tiny_models(config, tiny_llama_dir, tiny_bert_dir, t
     if method not in ("closed_book", "recitation"):
         assert f"test/answer_recall@{cli.model.hparams.top_k}" in metrics
     log_dir = Path(cli.trainer.log_dir)
-    records = [json.loads(line) for line in open(log_dir / "predictions_rank0.jsonl")]
+    records = [json.loads(line) for line in open(log_dir / "predictions.jsonl")]
     assert len(records) == 3 and all({"question", "prediction", "em", "f1", "prompt"} <= set(r) for r in records)
     if method == "nli_filter":
         for r in records:
@@ -96,3 +96,31 @@ def test_hyde_needs_dense():
 
     with pytest.raises(ValueError, match="dense"):
         QueryEnhancedRetriever(method="hyde", retriever="bm25")
+
+
+def test_merge_records_keeps_every_rank_once():
+    from lightning_modules.rag_eval import merge_records
+
+    # DistributedSampler over 5 questions and 2 ranks: rank 0 gets 0, 2, 4; rank 1 gets 1, 3 and a repeat of 0
+    parts = [[{"id": "q0"}, {"id": "q2"}, {"id": "q4"}], [{"id": "q1"}, {"id": "q3"}, {"id": "q0"}]]
+    assert [r["id"] for r in merge_records(parts)] == ["q0", "q2", "q4", "q1", "q3"]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_write_the_predictions_of_both_ranks(tiny_llama_dir, tiny_pool, tmp_path):
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from datamodules import QADataModule
+    from lightning_modules import RAGEvaluator
+
+    model = RAGEvaluator(method="closed_book", generator=tiny_llama_dir, max_new_tokens=2, gen_batch_size=2)
+    dm = QADataModule(test_file=str(tiny_pool / "test.jsonl"), corpus=None, limit=5, batch_size=2)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=CSVLogger(tmp_path, name="ddp"),
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.test(model, dm)
+    files = list(tmp_path.rglob("predictions.jsonl"))  # the spawned rank 0 wrote it; one file for both ranks
+    assert len(files) == 1
+    records = [json.loads(line) for line in open(files[0])]
+    expected = [json.loads(line)["id"] for line in open(tiny_pool / "test.jsonl")][:5]
+    assert sorted(r["id"] for r in records) == sorted(expected)
