@@ -56,13 +56,33 @@ def replug_score(model, tokenizer, questions: Sequence[str], passages: Sequence[
     prompts, group = _prompts(tokenizer, fmt, questions, passages)
     per_token = token_logprobs(model, tokenizer, prompts, [targets[g] for g in group], batch_size=batch_size,
                                add_special_tokens=not uses_chat(tokenizer, fmt.chat))
-    out, row = [], 0
-    for q, docs in enumerate(passages):
-        k = len(docs)
-        mixed = replug_mixture(torch.stack(per_token[row:row + k]), replug_weights(scores[q][:k], temperature))
+    grouped, row = [], 0
+    for docs in passages:
+        grouped.append(torch.stack(per_token[row:row + len(docs)]))
+        row += len(docs)
+    return replug_sequence_logprobs(grouped, [s[:len(d)] for s, d in zip(scores, passages)], temperature, reduction)
+
+
+def replug_sequence_logprobs(per_token: Sequence[torch.Tensor], scores: Sequence[Sequence[float]],
+                             temperature: float = 1.0, reduction: str = "sum") -> torch.Tensor:
+    """(N,) ensemble log-likelihoods from each question's (k, T) per-token log p(y_t | d o x, y_<t) and its k
+    retrieval scores: the documents are mixed at every token, then the T mixed log-probs are summed
+    (or averaged)."""
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"unknown reduction {reduction!r}; expected 'sum' or 'mean'")
+    out = []
+    for lp, s in zip(per_token, scores, strict=True):
+        mixed = replug_mixture(lp, replug_weights(s, temperature))          # (T,)
         out.append(mixed.sum() if reduction == "sum" else mixed.mean())
-        row += k
     return torch.stack(out)
+
+
+def replug_next_token(logprobs: torch.Tensor, log_weights: torch.Tensor, group: torch.Tensor,
+                      num_groups: int) -> torch.Tensor:
+    """(Q, V) mixed next-token log-probs log sum_d lambda_d p(. | d o x) from the (R, V) log-probs of R rows,
+    row r holding one document of question ``group[r]`` with log weight ``log_weights[r]``."""
+    return torch.stack([torch.logsumexp(log_weights[group == g, None] + logprobs[group == g], dim=0)
+                        for g in range(num_groups)])
 
 
 @torch.inference_mode()
@@ -97,9 +117,7 @@ def replug_generate(model, tokenizer, questions: Sequence[str], passages: Sequen
                         use_cache=True, **keep)
             past = out.past_key_values
             logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)                     # (R, V)
-            mixed = torch.stack([torch.logsumexp(log_w[group_t == g, None] + logp[group_t == g], dim=0)
-                                 for g in range(len(qs))])                                   # (Q, V)
-            nxt = mixed.argmax(-1)                                                           # (Q,)
+            nxt = replug_next_token(logp, log_w, group_t, len(qs)).argmax(-1)               # (Q,)
             for g in range(len(qs)):
                 if not done[g]:
                     if nxt[g].item() in eos:
