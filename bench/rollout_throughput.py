@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from datamodules.qa import read_qa_jsonl  # noqa: E402
 from generation.lm import load_causal_lm  # noqa: E402
 from rl.prompts import render_prompt  # noqa: E402
+from rl.envs import SearchEnv  # noqa: E402
 from rl.rollout import rollout  # noqa: E402
 from rl.search import BM25Search, SafeSearch  # noqa: E402
 
@@ -93,7 +94,7 @@ def main(argv=None) -> None:
             totals["trl"][1] += dt
             print(f"[{rep}] TRL  : {tokens} tokens in {dt:.1f} s", flush=True)
             t = time.perf_counter()
-            r = rollout(model, tokenizer, prompts, search, max_searches=2, max_turn_tokens=args.max_new_tokens,
+            r = rollout(model, tokenizer, prompts, SearchEnv(search, max_searches=2), max_turn_tokens=args.max_new_tokens,
                         max_response_tokens=3 * args.max_new_tokens + 600, temperature=1.0, compute_logprobs=False)
             dt = time.perf_counter() - t
             totals["ours_multiturn"][0] += int(r.response_lengths.sum())

@@ -66,9 +66,9 @@ def main(argv=None) -> None:
     t4 = time.time()
     print(f"\nSearch-R1 learning run: {args.config}, {args.steps} optimizer steps, "
           f"{args.eval_questions} held-out questions (data/nq_pool/test.jsonl), torch threads {torch.get_num_threads()}")
-    print(f"{'':12}{'EM':>8}{'F1':>8}{'searches/q':>12}{'resp. tokens':>14}")
+    print(f"{'':12}{'EM':>8}{'F1':>8}{'searches/q':>12}{'failed':>8}{'resp. tokens':>14}")
     for name, m in rows:
-        print(f"{name:12}{m['em']:8.3f}{m['f1']:8.3f}{m['searches']:12.2f}{m['response_length']:14.1f}")
+        print(f"{name:12}{m['em']:8.3f}{m['f1']:8.3f}{m['searches']:12.2f}{m.get('search_errors', 0):8.0f}{m['response_length']:14.1f}")
     print(f"time: eval before {t1 - t0:.0f} s, warm start + its eval {t2 - t1:.0f} s, RL training {t3 - t2:.0f} s, "
           f"eval after {t4 - t3:.0f} s")
     print(f"TensorBoard logs: {trainer.log_dir}")
