@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from generation import lora
 from retrieval.encoders import from_pretrained
 
 DEFAULT_GENERATOR = "smollm2-135m-instruct"
@@ -144,16 +145,10 @@ def load_causal_lm(name_or_path: str = DEFAULT_GENERATOR, *, dtype: str = "float
 
 def apply_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules: list[str] | str | None = None,
                quantized: bool = False):
-    """Wrap ``model`` with LoRA adapters (peft). ``target_modules`` defaults to every linear layer of the
-    decoder blocks (``"all-linear"``). A 4-bit base is first prepared for k-bit training (norms in fp32,
-    input gradients on, so gradient checkpointing can flow through the frozen base)."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    if quantized:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules or "all-linear",
-                        task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    """LoRA on a causal LM (:func:`generation.lora.apply_lora`); ``target_modules`` defaults to every
+    linear layer of the decoder blocks (``"all-linear"``)."""
+    return lora.apply_lora(model, r, alpha, dropout, target_modules or "all-linear", task_type="CAUSAL_LM",
+                           quantized=quantized)
 
 
 def has_chat_template(tokenizer) -> bool:

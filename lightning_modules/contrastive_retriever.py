@@ -27,27 +27,12 @@ from lightning.pytorch.cli import OptimizerCallable
 from transformers import get_linear_schedule_with_warmup
 
 from callbacks.retrieval_eval import RetrievalEvaluator
+from generation.lora import apply_lora, merged
 from retrieval.distributed import gather_no_grad, global_exclude, global_scores
 from retrieval.encoders import DEFAULT_ENCODER, Encoder
 from retrieval.gradcache import grad_cache, split_inputs
 from retrieval.index import DenseIndex
 from retrieval.losses import contrastive_loss
-
-
-def add_lora(encoder: Encoder, r: int, alpha: float, dropout: float, target_modules: list[str] | None) -> None:
-    """Wrap the encoder's transformer with peft LoRA adapters: W x + (alpha / r) B A x, only A and B trained.
-    ``target_modules`` default: peft's choice for the architecture (BERT: query, value)."""
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none")
-    encoder.model = get_peft_model(encoder.model, config)
-
-
-def merged_copy(encoder: Encoder) -> Encoder:
-    """A copy of a LoRA encoder with the adapters merged into the base weights (a plain transformers model)."""
-    merged = copy.deepcopy(encoder)
-    merged.model = merged.model.merge_and_unload()
-    return merged
 
 
 def adamw(params) -> torch.optim.Optimizer:
@@ -94,9 +79,14 @@ class ContrastiveRetriever(L.LightningModule):
         gradcache_chunk_size: GradCache; embed in chunks of this size so the contrastive batch is limited by
             the loss, not by activation memory. Uses manual optimization: set ``trainer.gradient_clip_val``
             to null and clip with ``gradcache_clip_val``; gradient accumulation is not available.
-        lora_r / lora_alpha / lora_dropout / lora_target_modules: train LoRA adapters (peft) instead of the
-            encoder weights; :meth:`export` writes merged weights.
+        lora_r / lora_alpha / lora_dropout / lora_target_modules: train LoRA adapters (peft, through
+            ``generation.lora``) instead of the encoder weights; :meth:`export` writes merged weights.
+            ``lora_target_modules`` default: peft's choice for the architecture (BERT: query, value).
         index_factory / index_parameters: the faiss index used by :meth:`rank` (exact ``Flat`` by default).
+        dtype: the encoders' weights (``float32``, ``bfloat16``, ``float16``; None keeps the checkpoint's).
+
+    The encoders are built in :meth:`configure_model` (idempotent), which the Trainer and
+    ``load_from_checkpoint`` call; call it yourself to use a module outside them.
     """
 
     def __init__(self, model_name_or_path: str = DEFAULT_ENCODER, shared_encoder: bool = True, pooling: str = "mean",
@@ -108,7 +98,7 @@ class ContrastiveRetriever(L.LightningModule):
                  lora_r: int = 0, lora_alpha: float = 16.0, lora_dropout: float = 0.0,
                  lora_target_modules: list[str] | None = None, index_factory: str = "Flat",
                  index_parameters: str | None = None, moco_in_batch_negatives: bool = False,
-                 encoder_dropout: bool = False):
+                 encoder_dropout: bool = False, dtype: str | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
@@ -121,21 +111,40 @@ class ContrastiveRetriever(L.LightningModule):
                              "of the (shared) query encoder, which also encodes passages at evaluation")
         if gradcache_chunk_size is not None and gradcache_chunk_size < 1:
             raise ValueError(f"gradcache_chunk_size must be >= 1 (or null), got {gradcache_chunk_size}")
-        normalize = similarity == "cosine"
-        self.passage_encoder = Encoder(model_name_or_path, pooling, normalize, passage_max_length, encoder_dropout)
-        self.query_encoder = (None if shared_encoder else
-                              Encoder(model_name_or_path, pooling, normalize, query_max_length, encoder_dropout))
-        if lora_r:
-            for encoder in filter(None, (self.passage_encoder, self.query_encoder)):
-                add_lora(encoder, lora_r, lora_alpha, lora_dropout, lora_target_modules)
-        self.key_encoder = None
-        if moco_queue_size:
+        if dtype is not None and not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"dtype {dtype!r}: expected a torch dtype name such as 'float32' or 'bfloat16'")
+        self.passage_encoder: Encoder | None = None
+        self.query_encoder: Encoder | None = None
+        self.key_encoder: Encoder | None = None
+        self.automatic_optimization = gradcache_chunk_size is None
+
+    def configure_model(self) -> None:
+        """Build the encoders once (later calls do nothing): the passage encoder (shared with queries, or a
+        separate query encoder), LoRA adapters, the weights' dtype, and MoCo's momentum encoder and queue."""
+        if self.passage_encoder is not None:
+            return
+        hp = self.hparams
+        dtype = getattr(torch, hp.dtype) if hp.dtype else None
+
+        def build() -> Encoder:
+            encoder = Encoder(hp.model_name_or_path, hp.pooling, hp.similarity == "cosine", hp.passage_max_length,
+                              hp.encoder_dropout)
+            if hp.lora_r:
+                encoder.model = apply_lora(encoder.model, hp.lora_r, hp.lora_alpha, hp.lora_dropout,
+                                           hp.lora_target_modules)
+            return encoder.to(dtype) if dtype is not None else encoder
+
+        self.passage_encoder = build()
+        if not hp.shared_encoder:
+            self.query_encoder = build()
+            self.query_encoder.max_length = hp.query_max_length
+        if hp.moco_queue_size:
             self.key_encoder = copy.deepcopy(self.passage_encoder).requires_grad_(False)
             # Buffers, so the queue is saved in checkpoints and restored on resume.
-            self.register_buffer("moco_queue", torch.zeros(moco_queue_size, self.passage_encoder.dim))
-            self.register_buffer("moco_queue_ptr", torch.zeros((), dtype=torch.long))
-            self.register_buffer("moco_queue_len", torch.zeros((), dtype=torch.long))
-        self.automatic_optimization = gradcache_chunk_size is None
+            self.register_buffer("moco_queue", torch.zeros(hp.moco_queue_size, self.passage_encoder.dim,
+                                                           dtype=dtype or torch.float32, device=self.device))
+            self.register_buffer("moco_queue_ptr", torch.zeros((), dtype=torch.long, device=self.device))
+            self.register_buffer("moco_queue_len", torch.zeros((), dtype=torch.long, device=self.device))
 
     @property
     def q_encoder(self) -> Encoder:
@@ -279,9 +288,19 @@ class ContrastiveRetriever(L.LightningModule):
         """Hugging Face + sentence-transformers format; separate encoders go to query/ and passage/.
         LoRA adapters are merged into the weights first (the module itself keeps its adapters)."""
         path = Path(path)
-        finish = merged_copy if self.hparams.lora_r else (lambda encoder: encoder)
         if self.query_encoder is None:
-            finish(self.passage_encoder).save(path)
+            self._save_encoder(self.passage_encoder, path)
         else:
-            finish(self.query_encoder).save(path / "query")
-            finish(self.passage_encoder).save(path / "passage")
+            self._save_encoder(self.query_encoder, path / "query")
+            self._save_encoder(self.passage_encoder, path / "passage")
+
+    def _save_encoder(self, encoder: Encoder, path: Path) -> None:
+        if not self.hparams.lora_r:
+            encoder.save(path)
+            return
+        adapted = encoder.model
+        encoder.model = merged(adapted)  # a merged copy: the module keeps training its adapters
+        try:
+            encoder.save(path)
+        finally:
+            encoder.model = adapted

@@ -12,7 +12,9 @@ from train import cli_main
 
 
 def _module(tiny_bert_dir, **kw):
-    return ContrastiveRetriever(tiny_bert_dir, passage_max_length=32, **kw)
+    module = ContrastiveRetriever(tiny_bert_dir, passage_max_length=32, **kw)
+    module.configure_model()
+    return module
 
 
 def test_moco_loss_by_hand(tiny_bert_dir):
@@ -30,6 +32,45 @@ def test_moco_loss_by_hand(tiny_bert_dir):
     # now q0 also sees k1 (score 0): log(1 + 2 e^-2); q1 also sees k0 (score 0): log(2 + e^-2)
     loss, _ = m._loss(q, k, {})
     assert loss.item() == pytest.approx((math.log(1 + 2 * math.exp(-2)) + math.log(2 + math.exp(-2))) / 2, rel=1e-6)
+
+
+def test_moco_training_step_scores_against_the_queue_before_this_batch_joins_it(tiny_bert_dir):
+    """The module's own training step: the loss sees the queue as it was before the step (the batch's keys
+    are enqueued after the loss, as in MoCo), then the keys join the queue."""
+    import copy
+
+    torch.manual_seed(0)
+    m = _module(tiny_bert_dir, moco_queue_size=8, temperature=0.5, moco_momentum=0.5)
+    m._enqueue(torch.nn.functional.normalize(torch.randn(3, m.passage_encoder.dim), dim=-1))
+    batch = {"queries": ["topic one question", "topic two question"],
+             "passages": ["document about topic one", "document about topic two"]}
+    ref = copy.deepcopy(m)
+    q = ref.embed(batch["queries"], True, ref.hparams.query_max_length)
+    keys = ref._momentum_keys(batch["passages"])
+    expected, _ = ref._loss(q, keys, batch)                           # queue: the 3 old keys only
+    queue_before = m.moco_queue[:3].clone()
+    loss = m.training_step(batch, 0)
+    torch.testing.assert_close(loss, expected, atol=1e-6, rtol=1e-6)
+    assert m.moco_queue_len.item() == 5 and torch.equal(m.moco_queue[:3], queue_before)
+    torch.testing.assert_close(m.moco_queue[3:5], keys, atol=1e-6, rtol=1e-6)
+    # with this batch's keys already in the queue the loss would differ (each positive also a negative)
+    ref._enqueue(keys)
+    assert abs(ref._loss(q, keys, batch)[0].item() - expected.item()) > 1e-3
+
+
+def test_configure_model_is_idempotent_and_builds_the_dtype_asked(tiny_bert_dir):
+    m = ContrastiveRetriever(tiny_bert_dir, shared_encoder=False, lora_r=2, dtype="bfloat16", moco_queue_size=0)
+    assert m.passage_encoder is None and not list(m.parameters())          # nothing built in __init__
+    m.configure_model()
+    encoders = (m.passage_encoder, m.query_encoder)
+    m.configure_model()
+    assert (m.passage_encoder, m.query_encoder) == encoders and m.query_encoder is not m.passage_encoder
+    assert {p.dtype for p in m.parameters()} == {torch.bfloat16}
+    assert m.query_encoder.max_length == m.hparams.query_max_length
+    trainable = [n for n, p in m.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    with pytest.raises(ValueError, match="dtype 'float31'"):
+        ContrastiveRetriever(tiny_bert_dir, dtype="float31")
 
 
 def test_ema_update_and_ring_buffer_by_hand(tiny_bert_dir):
@@ -119,7 +160,7 @@ def test_gradcache_step_equals_plain_step(tiny_beir_dir, tmp_path):
                             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
         trainer.fit(model, dm)
         weights.append({k: v.clone() for k, v in model.passage_encoder.model.state_dict().items()})
-    start = ContrastiveRetriever(path).passage_encoder.model.state_dict()
+    start = _module(path).passage_encoder.model.state_dict()
     changed = [k for k in start if not torch.equal(start[k], weights[0][k])]
     assert len(changed) > 10
     for k in weights[0]:

@@ -116,3 +116,31 @@ def test_generate_is_batched_greedy_in_input_order(lm):
     batched = generate(model, tok, prompts, max_new_tokens=5, batch_size=2, stop_strings=None)
     single = [generate(model, tok, [p], max_new_tokens=5, batch_size=1, stop_strings=None)[0] for p in prompts]
     assert batched == single
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2_dir(tmp_path_factory, tiny_llama_dir) -> str:
+    """A 2-layer, hidden-32 random GPT-2 (learned absolute position embeddings) with the SmolLM2 tokenizer.
+    Its position table is scaled up so a shifted position changes the log-probs a lot."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=256,
+                                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    with torch.no_grad():
+        model.transformer.wpe.weight.mul_(20.0)
+    path = tmp_path_factory.mktemp("tiny_gpt2")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def test_left_padded_scoring_on_an_absolute_position_model(tiny_gpt2_dir):
+    """Rows of different lengths are left padded in one batch: on GPT-2 every row must still see positions
+    0, 1, ... from its first real token (position ids from the attention mask), as when scored alone."""
+    model, tok = load_causal_lm(tiny_gpt2_dir, device="cpu")
+    batched = token_logprobs(model.eval(), tok, PROMPTS, TARGETS, batch_size=4)
+    looped = loop_logprobs(model, tok, PROMPTS, TARGETS)
+    for b, ref in zip(batched, looped):
+        torch.testing.assert_close(b, ref, atol=1e-4, rtol=1e-4)
