@@ -1,5 +1,6 @@
 """Prompt formats for retrieval-augmented QA, rendered through the tokenizer's chat template when it has
-one, and answer extraction from generated text."""
+one (:func:`render_message`, shared with ``rl.prompts``), and the short answer of a generation
+(:func:`first_line_answer`; not ``rl.rewards.extract_answer``, which reads Search-R1's ``<answer>`` tags)."""
 
 from __future__ import annotations
 
@@ -103,20 +104,22 @@ def uses_chat(tokenizer, chat: bool | None = None) -> bool:
 
 
 def render_message(tokenizer, message: str, system: str | None = None, chat: bool | None = None,
-                   answer_prefix: str = "") -> str:
-    """One user message as a prompt: the chat template with the assistant turn opened, or the plain text
-    followed by a newline. ``answer_prefix`` is appended in both cases."""
+                   answer_prefix: str = "", separator: str = "\n") -> str:
+    """One user message as a prompt, the one renderer of every method (RAG prompts, the NLI judge, HyDE/LameR,
+    Search-R1 and self-correction prompts): the chat template with the assistant turn opened, or the plain
+    text followed by ``separator``. ``answer_prefix`` is appended in both cases. ``chat``: True forces the
+    chat template, False disables it, None uses it when the tokenizer has one."""
     if uses_chat(tokenizer, chat):
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return text + answer_prefix
-    return f"{message}\n{answer_prefix}"
+    return f"{message}{separator}{answer_prefix}"
 
 
 _PREFIX = re.compile(r"^\s*(the\s+)?(final\s+)?answer\s*(is)?\s*[:\-]?\s*", re.IGNORECASE)
 
 
-def extract_answer(generated: str) -> str:
+def first_line_answer(generated: str) -> str:
     """The short answer in a generation: its first non-empty line, without an "Answer:" prefix, quotes or
     a trailing full stop. (EM/F1 normalisation happens later, in :mod:`generation.qa_metrics`.)"""
     lines = [line.strip() for line in generated.strip().splitlines() if line.strip()]

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from generation.generate import generate
-from generation.prompts import PromptFormat, extract_answer, render_message, uses_chat
+from generation.prompts import PromptFormat, first_line_answer, render_message, uses_chat
 
 RECITE_TEMPLATE = ("Recite a short passage from Wikipedia that contains the answer to the question. "
                    "Do not answer the question directly.\n\nQuestion: {question}")
@@ -58,7 +58,7 @@ def read(model, tokenizer, questions: Sequence[str], passages: Sequence[Sequence
     prompts = [fmt.render(tokenizer, q, list(p)) for q, p in zip(questions, passages)]
     generations = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                            add_special_tokens=not uses_chat(tokenizer, fmt.chat))
-    return Answers(prompts, generations, [extract_answer(g) for g in generations])
+    return Answers(prompts, generations, [first_line_answer(g) for g in generations])
 
 
 def recite_and_answer(model, tokenizer, questions: Sequence[str], *, prompt_format: PromptFormat | None = None,
@@ -106,7 +106,7 @@ def answer_questions(method: str, model, tokenizer, questions: Sequence[str], pa
     if method == "replug":
         generations = replug_generate(model, tokenizer, questions, passages, scores, temperature=replug_temperature, **kw)
         prompts = [" || ".join(fmt.render(tokenizer, q, [d]) for d in docs) for q, docs in zip(questions, passages)]
-        return Answers(prompts, generations, [extract_answer(g) for g in generations])
+        return Answers(prompts, generations, [first_line_answer(g) for g in generations])
     if method == "nli_filter":
         if judge is None:
             raise ValueError("nli_filter needs a judge (generation.nli.NLIClassifier or LMJudge)")

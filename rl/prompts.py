@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from generation.prompts import render_message
 from rl.search import Passage, format_information
 
 # The template of Search-R1 (Jin et al., 2025), verbatim apart from whitespace.
@@ -40,9 +41,7 @@ def resolve_template(template: str) -> str:
 
 def render_prompt(tokenizer, question: str, template: str = "search_r1", chat: bool = True) -> str:
     """The prompt text for one question: ``template`` (a name or a literal) filled in, wrapped in the
-    tokenizer's chat template (as a user turn, with the assistant header) when it has one and ``chat`` is set."""
+    tokenizer's chat template (as a user turn, with the assistant header) when it has one and ``chat`` is set,
+    by the one renderer, :func:`generation.prompts.render_message` (plain text as is: the template ends the line)."""
     text = resolve_template(template).format(question=question.strip())
-    if chat and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                             add_generation_prompt=True)
-    return text
+    return render_message(tokenizer, text, chat=None if chat else False, separator="")

@@ -7,7 +7,7 @@ import torch
 
 from generation.generate import generate
 from generation.lm import load_causal_lm
-from generation.prompts import PromptFormat, extract_answer
+from generation.prompts import PromptFormat, first_line_answer
 from generation.scoring import encode_pairs, reduce_logprobs, score_triples, token_logprobs
 
 PROMPTS = ["Question: who wrote hamlet?\nAnswer:", "q?", "A much longer prompt about the history of the Roman "
@@ -103,11 +103,11 @@ def test_plain_prompt_without_chat():
     assert fmt.render(NoChat(), "q?", ["p1", "p2"]).endswith("Passage 1: p1\n\nPassage 2: p2\n\nQuestion: q?\nAnswer:")
 
 
-def test_extract_answer():
-    assert extract_answer("  Answer: The Eiffel Tower.\nMore text") == "The Eiffel Tower"
-    assert extract_answer('"Paris"') == "Paris"
-    assert extract_answer("\n\n") == ""
-    assert extract_answer("The answer is 1972.") == "1972"
+def test_first_line_answer():
+    assert first_line_answer("  Answer: The Eiffel Tower.\nMore text") == "The Eiffel Tower"
+    assert first_line_answer('"Paris"') == "Paris"
+    assert first_line_answer("\n\n") == ""
+    assert first_line_answer("The answer is 1972.") == "1972"
 
 
 def test_generate_is_batched_greedy_in_input_order(lm):
