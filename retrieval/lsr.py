@@ -64,13 +64,16 @@ def _digest(h: "hashlib._Hash") -> str:
 
 
 def module_fingerprint(model: torch.nn.Module) -> str:
-    """Hash of a model's class, config and every parameter and buffer (names, dtypes, shapes, bytes):
-    two models share it only if they compute the same function. Tied weights are hashed once."""
+    """Hash of a model's class, config (without the path it was loaded from) and every parameter and buffer
+    (names, dtypes, shapes, bytes): two models share it only if they compute the same function, wherever they
+    are stored. Tied weights are hashed once."""
     h = hashlib.blake2b()
     h.update(type(model).__name__.encode())
     config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "to_json_string"):
-        h.update(config.to_json_string(use_diff=False).encode())
+    if config is not None and hasattr(config, "to_dict"):
+        # where the model was loaded from is no part of what it computes: a copy elsewhere is the same LM
+        settings = {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+        h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     seen = set()
     for name, t in model.state_dict(keep_vars=False).items():
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())

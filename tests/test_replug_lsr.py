@@ -109,11 +109,12 @@ def test_cache_is_keyed_by_lm_and_prompt(tmp_path):
     assert LMScoreCache(path, "lm-a", "prompt-b").get([LMScoreCache.key("x", "d", "y")]) == {}
 
 
-def test_module_fingerprint_follows_the_weights(tiny_llama_dir):
+def test_module_fingerprint_follows_the_weights_not_the_path(tiny_llama_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     a = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
-    b = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    a.save_pretrained(tmp_path / "copy")
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "copy")
     assert module_fingerprint(a) == module_fingerprint(b)
     with torch.no_grad():
         b.model.layers[1].mlp.down_proj.weight[0, 0] += 1e-3
