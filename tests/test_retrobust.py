@@ -189,6 +189,23 @@ def test_each_example_records_its_context_kind(pool_dir, tiny_llama64_dir):
     assert set(test["contexts"]) == {"top1", "low_rank", "random"}
 
 
+def test_random_context_is_never_the_questions_own_passage():
+    """A random context is another question's top-1, but never the question's own top-1 or gold passage
+    (questions sharing a passage are common: 55 gold passages of the NQ pool serve two questions)."""
+    from datamodules.retrobust import choose_contexts
+
+    hits = [["a", "x"], ["a", "y"], ["b", "z"], ["g", "w"], ["c", "v"]]
+    avoid = [{"a"}, {"a"}, {"g"}, {"g"}, {"c"}]
+    seen = {i: set() for i in range(len(hits))}
+    for seed in range(40):
+        for i, (pid, rank) in enumerate(choose_contexts(hits, ["random"] * len(hits), (2, 2), random.Random(seed), avoid)):
+            assert rank is None
+            seen[i].add(pid)
+    assert seen[0] == seen[1] == {"b", "g", "c"}  # never "a", their shared top-1
+    assert seen[2] == {"a", "c"}                  # never its gold "g", though "g" is question 3's top-1
+    assert seen[3] == {"a", "b", "c"}
+
+
 def test_bad_mix_settings_are_rejected(pool_dir, tiny_llama64_dir):
     with pytest.raises(ValueError, match="proportions"):
         datamodule(pool_dir, tiny_llama64_dir, proportions=(0.5, 0.5, 0.5))
