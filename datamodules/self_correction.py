@@ -127,7 +127,8 @@ class SelfCorrectionDataModule(L.LightningDataModule):
         self.shots = self._load_shots()
         shot_ids = {s["id"] for s in self.shots}
         if test_file:
-            test = self._keep(self._load(test_file, hp.test_split))
+            # a demonstration is never a test problem (it can be, when shots and test share a file)
+            test = [r for r in self._keep(self._load(test_file, hp.test_split)) if r["id"] not in shot_ids]
             self.rows["test"] = test[:hp.limit_test] if hp.limit_test is not None else test
             if hp.limit_val:
                 self.rows["val"] = test[:hp.limit_val]

@@ -224,3 +224,67 @@ def test_datamodule_mbpp_splits_and_humaneval_has_no_train():
         he.train_dataloader()
     with pytest.raises(ValueError, match="unknown slice"):
         SelfCorrectionDataModule(task="gsm8k", slice="tiny")
+
+
+# -- the evaluation module through the CLI ------------------------------------------------------------------
+
+SC_CONFIGS = sorted(str(p) for p in (ROOT / "configs").glob("self_correct_*.yaml"))
+
+
+def test_configs_cover_tasks_and_baselines():
+    import yaml
+
+    seen = {(yaml.safe_load(open(p))["data"]["init_args"]["task"], yaml.safe_load(open(p))["model"]["init_args"]["method"])
+            for p in SC_CONFIGS}
+    for task in ("gsm8k", "math500", "humaneval", "mbpp"):
+        assert {(task, "two_attempts"), (task, "self_refine")} <= seen
+
+
+@pytest.mark.parametrize("config", SC_CONFIGS, ids=lambda p: Path(p).stem)
+def test_self_correct_config_runs_on_tiny_model(config, tiny_llama_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from train import cli_main
+
+    cli = cli_main(["--config", config, "--model.init_args.generator", tiny_llama_dir,
+                    "--model.init_args.max_turn_tokens", "3", "--model.init_args.num_examples", "2",
+                    "--data.init_args.limit_test", "3", "--data.init_args.eval_batch_size", "2",
+                    "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.accelerator", "cpu",
+                    "--trainer.enable_progress_bar", "false"])
+    log_dir = Path(cli.trainer.log_dir)
+    records = [json.loads(line) for line in open(log_dir / "attempts.jsonl")]
+    assert len(records) == 3 and len({r["id"] for r in records}) == 3
+    turns = 3 if cli.model.hparams.method == "self_refine" else 2
+    assert all(len(r["turns"]) == turns and r["attempt_2"] == r["turns"][-1] for r in records)
+    # the logged metrics are those of the written records, and each reward is the task's metric of its attempt
+    expected = attempt_metrics([r["r1"] for r in records], [r["r2"] for r in records])
+    logged = cli.trainer.callback_metrics
+    for k, v in expected.items():
+        assert float(logged[f"test/{k}"]) == pytest.approx(v)
+    reward = task_reward(cli.datamodule.hparams.task)
+    examples = cli.datamodule.rows["test"]
+    assert [r["r1"] for r in records] == reward([r["attempt_1"] for r in records], examples)
+    acc = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    assert any("attempts" in t for t in acc.Tags().get("tensors", [])), "no attempt pairs logged as text"
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_evaluate_every_problem_once(tiny_llama_dir, tmp_path):
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from datamodules.self_correction import SelfCorrectionDataModule
+    from lightning_modules.self_correct_eval import SelfCorrectEvaluator
+
+    model = SelfCorrectEvaluator(generator=tiny_llama_dir, max_turn_tokens=2)
+    dm = SelfCorrectionDataModule(task="gsm8k", limit_test=5, eval_batch_size=2)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=CSVLogger(tmp_path, name="ddp"),
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.test(model, dm)
+    files = list(tmp_path.rglob("attempts.jsonl"))
+    assert len(files) == 1
+    records = [json.loads(line) for line in open(files[0])]
+    dm.setup("test")
+    assert sorted(r["id"] for r in records) == sorted(r["id"] for r in dm.rows["test"])
+    assert float(trainer.callback_metrics["test/n"]) == 5
