@@ -4,36 +4,190 @@ Without a subcommand, a trainable method is fit and then tested with its best ch
 exported, if it can be); an evaluation-only method (``evaluation_only = True``) is tested. The
 LightningCLI subcommands ``fit``, ``validate``, ``test`` and ``predict`` work as usual. Configs are
 parsed with OmegaConf, after the command line, so ``${...}`` interpolations see overrides.
+
+Every training run gets a learning-rate monitor (the LR is in TensorBoard), and progress lines with rate
+and ETA when the output is not a terminal (a log file, a batch job). Bad input stops the run with one
+short line naming what to fix as the last thing printed (``RAGKIT_TRACEBACK=1`` shows the traceback).
 """
 
 from __future__ import annotations
 
+import argparse
+import glob
+import logging
 import os
+import re
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parent
+TRACEBACK_ENV = "RAGKIT_TRACEBACK"
 
-from jsonargparse import set_parsing_settings  # noqa: E402
-from lightning.pytorch.cli import LightningCLI  # noqa: E402
+
+class _DropTips(logging.Filter):
+    """Lightning advertises its cloud services ("💡 Tip: ...") on every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+# Noise printed on every start: bitsandbytes' AVX512 machines look for an optional kernel package (its
+# fallback works), and Lightning's tips. Set before the imports that trigger them.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_DropTips())
+
+from jsonargparse import DefaultHelpFormatter, set_parsing_settings  # noqa: E402
+from lightning.pytorch.callbacks import LearningRateMonitor  # noqa: E402
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
 
+from callbacks.progress import LogProgress  # noqa: E402
+
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+PACKAGES = ("retrieval", "generation", "rl", "datamodules", "callbacks", "lightning_modules")
+
+DESCRIPTION = """\
+Train and evaluate a method from a YAML config.
+
+  python train.py --config configs/dpr_scifact.yaml                 # default: fit, test the best checkpoint, export
+  python train.py --config configs/dpr_scifact.yaml --model.init_args.temperature 0.1   # any override
+  python train.py test --config configs/dpr_scifact.yaml --ckpt_path <ckpt>          # or fit / validate / predict
+  python train.py fit --config configs/dpr_scifact.yaml --model.help lightning_modules.ContrastiveRetriever
+  python train.py fit --config configs/dpr_scifact.yaml --print_config                    # the merged config
+
+Without a subcommand a trainable method is fit, then tested with its best checkpoint and exported to
+<log_dir>/export; an evaluation-only method is tested. Trainer presets layer last, e.g.
+--config configs/trainer/cpu.yaml. Subcommand options: python train.py fit --help.
+"""
 
 
+def _epilog() -> str:
+    import textwrap
+
+    names = lambda pattern: " ".join(Path(p).stem for p in sorted(glob.glob(str(ROOT / pattern))))  # noqa: E731
+    wrap = lambda text: textwrap.fill(text, 100, initial_indent="  ", subsequent_indent="  ")  # noqa: E731
+    return (f"shipped configs (configs/<name>.yaml):\n{wrap(names('configs/*.yaml'))}\n"
+            f"trainer presets (configs/trainer/<name>.yaml, layered last):\n{wrap(names('configs/trainer/*.yaml'))}")
+
+
+# -- short errors ----------------------------------------------------------------------------------------------
+_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
+          "Expected a <class 'NoneType'>", "tip: ")
+
+
+def short_error(message: str) -> str:
+    """The useful part of a jsonargparse error, in one line: where (``model (ContrastiveRetriever), key
+    "temperature"``) and what (``Expected a <class 'float'>. Got value: warm``)."""
+    keys, classes, problems = [], [], []
+    for raw in message.splitlines():
+        line = raw.strip().lstrip("-").strip()
+        if not line or line.startswith(_NOISE):
+            continue
+        key = re.fullmatch(r'Parser key "([^"]+)":?', line)
+        klass = re.fullmatch(r"Problem with given class_path '([^']+)':?", line)
+        if key:
+            keys.append(key.group(1))
+        elif klass:
+            classes.append(klass.group(1))
+        else:
+            problems.append(line)
+    text = problems[0] if problems else message.strip().splitlines()[-1]
+    if classes and keys and "is not accepted" in text:
+        text += f" (the options: python train.py fit --{keys[0]}.help {classes[-1]})"
+    where = ".".join(keys) + (f" ({classes[-1]})" if classes else "")
+    return f"{where}: {text}" if where else text
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """Keeps the description's and epilog's line breaks (the examples)."""
+
+
+class Parser(LightningArgumentParser):
+    """A config error prints two short lines, the useful one last, instead of a 50-line usage dump."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        from jsonargparse._common import debug_mode_active  # noqa: PLC0415
+
+        if not self.exit_on_error or debug_mode_active() or os.environ.get(TRACEBACK_ENV):
+            return super().error(message, ex)
+        sys.stderr.write(f"usage: python train.py [fit|validate|test|predict] --config CONFIG [--key value ...]  "
+                         f"(python train.py --help)\nerror: {short_error(message)}\n")
+        sys.exit(2)
+
+
+def check_yaml_files(args: list[str]) -> None:
+    """Parse every ``--config`` file here first: jsonargparse reports a YAML syntax error in
+    ``"<unicode string>"``, not in the file that has it."""
+    import yaml
+
+    paths = [b for a, b in zip(args, args[1:]) if a in ("--config", "-c")]
+    paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    for path in paths:
+        if not Path(path).is_file():
+            sys.stderr.write(f"error: --config {path}: file not found\n")
+            sys.exit(2)
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            sys.stderr.write(f"error: {path}{where}: YAML syntax error: {problem}\n")
+            sys.exit(2)
+
+
+def _unwrap(err: BaseException) -> BaseException:
+    """The exception a class's ``__init__`` raised, out of jsonargparse's wrapper (a ValueError that lists
+    every Union subtype and dumps the whole Namespace)."""
+    while (isinstance(err, ValueError) and err.__cause__ is not None
+           and ("Given value" in str(err) or "Problem with given class_path" in str(err))):
+        err = err.__cause__
+    return err
+
+
+def _raised_by_project(err: BaseException) -> bool:
+    """Raised by this project's code (a deliberate message), not inside a library (a bug to debug)."""
+    tb = err.__traceback__
+    last = None
+    while tb is not None:
+        last, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
+    return last is not None and Path(last).resolve().is_relative_to(ROOT) and ".venv" not in Path(last).parts
+
+
+# -- the CLI -----------------------------------------------------------------------------------------------------
 class CLI(LightningCLI):
     def __init__(self, *args, default_run: bool = False, **kwargs):
         self.default_run = default_run
         super().__init__(*args, **kwargs)
 
+    def before_fit(self) -> None:
+        # Every training run logs its learning rate (README promises it in TensorBoard); a YAML list of
+        # callbacks replaces the defaults' whole, so this is added here rather than in the configs.
+        callbacks = self.trainer.callbacks
+        if self.trainer.loggers and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        if not any(isinstance(c, LogProgress) for c in trainer.callbacks):
+            trainer.callbacks.append(LogProgress())
+        return trainer
+
     def _run_subcommand(self, subcommand: str) -> None:
         if not self.default_run:
-            return super()._run_subcommand(subcommand)
+            super()._run_subcommand(subcommand)
+            if subcommand == "fit":
+                self._check_trained()
+            return
         if getattr(self.model, "evaluation_only", False):
             self.trainer.test(self.model, datamodule=self.datamodule)
             return
         super()._run_subcommand("fit")
+        self._check_trained()
         checkpoint = self.trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
         rank_zero_info(f"Testing {'checkpoint ' + best if best else 'the final weights (no checkpoint saved)'}")
@@ -42,6 +196,32 @@ class CLI(LightningCLI):
             target = Path(self.trainer.log_dir or ".") / "export"
             self.model.export(target)
             rank_zero_info(f"Exported the trained model to {target}")
+
+    def _check_trained(self) -> None:
+        """A fit that ran no training step must not go on to test and export the untrained model as "the
+        trained model" (Lightning only notes "No training batches" and returns)."""
+        trainer = self.trainer
+        if trainer.global_step > 0 or trainer.interrupted:
+            return
+        asked_for_none = trainer.max_steps == 0 or trainer.max_epochs == 0 or trainer.limit_train_batches == 0
+        if not asked_for_none:
+            raise RuntimeError(
+                f"no training step ran: the training dataloader gave {trainer.num_training_batches} batches "
+                "(a batch size larger than the training set, with drop_last?); nothing was tested or exported")
+
+
+def _configure_logging() -> None:
+    """Our packages' INFO lines (chosen precision, skipped data) reach the console like Lightning's own."""
+    if logging.getLogger().handlers:
+        return
+    for name in PACKAGES:
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> CLI:
@@ -52,19 +232,42 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> CLI:
     if default_run:
         # Parse as `fit`; `_run_subcommand` decides whether to fit+test or only test.
         args = ["fit", *args]
+    check_yaml_files(args)
+    _configure_logging()
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     # `args` is always passed explicitly (see above); LightningCLI's warning about sys.argv is moot.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    return CLI(
-        args=args,
-        run=run,
-        default_run=default_run,
-        parser_kwargs={"parser_mode": "omegaconf+"},
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-    )
+    try:
+        return CLI(
+            args=args,
+            run=run,
+            default_run=default_run,
+            parser_class=Parser,
+            parser_kwargs={"parser_mode": "omegaconf+", "description": DESCRIPTION, "epilog": _epilog(),
+                           "formatter_class": HelpFormatter},
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+        )
+    except ValueError as err:
+        cause = _unwrap(err)
+        if cause is err:
+            raise
+        raise cause.with_traceback(cause.__traceback__) from None
+
+
+def main(args: list[str] | None = None) -> None:
+    """``cli_main`` for the command line: an error raised by this project's code on purpose (bad data, a
+    missing file, an impossible setting) is printed as one line, last; anything else keeps its traceback."""
+    try:
+        cli_main(args)
+    except Exception as err:  # noqa: BLE001
+        deliberate = isinstance(err, (ValueError, OSError, RuntimeError)) and _raised_by_project(err)
+        if os.environ.get(TRACEBACK_ENV) or not deliberate:
+            raise
+        sys.stderr.write(f"({TRACEBACK_ENV}=1 shows the traceback)\nerror: {type(err).__name__}: {err}\n")
+        sys.exit(1)
 
 
 if __name__ == "__main__":
-    cli_main()
+    main()

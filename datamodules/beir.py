@@ -4,6 +4,7 @@ ranks and scores them)."""
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
@@ -11,10 +12,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from retrieval.beir import BeirDataset, passage_text
+from retrieval.beir import BeirDataset, DataFormatError, find_file, passage_text
 from retrieval.bm25 import BM25, mine_hard_negatives
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
 
 
 def resolve_data_dir(path: str | Path) -> Path:
@@ -84,31 +86,43 @@ class BEIRDataModule(L.LightningDataModule):
     Training uses ``train_split`` with ``num_negatives`` BM25 hard negatives per query, sampled from the
     BM25 ranks ``[negatives_skip_top, negatives_depth)`` that are not judged relevant. Validation uses
     ``val_split`` if given, or a ``dev_fraction`` of the training queries held out (then not trained
-    on); with neither there is no validation. Testing uses ``test_split``."""
+    on); with neither there is no validation. Testing uses ``test_split``. Each stage reads only the qrels it
+    needs: a test-only run (``python train.py test ...``) needs no training qrels.
+
+    ``qrels_header``: whether the qrels files start with the line ``query-id<TAB>corpus-id<TAB>score`` (BEIR's
+    format); set false for copies without it."""
 
     def __init__(self, data_dir: str = "data/scifact", train_split: str | None = "train",
                  val_split: str | None = None, test_split: str | None = "test", dev_fraction: float = 0.0,
                  num_negatives: int = 1, negatives_depth: int = 30, negatives_skip_top: int = 0,
                  bm25_k1: float = 0.9, bm25_b: float = 0.4, batch_size: int = 32, eval_batch_size: int = 64,
-                 num_workers: int = 0, seed: int = 0):
+                 num_workers: int = 0, seed: int = 0, qrels_header: bool = True):
         super().__init__()
         self.save_hyperparameters()
         self.data: BeirDataset | None = None
         self.train_dataset: ContrastivePairs | None = None
+        self.train_qrels: dict[str, dict[str, int]] | None = None
         self.qrels: dict[str, dict[str, dict[str, int]]] = {}
 
     # -- set-up ---------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        if self.data is not None:
-            return
         hp = self.hparams
-        splits = tuple(s for s in (hp.train_split, hp.val_split, hp.test_split) if s)
-        self.data = BeirDataset.load(resolve_data_dir(hp.data_dir), splits=tuple(dict.fromkeys(splits)))
-        self.passages = {d: passage_text(doc) for d, doc in self.data.corpus.items()}
-        self.doc_ids = list(self.passages)
-        self.qrels = {"test": self.data.qrels.get(hp.test_split, {}) if hp.test_split else {}}
-        if hp.train_split:
-            train_qrels = self.data.qrels[hp.train_split]
+        if self.data is None:
+            self.data = BeirDataset.load(resolve_data_dir(hp.data_dir), splits=(), qrels_header=hp.qrels_header)
+            self.passages = {d: passage_text(doc) for d, doc in self.data.corpus.items()}
+            self.doc_ids = list(self.passages)
+        if stage in (None, "fit", "validate"):
+            self._setup_train_and_val(needs_train=stage in (None, "fit"))
+        # fit reads the test qrels too, so that a broken test file stops the run before training, not after
+        if stage in (None, "fit", "test") and hp.test_split:
+            self.qrels["test"] = self.data.load_split(hp.test_split)
+
+    def _setup_train_and_val(self, needs_train: bool) -> None:
+        hp = self.hparams
+        if hp.val_split:
+            self.qrels["val"] = self.data.load_split(hp.val_split)
+        if hp.train_split and (needs_train or hp.dev_fraction > 0) and self.train_qrels is None:
+            train_qrels = self.data.load_split(hp.train_split)
             qids = sorted(train_qrels)
             if hp.dev_fraction > 0:
                 random.Random(hp.seed).shuffle(qids)
@@ -116,13 +130,31 @@ class BEIRDataModule(L.LightningDataModule):
                 self.qrels["val"] = {q: train_qrels[q] for q in sorted(qids[:n_dev])}
                 qids = sorted(qids[n_dev:])
             self.train_qrels = {q: train_qrels[q] for q in qids}
-        if hp.val_split:
-            self.qrels["val"] = self.data.qrels[hp.val_split]
+
+    def _qrels_path(self, split: str) -> str:
+        return str(find_file(resolve_data_dir(self.hparams.data_dir) / "qrels", f"{split}.tsv"))
 
     def _build_train_dataset(self) -> ContrastivePairs:
         hp = self.hparams
         positives = {q: sorted(d for d, rel in docs.items() if rel > 0) for q, docs in self.train_qrels.items()}
+        without = sorted(q for q, p in positives.items() if not p)
         positives = {q: p for q, p in positives.items() if p}
+        if not positives:
+            raise DataFormatError(self._qrels_path(hp.train_split), None, "score",
+                                  f"none of the {len(self.train_qrels)} training queries has a judgement with score > 0 "
+                                  "(a positive passage), so there is nothing to train on")
+        if without:
+            log.info("%d of %d training queries have no judgement with score > 0 and are not trained on (e.g. %s)",
+                     len(without), len(self.train_qrels), ", ".join(without[:3]))
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if len(positives) // world < hp.batch_size:
+            raise ValueError(
+                f"data.batch_size {hp.batch_size} is larger than the {len(positives)} training queries with a positive "
+                f"in {self._qrels_path(hp.train_split)}"
+                f"{f' (after holding out dev_fraction {hp.dev_fraction})' if hp.dev_fraction > 0 else ''}"
+                f"{f', {len(positives) // world} per process on {world}' if world > 1 else ''}: every batch must be "
+                f"full (drop_last), so no training step would run; set --data.init_args.batch_size "
+                f"{len(positives) // world} or less")
         negatives: dict[str, list[str]] = {}
         if hp.num_negatives > 0:
             bm25 = BM25(self.doc_ids, [self.passages[d] for d in self.doc_ids], k1=hp.bm25_k1, b=hp.bm25_b)
@@ -156,7 +188,7 @@ class BEIRDataModule(L.LightningDataModule):
         return self._eval_loaders(self.qrels["val"]) if "val" in self.qrels else []
 
     def test_dataloader(self) -> list[DataLoader]:
-        if not self.qrels.get("test"):
+        if not self.hparams.test_split:
             raise ValueError("BEIRDataModule: test_split is None, so there is nothing to test on")
         return self._eval_loaders(self.qrels["test"])
 

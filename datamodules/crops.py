@@ -83,6 +83,13 @@ class CropPairsDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if len(self.train_dataset) // world < hp.batch_size:
+            raise ValueError(
+                f"data.batch_size {hp.batch_size} is larger than the {len(self.train_dataset)} training documents of "
+                f"{hp.data_dir}{f', {len(self.train_dataset) // world} per process on {world}' if world > 1 else ''}: "
+                f"every batch must be full (drop_last), so no training step would run; set "
+                f"--data.init_args.batch_size {len(self.train_dataset) // world} or less")
         return DataLoader(self.train_dataset, batch_size=hp.batch_size, shuffle=True, drop_last=True,
                           collate_fn=CropPairs.collate, num_workers=hp.num_workers,
                           persistent_workers=hp.num_workers > 0)
