@@ -92,6 +92,7 @@ def main(argv=None) -> None:
                "--data.init_args.num_test", str(args.lm_test)],
     }
     results = {}
+    # cheap, informative phases first (retrieval metrics, the fits, perplexities); REPLUG generation last
     for setup, base in setups.items():
         ckpt_dir = out / setup / "checkpoints"
         # the query-side variant needs no refresh; checkpoints every few steps so the fit can resume
@@ -100,8 +101,14 @@ def main(argv=None) -> None:
             "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
             "init_args": {"dirpath": str(ckpt_dir), "every_n_train_steps": args.ckpt_every, "save_last": True,
                           "save_top_k": 1}}]}}))
-        base = [*base, "--config", str(callbacks)]
-        results[f"{setup}_initial"] = run_phase(out, f"{setup}_initial", lambda: metrics_of(cli_main(["test", *base])))
+        setups[setup] = base = [*base, "--config", str(callbacks)]
+        trained = ["--ckpt_path", str(ckpt_dir / "last.ckpt")]
+        if setup == "qa":
+            full = [*base, "--data.init_args.test_limit", "null", "--model.init_args.replug_k", "0"]
+            if args.retrieval_only_all:
+                results["qa_initial_all"] = run_phase(out, "qa_initial_all", lambda: metrics_of(cli_main(["test", *full])))
+        else:
+            results["lm_initial"] = run_phase(out, "lm_initial", lambda: metrics_of(cli_main(["test", *base])))
 
         def fit():
             last = ckpt_dir / "last.ckpt"
@@ -111,14 +118,14 @@ def main(argv=None) -> None:
                     "lm_scored_this_run": cache.misses, "lm_cache_entries": len(cache)}
 
         results[f"{setup}_fit"] = run_phase(out, f"{setup}_fit", fit)
-        trained = ["--ckpt_path", str(ckpt_dir / "last.ckpt")]
-        results[f"{setup}_trained"] = run_phase(out, f"{setup}_trained",
-                                                lambda: metrics_of(cli_main(["test", *base, *trained])))
         if setup == "qa" and args.retrieval_only_all:
-            full = [*base, "--data.init_args.test_limit", "null", "--model.init_args.replug_k", "0"]
-            results["qa_initial_all"] = run_phase(out, "qa_initial_all", lambda: metrics_of(cli_main(["test", *full])))
             results["qa_trained_all"] = run_phase(out, "qa_trained_all",
                                                   lambda: metrics_of(cli_main(["test", *full, *trained])))
+        if setup == "lm":
+            results["lm_trained"] = run_phase(out, "lm_trained", lambda: metrics_of(cli_main(["test", *base, *trained])))
+    qa_trained = ["--ckpt_path", str(out / "qa" / "checkpoints" / "last.ckpt")]
+    results["qa_initial"] = run_phase(out, "qa_initial", lambda: metrics_of(cli_main(["test", *setups["qa"]])))
+    results["qa_trained"] = run_phase(out, "qa_trained", lambda: metrics_of(cli_main(["test", *setups["qa"], *qa_trained])))
 
     print(f"\nREPLUG LSR learning run (out: {out}; torch threads {torch.get_num_threads()}; top-{args.top_k} in "
           f"training, REPLUG over the top {args.replug_k}; {args.epochs} epochs, lr {args.lr}, batch {args.batch_size})")

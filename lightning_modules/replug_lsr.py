@@ -141,22 +141,32 @@ class ReplugLSR(L.LightningModule):
         return self.q_encoder.encode(texts, batch_size, self.hparams.query_max_length, show_progress=False)
 
     # -- the index ----------------------------------------------------------------------------------------
-    def build_index(self) -> DenseIndex:
-        """Encode the datamodule's corpus with the current passage encoder into an exact index (the same
-        index IndexRefresh builds); with a frozen passage encoder and ``embeddings_dir``, through an on-disk
-        store written once (resumable) and reused by later runs."""
-        hp, dm = self.hparams, self.trainer.datamodule
-        ids = list(dm.doc_ids)
-        texts = [dm.passages[d] for d in ids]
+    def attach_corpus(self, passages: dict[str, str]) -> None:
+        """Search ``passages`` ({id: text}) through the one search layer, which reads the current index at
+        every call (IndexRefresh swaps it in)."""
+        self.searcher = DenseRetriever(passages, index=lambda: self.retrieval_index, encode_queries=self.encode_queries)
+
+    def build_index(self, passages: dict[str, str] | None = None) -> DenseIndex:
+        """Encode the corpus (default: the datamodule's) with the current passage encoder into an exact index
+        (the same index IndexRefresh builds); with a frozen passage encoder and ``embeddings_dir``, through an
+        on-disk store written once (resumable) and reused by later runs."""
+        hp = self.hparams
+        if passages is None:
+            dm = self.trainer.datamodule
+            passages = {d: dm.passages[d] for d in dm.doc_ids}
+        ids, texts = list(passages), list(passages.values())
         encode = partial(self.encode_passages, batch_size=hp.encode_batch_size)
         if hp.embeddings_dir and not hp.train_passage_encoder:
             enc = self.passage_encoder
             key = settings_fingerprint(module_fingerprint(enc.model), tokenizer_fingerprint(enc.tokenizer), enc.pooling,
                                        hp.passage_max_length, settings_fingerprint(texts))
             root = Path(hp.embeddings_dir) / key
-            write_embeddings(root, ids, texts, encode, enc.dim, batch_size=hp.encode_batch_size,
-                             rank=self.global_rank, world_size=self.trainer.world_size)
-            self.trainer.strategy.barrier("lsr_embeddings")
+            distributed = self._trainer is not None and self.trainer.world_size > 1
+            # shards of 512: an interrupted encoding resumes from the last complete shard
+            write_embeddings(root, ids, texts, encode, enc.dim, shard_size=512, batch_size=hp.encode_batch_size,
+                             rank=self.global_rank, world_size=self.trainer.world_size if distributed else 1)
+            if distributed:
+                self.trainer.strategy.barrier("lsr_embeddings")
             index = DenseIndex.from_store(EmbeddingsStore.open(root))
         else:
             index = DenseIndex(self.passage_encoder.dim).add(ids, encode(texts))
@@ -166,9 +176,7 @@ class ReplugLSR(L.LightningModule):
     def _prepare(self, rebuild_index: bool) -> None:
         self.frozen.to(self.device)
         if self.searcher is None:
-            # the one search layer, reading the current index at every call (IndexRefresh swaps it)
-            self.searcher = DenseRetriever(self.trainer.datamodule.passages, index=lambda: self.retrieval_index,
-                                           encode_queries=self.encode_queries)
+            self.attach_corpus(self.trainer.datamodule.passages)
         if self.retrieval_index is None or (rebuild_index and self.hparams.train_passage_encoder):
             self.build_index()
 
