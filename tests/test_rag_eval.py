@@ -124,3 +124,28 @@ def test_ddp_two_processes_write_the_predictions_of_both_ranks(tiny_llama_dir, t
     records = [json.loads(line) for line in open(files[0])]
     expected = [json.loads(line)["id"] for line in open(tiny_pool / "test.jsonl")][:5]
     assert sorted(r["id"] for r in records) == sorted(expected)
+
+
+@pytest.mark.parametrize("config", RAG_CONFIGS + QE_CONFIGS + [str(ROOT / "configs/hyde_scifact.yaml"),
+                                                               str(ROOT / "configs/lamer_scifact.yaml")],
+                         ids=lambda p: Path(p).stem)
+def test_inference_configs_state_only_what_differs_from_their_family_base(config, capsys):
+    """Each file includes a family base (configs/families/) and refines it; the resolved config keeps the
+    base's trainer basics and data, and names its own log directory."""
+    own = yaml.safe_load(open(config))
+    assert own["config"].startswith("families/") and "seed_everything" not in own and "trainer" not in own
+    base = yaml.safe_load(open(ROOT / "configs" / own["config"]))
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", config, "--print_config"])
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["seed_everything"] == base["seed_everything"]
+    for key in ("accelerator", "devices", "precision"):
+        assert resolved["trainer"][key] == base["trainer"][key]
+    assert resolved["trainer"]["logger"]["init_args"]["save_dir"] == "runs"
+    assert resolved["trainer"]["logger"]["init_args"]["name"] == Path(config).stem
+    for key, value in base["model"]["init_args"].items():
+        if key not in own.get("model", {}).get("init_args", {}):
+            assert resolved["model"]["init_args"][key] == value, key
+    for key, value in base["data"]["init_args"].items():
+        if f"data.init_args.{key}" not in own:
+            assert resolved["data"]["init_args"][key] == value, key
