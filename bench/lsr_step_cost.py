@@ -66,7 +66,7 @@ def main(argv=None) -> None:
     model.configure_model()
     model.train()
     model.attach_corpus(passages)
-    _, refresh_s = timed(lambda: model.build_index(passages))
+    index, refresh_s = timed(lambda: model.build_index(passages))
     optimizer = torch.optim.Adam(decay_groups(model), lr=2e-5)
 
     def step(batch) -> dict[str, float]:
@@ -93,7 +93,7 @@ def main(argv=None) -> None:
         for name, cache in (("no cache", None), ("empty cache", "new"), ("warm cache", "same")):
             model.load_state_dict(initial)
             optimizer.load_state_dict(initial_opt)
-            model.build_index(passages)
+            model.retrieval_index = index       # built from the initial weights, which every pass starts from
             if cache == "new":
                 model.score_cache = LMScoreCache(Path(tmp) / "scores.sqlite", model.frozen.fingerprint, "bench")
             elif cache is None:
