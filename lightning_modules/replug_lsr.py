@@ -158,8 +158,10 @@ class ReplugLSR(L.LightningModule):
         encode = partial(self.encode_passages, batch_size=hp.encode_batch_size)
         if hp.embeddings_dir and not hp.train_passage_encoder:
             enc = self.passage_encoder
+            # the embedding of a probe text stands for everything else that changes the numbers (precision, ...)
+            probe = encode(["REPLUG LSR embeddings store probe"]).tolist()
             key = settings_fingerprint(module_fingerprint(enc.model), tokenizer_fingerprint(enc.tokenizer), enc.pooling,
-                                       hp.passage_max_length, settings_fingerprint(texts))
+                                       hp.passage_max_length, settings_fingerprint(texts), probe)
             root = Path(hp.embeddings_dir) / key
             distributed = self._trainer is not None and self.trainer.world_size > 1
             # shards of 512: an interrupted encoding resumes from the last complete shard
@@ -210,7 +212,10 @@ class ReplugLSR(L.LightningModule):
         hp = self.hparams
         score = partial(score_triples, self.frozen.model, self.frozen.tokenizer, prompt_format=self.prompt,
                         reduction=hp.lm_reduction, batch_size=hp.lm_batch_size, max_length=hp.lm_max_length)
-        return lm_logliks(inputs, documents, [hp.target_prefix + y for y in targets], score, self.score_cache)
+        # the LM computes in its own dtype (lm_dtype), whatever the trainer's precision: the cache's key holds
+        # the weights, not an autocast context
+        with torch.autocast(self.device.type, enabled=False):
+            return lm_logliks(inputs, documents, [hp.target_prefix + y for y in targets], score, self.score_cache)
 
     def retriever_scores(self, inputs: list[str], documents: list[list[str]]) -> torch.Tensor:
         """(B, K) cosine s(d, x) of re-encoded queries and documents, with gradient into the trained encoder(s)."""

@@ -165,6 +165,11 @@ def test_cached_lm_scores_equal_fresh_scores_and_are_invalidated_by_lm_or_prompt
                                         prompt_format=model.prompt) for q, docs, y in zip(QUERIES, DOCS, TARGETS)])
     torch.testing.assert_close(fresh, direct, atol=1e-4, rtol=1e-5)
     assert model.score_cache.misses == 6 and model.score_cache.hits == 0
+    # under the trainer's autocast (bf16-mixed) the LM still scores in its own dtype: the cached numbers hold
+    cache_obj, model.score_cache = model.score_cache, None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(model.lm_scores(QUERIES, DOCS, TARGETS), fresh, atol=1e-4, rtol=1e-5)
+    model.score_cache = cache_obj
     again = model.lm_scores(QUERIES, DOCS, TARGETS)
     assert torch.equal(again, fresh) and model.score_cache.hits == 6 and model.score_cache.misses == 6
     # a second module with the same LM and prompt (a re-run) reads everything from the file
