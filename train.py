@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import linecache
 import logging
 import os
 import re
@@ -150,12 +151,19 @@ def _unwrap(err: BaseException) -> BaseException:
 
 
 def _raised_by_project(err: BaseException) -> bool:
-    """Raised by this project's code (a deliberate message), not inside a library (a bug to debug)."""
+    """Raised by a ``raise`` statement of this project's code (a deliberate message), not inside a library
+    nor by a library call failing in our code (a bug to debug, which keeps its traceback)."""
     tb = err.__traceback__
-    last = None
-    while tb is not None:
-        last, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
-    return last is not None and Path(last).resolve().is_relative_to(ROOT) and ".venv" not in Path(last).parts
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    path = Path(tb.tb_frame.f_code.co_filename).resolve()
+    if not path.is_relative_to(ROOT) or ".venv" in path.parts:
+        return False
+    positions = list(tb.tb_frame.f_code.co_positions())
+    line, _, col, _ = positions[tb.tb_lasti // 2] if tb.tb_lasti // 2 < len(positions) else (None,) * 4
+    return line is not None and col is not None and linecache.getline(str(path), line)[col:].startswith("raise")
 
 
 # -- the CLI -----------------------------------------------------------------------------------------------------
