@@ -140,8 +140,7 @@ class SearchR1(PolicyGradientModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         hp, cfg = self.hparams, self.loss_config
-        examples = [{"question": q, "answers": a} for q, a in zip(batch["question"], batch["answers"])
-                    for _ in range(hp.group_size)]
+        examples = [row for row in self.examples(batch) for _ in range(hp.group_size)]
         r = self.sample(self.prompts(batch["question"], hp.group_size))                        # 1. rollout
         rewards = self.rewards(r, examples)                                                      # 2. reward
         start = min(r.prompt_lengths)
@@ -162,6 +161,11 @@ class SearchR1(PolicyGradientModule):
         if hp.log_rollouts and batch_idx % max(hp.log_rollouts_every, 1) == 0:
             self.log_text("train/rollouts", r, rewards.tolist(), [e["answers"] for e in examples])
 
+    @staticmethod
+    def examples(batch: dict) -> list[dict]:
+        """The batch's rows as whole examples (every field the DataModule gave, for the reward)."""
+        return [{k: v[i] for k, v in batch.items()} for i in range(len(batch["question"]))]
+
     def rewards(self, r: Rollouts, examples: list[dict]) -> torch.Tensor:
         """(N,) outcome reward of the responses alone (a prompt's example answer is never the model's)."""
         return torch.tensor(combined_reward(r.responses, examples, self.hparams.reward, self.hparams.format_reward_weight))
@@ -169,7 +173,7 @@ class SearchR1(PolicyGradientModule):
     # -- evaluation -------------------------------------------------------------------------------------
     def _evaluate(self, batch: dict, prefix: str) -> None:
         r = self.sample(self.prompts(batch["question"]), greedy=True)
-        examples = [{"answers": a} for a in batch["answers"]]
+        examples = self.examples(batch)
         n = len(r)
         self.log_dict({f"{prefix}/em": sum(em_reward(r.responses, examples)) / n,
                        f"{prefix}/f1": sum(f1_reward(r.responses, examples)) / n, **self.search_metrics(prefix, r),
@@ -183,13 +187,15 @@ class SearchR1(PolicyGradientModule):
         self._evaluate(batch, "test")
 
     def search_metrics(self, prefix: str, r: Rollouts) -> dict:
-        """Searches per rollout and failed searches; a warning when every search of the batch failed."""
+        """Searches and failed searches per rollout; a warning when every search of the batch failed."""
         searches, failed = int(r.num_searches.sum()), int(r.search_errors.sum())
         self.search_totals += torch.tensor([searches, failed])
         if searches and failed == searches:
             rank_zero_warn(f"SearchR1 ({prefix}): all {searches} searches of this batch failed "
                            f"({int(self.search_totals[1])} of {int(self.search_totals[0])} so far); is the engine up?")
-        return {f"{prefix}/searches": r.num_searches.float().mean(), f"{prefix}/search_errors": float(failed)}
+        # per rollout, like searches, so the epoch mean over batches is a rate
+        return {f"{prefix}/searches": r.num_searches.float().mean(),
+                f"{prefix}/search_errors": r.search_errors.float().mean()}
 
     def on_fit_end(self) -> None:
         searches, failed = self.search_totals.tolist()

@@ -164,6 +164,10 @@ def test_kl_in_the_reward_goes_into_the_advantage_not_the_loss(lm):
     assert adv.tolist() == pytest.approx(hand, abs=1e-5)
     plain = advantages("grpo", r, rewards, LossConfig(temperature=TAU), group_size=2, normalize_std=False)[0]
     assert (adv - plain).abs().max() > 1e-2
+    # with the KL as a loss term (kl_in_reward false), the reward is not penalised as well
+    in_loss = advantages("grpo", r, rewards, LossConfig(kl_coef=beta, temperature=TAU), group_size=2,
+                         ref_logprobs=ref, normalize_std=False)[0]
+    torch.testing.assert_close(in_loss, plain)
     # ... and the loss has no KL term: its gradient is the plain surrogate's
     model.zero_grad()
     hand_loss(model, r, adv).backward()
@@ -369,3 +373,28 @@ def test_search_r1_step_applies_the_hand_gradient(tiny_llama_dir, questions):
         torch.testing.assert_close(delta, expected[n], atol=5e-6, rtol=1e-3, msg=lambda m: f"{n}: {m}")
         worst = max(worst, float(expected[n].abs().max()))
     assert worst > 1e-3  # the check compared real gradients
+
+
+def test_search_r1_reports_a_dead_engine(tiny_llama_dir, questions):
+    """Failed searches are in the training metrics, and a batch whose searches all failed says so."""
+    from lightning_modules.search_r1 import SearchR1
+    from rl.search import SearchEngine
+
+    class Dead(SearchEngine):
+        def __call__(self, queries, k=3):
+            raise ConnectionError("retriever unreachable")
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    texts = ["<search> capital </search>"] * 4
+    model = SearchR1(tiny_llama_dir, search=Dead(), max_searches=1, template="{question}", chat=False, group_size=2,
+                     max_turn_tokens=12, max_response_tokens=40, temperature=TAU, kl_coef=0.0, log_rollouts=0,
+                     generation_kwargs={"logits_processor": LogitsProcessorList([ForceRows(tok, texts)])})
+    from datamodules.rl_prompts import RLPromptDataModule
+
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    with pytest.warns(UserWarning, match="EVERY search of this run failed"):
+        with pytest.warns(UserWarning, match=r"all 4 searches of this batch failed"):
+            trainer.fit(model, RLPromptDataModule(str(questions), test_file=None, batch_size=2))
+    m = trainer.callback_metrics
+    assert m["train/searches"].item() == 1.0 and m["train/search_errors"].item() == 1.0

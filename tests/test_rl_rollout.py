@@ -115,12 +115,13 @@ def test_old_logprobs_match_a_full_forward_of_the_policy(policy):
     model, tokenizer = policy
     torch.manual_seed(0)
     out = rollout(model, tokenizer, ["hello there", "a much longer prompt than the first one"], None,
-                  max_turn_tokens=6, max_response_tokens=6, temperature=1.0)
-    # Recompute log p(x_t | x_<t) for one row alone (no padding) and compare at its generated tokens.
+                  max_turn_tokens=6, max_response_tokens=6, temperature=0.7)
+    # Recompute log p(x_t | x_<t) at the sampling temperature for one row alone (no padding) and compare
+    # at its generated tokens: old log-probs at temperature 1 would make the first importance ratio != 1.
     for i in range(2):
         n = int(out.attention_mask[i].sum())
         x = out.input_ids[i:i + 1, :n]
-        logits = model(input_ids=x).logits[0, :-1]
+        logits = model(input_ids=x).logits[0, :-1] / 0.7
         ref = torch.log_softmax(logits, -1).gather(-1, x[0, 1:, None])[:, 0]
         m = out.loss_mask[i, 1:n].bool()
         assert m.sum() > 0
@@ -188,21 +189,49 @@ class RecordScores(LogitsProcessor):
         return scores
 
 
+def uneven_script(context: str) -> str:
+    """Rows that stop at different tokens of the same turn, with queries (hence information blocks) of
+    different lengths: A thinks briefly, searches once, answers; C thinks at length and searches twice
+    with different queries; D searches a long query, then thinks and answers; B answers at once."""
+    searched = context.count("<information>")
+    if "question A" in context:
+        return "<think>hm</think><search>France</search>" if searched == 0 else ANSWER
+    if "question C" in context:
+        if searched == 0:
+            return "<think>I should really look this one up with care</think><search>Rome Italy</search>"
+        return "<search>capital of Germany Berlin city</search>"
+    if "question D" in context:
+        if searched == 0:
+            return "<search>the largest city of Spain, on the Manzanares river</search>"
+        return "<think>the passage says Rome, so the answer is Rome</think><answer>Rome</answer>"
+    return ANSWER
+
+
 def test_kv_cache_reuse_across_turns_gives_the_logits_of_a_full_prefill(policy):
     """With the cache kept across turns (finished rows dropped, information appended after masked
-    padding), every next-token distribution equals the one from prefilling the compact context."""
+    padding), every next-token distribution equals the one from prefilling the compact context. Rows
+    stop at different tokens within a turn and insert information of different lengths, so a row that
+    attended the padding generated after another row's stop (or its own) would get different logits."""
     model, tokenizer = policy
-    search = SafeSearch(BM25Search(CORPUS), k=1)
-    prompts = ["Answer question A please.", "question B", "Here is a longer prompt for question C, which searches."]
+    corpus = {**CORPUS, "d4": {"title": "Spain", "text": "Madrid, on the Manzanares river, is the capital and the "
+                                                        "largest city of Spain."}}
+    search = SafeSearch(BM25Search(corpus), k=1)
+    prompts = ["Answer question A please.", "question B", "Here is a longer prompt for question C, which searches.",
+               "question D?"]
     runs = {}
     for reuse in (False, True):
         recorder = RecordScores(tokenizer)
-        processors = LogitsProcessorList([recorder, ScriptedPolicy(tokenizer, script)])
+        processors = LogitsProcessorList([recorder, ScriptedPolicy(tokenizer, uneven_script)])
         out = rollout(model, tokenizer, prompts, SearchEnv(search, max_searches=2), max_turn_tokens=40, max_response_tokens=200,
                       generation_kwargs={"logits_processor": processors}, reuse_cache=reuse)
         runs[reuse] = (out, recorder.seen)
     (plain, plain_scores), (cached, cached_scores) = runs[False], runs[True]
     assert torch.equal(plain.input_ids, cached.input_ids) and torch.equal(plain.loss_mask, cached.loss_mask)
+    assert plain.num_searches.tolist() == [1, 0, 2, 1]
+    # the rows' turns end at different lengths, and their information blocks differ in length
+    assert len({len(t[0]) for t in plain.turn_texts}) == 4
+    info_lengths = plain.info_mask.sum(1).tolist()
+    assert info_lengths[0] != info_lengths[3] and info_lengths[1] == 0
     # contexts after an inserted information block: these are the ones a reused cache could get wrong
     after_info = [k for k in plain_scores if "</information>" in k]
     assert len(after_info) > 10 and set(plain_scores) == set(cached_scores)
