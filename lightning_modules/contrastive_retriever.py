@@ -28,6 +28,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from callbacks.retrieval_eval import RetrievalEvaluator
 from generation.lora import apply_lora, merged
+from lightning_modules.sharding import shard
 from retrieval.distributed import gather_no_grad, global_exclude, global_scores
 from retrieval.encoders import DEFAULT_ENCODER, Encoder
 from retrieval.gradcache import grad_cache, split_inputs
@@ -49,6 +50,17 @@ def decay_groups(module: torch.nn.Module, weight_decay: float | None = None) -> 
     if weight_decay is not None:
         groups[0]["weight_decay"] = weight_decay
     return groups
+
+
+def warmup_then_decay(module: L.LightningModule, optimizer_factory, warmup: float) -> dict:
+    """Lightning's optimizer config for a retriever: ``optimizer_factory`` on :func:`decay_groups`, the
+    learning rate warmed up linearly over ``warmup`` (a fraction of the training steps if < 1, else a
+    number of steps), then decayed linearly to 0."""
+    optimizer = optimizer_factory(decay_groups(module))
+    total = module.trainer.estimated_stepping_batches
+    warmup_steps = int(warmup * total) if warmup < 1 else int(warmup)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 class ContrastiveRetriever(L.LightningModule):
@@ -145,6 +157,8 @@ class ContrastiveRetriever(L.LightningModule):
                                                            dtype=dtype or torch.float32, device=self.device))
             self.register_buffer("moco_queue_ptr", torch.zeros((), dtype=torch.long, device=self.device))
             self.register_buffer("moco_queue_len", torch.zeros((), dtype=torch.long, device=self.device))
+        # FSDP2 (ModelParallelStrategy): each encoder's blocks, then the encoder; nothing on one process or DDP
+        shard(self, *(e.model for e in (self.passage_encoder, self.query_encoder, self.key_encoder) if e is not None))
 
     @property
     def q_encoder(self) -> Encoder:
@@ -253,12 +267,7 @@ class ContrastiveRetriever(L.LightningModule):
         return result.loss
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(decay_groups(self))
-        total = self.trainer.estimated_stepping_batches
-        warmup = self.hparams.warmup
-        warmup_steps = int(warmup * total) if warmup < 1 else int(warmup)
-        scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return warmup_then_decay(self, self.optimizer_factory, self.hparams.warmup)
 
     # -- evaluation -----------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
