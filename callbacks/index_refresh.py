@@ -3,9 +3,12 @@ and swap the new faiss index in, so methods that retrieve while training see a f
 hard-negative re-mining now, REPLUG LSR's retrieval later (the original refreshes every T steps).
 
 The callback needs from the LightningModule ``encode_passages(texts) -> (N, H)`` (and, for re-mining,
-``encode_queries(texts)``), and from the DataModule ``doc_ids`` and ``passages`` ({doc_id: text}).
-After each refresh it sets ``pl_module.retrieval_index`` (a :class:`retrieval.index.DenseIndex`) and
-calls ``pl_module.on_index_refresh(index)`` if the module defines it.
+``encode_queries(texts)``), and from the DataModule ``doc_ids`` and ``passages`` ({doc_id: text}): the
+BEIR and QA DataModules both have them. After each refresh it sets ``pl_module.retrieval_index`` (a
+:class:`retrieval.index.DenseIndex`) and calls ``pl_module.on_index_refresh(index)`` if the module
+defines it. A :class:`retrieval.search.DenseRetriever` built with ``index=lambda: module.retrieval_index``
+reads the new index at its next search, so every user of that retriever (RAG inference, HyDE, LameR,
+the RL search tool) sees the refresh.
 
 With several processes each rank encodes a share of the corpus (its shards of the on-disk store, or a
 slice in memory) and every rank builds the same index from all of them.
