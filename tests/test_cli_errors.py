@@ -83,10 +83,16 @@ def test_test_only_run_needs_no_training_qrels_and_reads_headerless_qrels_on_req
     assert metrics["num_queries"] == 4
 
 
-@pytest.mark.parametrize("path", ["/nope/model", "./nope", "../nope/x", "~/nope"])
-def test_missing_model_path_is_one_short_last_line_without_download_advice(dpr_args, capsys, path):
+@pytest.mark.parametrize("path, config", [("/nope/model", "dpr_scifact"), ("./nope", "dpr_scifact"),
+                                          ("../nope/x", "dpr_scifact"), ("~/nope", "dpr_scifact"),
+                                          # loads its encoder in __init__: jsonargparse wraps the error there
+                                          ("/nope/model", "hybrid_scifact")])
+def test_missing_model_path_is_one_short_last_line_without_download_advice(dpr_args, tiny_beir_dir, capsys, path,
+                                                                          config):
+    args = dpr_args if config == "dpr_scifact" else [
+        "test", "--config", f"configs/{config}.yaml", "--data.init_args.data_dir", str(tiny_beir_dir)]
     with pytest.raises(SystemExit) as exit_:
-        main([*dpr_args, "--model.init_args.model_name_or_path", path])
+        main([*args, "--model.init_args.model_name_or_path", path])
     assert exit_.value.code == 1
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]

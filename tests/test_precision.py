@@ -81,6 +81,8 @@ def test_bf16_encoding_runs_in_bf16_and_matches_fp32(tiny_bert_dir):
     assert _linear_output_dtypes(bf16, TEXTS) == {torch.bfloat16}
     a, b = fp32.encode(TEXTS, show_progress=False), bf16.encode(TEXTS, show_progress=False)
     assert a.dtype == b.dtype == torch.float32
+    with torch.no_grad():  # pooling and normalisation in fp32: the forward pass returns fp32 too
+        assert bf16(**bf16.tokenize(TEXTS)).dtype == torch.float32
     cosine = (a * b).sum(1)
     assert cosine.min() > 0.999 and not torch.equal(a, b)
 
