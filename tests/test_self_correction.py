@@ -155,6 +155,23 @@ def test_self_refine_grades_the_revision_not_the_critique(lm):
     assert out["metrics"]["delta_i->c"] == 0.5 and out["metrics"]["delta_c->i"] == 0.5
 
 
+def test_self_refine_turns_close_once_and_mask_both_instructions(lm):
+    model, tok = lm
+    plans = {"[p0]": ["He has 6.", "Wrong sum.", "He has 5."]}
+    env = self_refine_env(tok, "gsm8k")
+    script = Script(tok, plans, [SELF_REFINE_FEEDBACK["math"], SELF_REFINE_REFINE["math"]])
+    r = rollout(model, tok, [render_problem(tok, problems(1)[0])], env, max_turn_tokens=16, max_response_tokens=600,
+                do_sample=False, compute_logprobs=False,
+                generation_kwargs={"logits_processor": LogitsProcessorList([script])})
+    ids, turns = r.input_ids[0], r.turn_ids[0]
+    text = tok.decode(ids[r.attention_mask[0].bool()], skip_special_tokens=False)
+    assert "<|im_end|><|im_end|>" not in text  # each attempt's EOS closed its turn; no second end-of-turn
+    assert [tok.decode(ids[turns == k]) for k in range(3)] == [p + tok.eos_token for p in plans["[p0]"]]
+    info = tok.decode(ids[r.info_mask[0].bool()], skip_special_tokens=False)
+    assert SELF_REFINE_FEEDBACK["math"] in info and SELF_REFINE_REFINE["math"] in info
+    assert r.counter("turns").tolist() == [3]
+
+
 def test_evaluate_on_unscripted_tiny_model_agrees_with_the_reward(lm):
     """Greedy on a random model: whatever it writes, r1/r2 are the reward of the recorded attempts."""
     from rl.math_grading import math_reward
@@ -199,6 +216,11 @@ def test_datamodule_gsm8k_short_slice_and_shots():
     assert len(test) == 6 and len(train) == 20
     assert all(solution_steps(r) <= 2 for r in test + train + dm.shots)
     assert not {s["id"] for s in dm.shots} & {r["id"] for r in train}
+    # the whole training slice: 1,961 GSM8K train problems have 2 solution lines (none has fewer), less 3 shots
+    full_train = SelfCorrectionDataModule(task="gsm8k", slice="short", max_steps=2, num_shots=3)
+    full_train.setup("fit")
+    assert len(full_train.rows["train"]) == 1961 - 3
+    assert not {s["id"] for s in full_train.shots} & {r["id"] for r in full_train.rows["train"]}
     # the slice keeps file order: the first kept test problem is the first with <= 2 solution lines
     from rl.tasks import load_gsm8k
 
