@@ -96,6 +96,8 @@ class ContrastiveRetriever(L.LightningModule):
             ``lora_target_modules`` default: peft's choice for the architecture (BERT: query, value).
         index_factory / index_parameters: the faiss index used by :meth:`rank` (exact ``Flat`` by default).
         dtype: the encoders' weights (``float32``, ``bfloat16``, ``float16``; None keeps the checkpoint's).
+        encoder_precision: the encoders' compute precision on CPU (``auto``, ``fp32``, ``bf16``; None:
+            ``$RAGKIT_PRECISION``, see ``retrieval.encoders.resolve_precision``).
 
     The encoders are built in :meth:`configure_model` (idempotent), which the Trainer and
     ``load_from_checkpoint`` call; call it yourself to use a module outside them.
@@ -110,7 +112,7 @@ class ContrastiveRetriever(L.LightningModule):
                  lora_r: int = 0, lora_alpha: float = 16.0, lora_dropout: float = 0.0,
                  lora_target_modules: list[str] | None = None, index_factory: str = "Flat",
                  index_parameters: str | None = None, moco_in_batch_negatives: bool = False,
-                 encoder_dropout: bool = False, dtype: str | None = None):
+                 encoder_dropout: bool = False, dtype: str | None = None, encoder_precision: str | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
@@ -140,7 +142,7 @@ class ContrastiveRetriever(L.LightningModule):
 
         def build() -> Encoder:
             encoder = Encoder(hp.model_name_or_path, hp.pooling, hp.similarity == "cosine", hp.passage_max_length,
-                              hp.encoder_dropout)
+                              hp.encoder_dropout, precision=hp.encoder_precision)
             if hp.lora_r:
                 encoder.model = apply_lora(encoder.model, hp.lora_r, hp.lora_alpha, hp.lora_dropout,
                                            hp.lora_target_modules)

@@ -15,6 +15,8 @@ def dpr_args(tiny_bert_dir, tiny_beir_dir, tmp_path):
     return ["--config", "configs/dpr_scifact.yaml",
             "--model.init_args.model_name_or_path", tiny_bert_dir,
             "--model.init_args.passage_max_length", "32", "--model.init_args.eval_passage_max_length", "32",
+            # fp32 on every CPU: the export is compared with sentence-transformers' fp32 encoding to 1e-5
+            "--model.init_args.encoder_precision", "fp32",
             "--data.init_args.data_dir", str(tiny_beir_dir), "--data.init_args.batch_size", "3",
             "--data.init_args.num_negatives", "1", "--data.init_args.eval_batch_size", "5",
             "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.accelerator", "cpu",
