@@ -1,6 +1,7 @@
-"""Callbacks: retrieval evaluation, index refresh."""
+"""Callbacks: retrieval evaluation, index refresh, progress lines for log files."""
 
 from callbacks.index_refresh import IndexRefresh
 from callbacks.retrieval_eval import RetrievalEvaluator
+from callbacks.progress import LogProgress
 
-__all__ = ["IndexRefresh", "RetrievalEvaluator"]
+__all__ = ["IndexRefresh", "LogProgress", "RetrievalEvaluator"]
