@@ -110,7 +110,9 @@ def encoding(texts: list[str], batch: int, max_length: int, repeats: int) -> tup
     change in machine load hits both sides alike."""
     from sentence_transformers import SentenceTransformer
 
-    ours = ContrastiveRetriever(passage_max_length=max_length).passage_encoder
+    module = ContrastiveRetriever(passage_max_length=max_length)
+    module.configure_model()  # encoders are built there (idempotent), not in __init__
+    ours = module.passage_encoder
     st = SentenceTransformer(resolve_model_path("all-MiniLM-L6-v2"), device="cpu")
     st.max_seq_length = max_length
     ours.encode(texts[:batch], batch_size=batch, show_progress=False)  # warm-up
