@@ -1,0 +1,133 @@
+"""FSDP2 (lightning_modules.sharding.FSDP2Strategy) with 2 CPU processes (gloo): one training step of each
+sharded method gives the loss and the updated weights of one process holding the whole batch, and a
+sharded checkpoint resumes.
+
+The processes are started with torch.multiprocessing and the environment variables a launcher (torchrun,
+SLURM) sets, so Lightning joins them instead of re-running pytest in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+pytestmark = [pytest.mark.distributed, pytest.mark.usefixtures("one_thread")]
+
+PAIRS = [("what is a cell", "cells are the units of life"), ("protein folding", "proteins fold into shapes"),
+         ("vitamin d and bones", "vitamin d strengthens bones"), ("gene expression in mice", "mice genes are expressed")]
+
+
+@pytest.fixture(autouse=True)
+def fp32_encoders(monkeypatch):
+    # bf16 autocast (chosen on CPUs with native bf16) would differ between batch layouts by ~1%
+    monkeypatch.setenv("RAGKIT_PRECISION", "fp32")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _collate(rows):
+    return {"queries": [q for q, _ in rows], "passages": [p for _, p in rows]}
+
+
+def sgd(params):
+    # SGD, not Adam: Adam's first step is ~lr * sign(g) and would hide a wrong gradient scale
+    return torch.optim.SGD(params, lr=0.5)
+
+
+def _retriever(model_dir, **kw):
+    from lightning_modules import ContrastiveRetriever
+
+    return ContrastiveRetriever(model_dir, shared_encoder=False, similarity="dot", temperature=1.0, optimizer=sgd,
+                                warmup=0, query_max_length=16, passage_max_length=16, gather_negatives=True, **kw)
+
+
+def _trainer(devices, strategy, root, **kw):
+    import lightning as L
+
+    return L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, limit_val_batches=0, default_root_dir=root, **kw)
+
+
+def _full_weights(model) -> dict[str, torch.Tensor]:
+    """Every parameter whole (a DTensor shard is all-gathered), on CPU."""
+    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu().clone()
+            for n, p in model.named_parameters()}
+
+
+def _retriever_worker(rank, world, port, model_dir, out_dir, kw, steps, ckpt_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank), NODE_RANK="0")
+    torch.set_num_threads(1)
+    from torch.utils.data import DataLoader
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_modules.sharding import FSDP2Strategy
+
+    model = _retriever(model_dir, **kw)
+    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=1, save_top_k=-1)] if ckpt_dir else []
+    trainer = _trainer(2, FSDP2Strategy(), out_dir, max_steps=steps, callbacks=callbacks,
+                       enable_checkpointing=bool(ckpt_dir))
+    trainer.fit(model, DataLoader(PAIRS, batch_size=2, collate_fn=_collate))
+    weights = _full_weights(model)
+    # each rank logs the loss of its own queries (against every rank's passages): the batch loss is the mean
+    loss = trainer.callback_metrics["train/loss"].clone()
+    torch.distributed.all_reduce(loss)
+    sharded = sum(type(p).__name__ == "DTensor" for p in model.parameters())
+    if rank == 0:
+        torch.save({"weights": weights, "loss": loss / world, "sharded": sharded,
+                    "nparams": len(weights)}, os.path.join(out_dir, "result.pt"))
+
+
+def _spawn(worker, *args):
+    mp.spawn(worker, args=(2, _free_port(), *args), nprocs=2, join=True)
+
+
+def _one_process(model_dir, root, steps=1, **kw):
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(0)
+    model = _retriever(model_dir, **kw)
+    trainer = _trainer(1, "auto", root, max_steps=steps, enable_checkpointing=False)
+    trainer.fit(model, DataLoader(PAIRS, batch_size=4, collate_fn=_collate))
+    return _full_weights(model), trainer.callback_metrics["train/loss"]
+
+
+def _assert_same_step(result, weights, loss, initial):
+    assert result["sharded"] == result["nparams"] > 0          # every parameter was a DTensor shard
+    assert result["weights"].keys() == weights.keys()
+    assert torch.allclose(result["loss"], loss, atol=1e-5), (result["loss"], loss)
+    # the updates agree, not only the weights (an update is ~1e-3 of a weight): to 0.1% of each tensor's
+    # update, plus a floor for tensors whose exact gradient is ~0 (e.g. the passage encoder's last biases: the
+    # softmax-CE gradients of all passages sum to zero) and is float noise in both runs
+    updates = {n: w - initial[n] for n, w in weights.items()}
+    floor = 1e-5 * max(u.abs().max().item() for u in updates.values())
+    errors = {n: ((result["weights"][n] - initial[n] - u).abs().max().item(), u.abs().max().item())
+              for n, u in updates.items()}
+    assert sum(size > 0 for _, size in errors.values()) > len(weights) // 2   # the step changed the weights
+    bad = {n: e for n, e in errors.items() if e[0] > 1e-3 * e[1] + floor}
+    assert not bad, (floor, bad)
+
+
+@pytest.mark.parametrize("gradcache", [None, pytest.param(1, marks=pytest.mark.slow)])
+def test_contrastive_retriever_fsdp2_step_equals_one_process(tiny_bert_dir, tmp_path, gradcache):
+    """Separate query and passage encoders, negatives gathered from both ranks, with and without GradCache."""
+    kw = {"gradcache_chunk_size": gradcache}
+    initial = _full_weights(_configured(tiny_bert_dir, **kw))
+    _spawn(_retriever_worker, tiny_bert_dir, str(tmp_path), kw, 1, None)
+    result = torch.load(tmp_path / "result.pt")
+    weights, loss = _one_process(tiny_bert_dir, str(tmp_path / "one"), **kw)
+    _assert_same_step(result, weights, loss, initial)
+
+
+def _configured(model_dir, **kw):
+    model = _retriever(model_dir, **kw)
+    model.configure_model()
+    return model
