@@ -59,11 +59,22 @@ def make_data(args, proportions) -> RetRobustDataModule:
                                val_file=None, seed=args.seed)
 
 
+def row_settings(args) -> dict:
+    """What a cached row or trained arm depends on: reusing one computed otherwise is an error."""
+    keys = ("model", "n", "num_train", "epochs", "batch_size", "lr", "r", "alpha", "dropout", "load_in_4bit",
+            "nli_threshold", "max_new_tokens", "seed")
+    return {k: getattr(args, k) for k in keys}
+
+
 def train_arm(args, name: str, out) -> Path:
     """Fit one arm (resuming from its last checkpoint) and return the folder of its adapters."""
     arm_dir = Path(args.out) / name
     adapter = arm_dir / "adapter"
     if (adapter / "adapter_config.json").is_file():
+        info = json.loads((arm_dir / "train_info.json").read_text())
+        if info.setdefault("settings", row_settings(args)) != row_settings(args):  # (first runs recorded none)
+            raise ValueError(f"{adapter} was trained with {info.get('settings')}, not {row_settings(args)}: use "
+                             "another --out (or delete it)")
         log(f"[{name}] trained adapters found in {adapter}; not training again", out)
         return adapter
     L.seed_everything(args.seed, verbose=False)
@@ -82,7 +93,8 @@ def train_arm(args, name: str, out) -> Path:
     tokens = sum(sum(len(s) for s, _ in e["segments"]) for e in dm.examples["train"]) * args.epochs
     info = {"arm": name, "examples": len(dm.examples["train"]), "kinds": kinds, "epochs": args.epochs,
             "steps": trainer.global_step, "seconds_this_run": round(seconds, 1),
-            "train_loss_last": float(trainer.callback_metrics.get("train/loss", float("nan"))), "tokens": tokens}
+            "train_loss_last": float(trainer.callback_metrics.get("train/loss", float("nan"))), "tokens": tokens,
+            "settings": row_settings(args)}
     (arm_dir / "train_info.json").write_text(json.dumps(info, indent=1))
     log(f"[{name}] trained: {info}", out)
     return adapter
@@ -93,6 +105,9 @@ def evaluate_row(args, row: str, adapter: Path | None, out) -> dict:
     cache = Path(args.out) / "rows" / f"{row}.json"
     if cache.is_file():
         result = json.loads(cache.read_text())
+        if result.setdefault("settings", row_settings(args)) != row_settings(args):  # (first runs recorded none)
+            raise ValueError(f"{cache} was computed with {result.get('settings')}, not {row_settings(args)}: "
+                             "use another --out (or delete it)")
         log(f"[{row}] cached row: {result['means']}", out)
         return result
     from peft import set_peft_model_state_dict
@@ -121,7 +136,7 @@ def evaluate_row(args, row: str, adapter: Path | None, out) -> dict:
                                     **{c: answers[c][i] for c in answers}})
     means = {k: sum(v) / len(v) for k, v in scores.items()}
     result = {"row": row, "questions": len(predictions), "seconds": round(time.perf_counter() - start, 1),
-              "means": means}
+              "means": means, "settings": row_settings(args)}
     cache.parent.mkdir(parents=True, exist_ok=True)
     (cache.parent / f"{row}_predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
     cache.write_text(json.dumps(result, indent=1))

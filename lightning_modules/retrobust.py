@@ -28,6 +28,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from datamodules.retrobust import KINDS
 from generation.lm import DEFAULT_GENERATOR, apply_lora, load_causal_lm
 from generation.logprobs import masked_nll
+from generation.lora import merged
 from generation.nli import LMJudge, NLIClassifier, nli_hypothesis, select_answers
 from generation.qa_metrics import exact_match, f1_score
 from generation.rag import read
@@ -224,15 +225,14 @@ class RetRobust(L.LightningModule):
         hp = self.hparams
         if hp.lora is None:
             return copy.deepcopy(self.lm).cpu()
+        if not hp.load_in_4bit:
+            return merged(self.lm).cpu()
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-        if hp.load_in_4bit:
-            base, _ = load_causal_lm(hp.model_name_or_path, dtype=hp.dtype, device="cpu")
-            model = apply_lora(base, **hp.lora)
-            set_peft_model_state_dict(model, {k: v.cpu() for k, v in get_peft_model_state_dict(self.lm).items()})
-        else:
-            model = copy.deepcopy(self.lm).cpu()
-        return model.merge_and_unload()
+        base, _ = load_causal_lm(hp.model_name_or_path, dtype=hp.dtype, device="cpu")
+        model = apply_lora(base, **hp.lora)
+        set_peft_model_state_dict(model, {k: v.cpu() for k, v in get_peft_model_state_dict(self.lm).items()})
+        return model.merge_and_unload()  # a fresh copy: merging in place is fine
 
     def export(self, target: str | Path) -> Path:
         """Write the merged model and the tokenizer to ``target`` (``AutoModelForCausalLM.from_pretrained``

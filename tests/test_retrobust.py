@@ -216,7 +216,7 @@ def test_bad_mix_settings_are_rejected(pool_dir, tiny_llama64_dir):
 
 
 # -- checkpoints and export ---------------------------------------------------------------------------------
-def fit(module, dm, root: Path, max_epochs: int, ckpt_path=None, stop_after_epoch: int | None = None):
+def fit(module, dm, root: Path, max_epochs: int, ckpt_path=None, stop_after_epoch: int | None = None, extra=()):
     import lightning as L
     from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
@@ -227,7 +227,7 @@ def fit(module, dm, root: Path, max_epochs: int, ckpt_path=None, stop_after_epoc
 
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, limit_val_batches=0,
                         num_sanity_val_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[StopAfter(), ModelCheckpoint(dirpath=root, save_last=True, save_top_k=0)],
+                        callbacks=[StopAfter(), ModelCheckpoint(dirpath=root, save_last=True, save_top_k=0), *extra],
                         default_root_dir=root)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     return trainer
@@ -263,6 +263,24 @@ def test_checkpoint_holds_adapters_only_and_resume_equals_uninterrupted(pool_dir
     assert any(not torch.equal(a[n], b[n]) for n in a)  # the second epoch changed the adapters
     for n in a:
         torch.testing.assert_close(c[n], a[n], rtol=0, atol=1e-6, msg=n)
+
+
+def test_lora_dropout_is_on_in_training(pool_dir, tiny_llama64_dir, tmp_path):
+    """from_pretrained leaves the LM in eval mode; the configured LoRA dropout must act in training steps."""
+    from lightning.pytorch.callbacks import Callback
+
+    from lightning_modules.retrobust import RetRobust
+
+    modes = []
+
+    class Record(Callback):
+        def on_train_batch_start(self, trainer, pl_module, *a):
+            drops = [m for n, m in pl_module.lm.named_modules() if n.endswith("lora_dropout.default")]
+            modes.append((len(drops), all(m.training for m in drops)))
+
+    module = RetRobust(tiny_llama64_dir, lora=LORA, evaluate_base=False)
+    fit(module, datamodule(pool_dir, tiny_llama64_dir, num_train=8), tmp_path, max_epochs=1, extra=[Record()])
+    assert modes == [(8, True), (8, True)]  # 2 layers x q/k/v/o, in both steps
 
 
 def test_checkpoint_with_other_adapters_is_refused(tiny_llama64_dir):
