@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from generation.lm import DEFAULT_GENERATOR, load_causal_lm, load_tokenizer
 from lightning_modules.policy_gradient import PolicyGradientModule
+from lightning_modules.sharding import full_parameters, shard
 from rl.envs import SearchEnv, SingleTurn
 from rl.policy import ReferencePolicy, ValueHead
 from rl.prompts import render_prompt, resolve_template
@@ -99,6 +100,8 @@ class SearchR1(PolicyGradientModule):
                                                     warm_start=bool(hp.warm_start_questions))
         if hp.algorithm == "ppo":
             self.value_head = ValueHead(self.policy.config.hidden_size)
+        # FSDP2 (ModelParallelStrategy): policy and reference block by block; nothing on one process or DDP
+        shard(self, self.policy, self.reference.model, self.value_head)
 
     def configure_optimizers(self):
         return self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
@@ -109,10 +112,12 @@ class SearchR1(PolicyGradientModule):
 
     def sample(self, prompts: list[str], greedy: bool = False) -> Rollouts:
         hp = self.hparams
-        return rollout(self.policy, self.tokenizer, prompts, self.env, max_turn_tokens=hp.max_turn_tokens,
-                       max_response_tokens=hp.max_response_tokens, temperature=hp.temperature, top_p=hp.top_p,
-                       do_sample=not greedy, compute_logprobs=not greedy, logprob_micro_batch_size=hp.micro_batch_size,
-                       generation_kwargs=self.generation_kwargs)
+        # FSDP2: whole parameters on each rank for the rollout, so ranks need not generate in lockstep
+        with full_parameters(self.policy):
+            return rollout(self.policy, self.tokenizer, prompts, self.env, max_turn_tokens=hp.max_turn_tokens,
+                           max_response_tokens=hp.max_response_tokens, temperature=hp.temperature, top_p=hp.top_p,
+                           do_sample=not greedy, compute_logprobs=not greedy,
+                           logprob_micro_batch_size=hp.micro_batch_size, generation_kwargs=self.generation_kwargs)
 
     # -- training ---------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:

@@ -78,10 +78,7 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     for m in model.modules():
         if isinstance(m, nn.ModuleList):
             blocks += [b for b in m if not names or type(b).__name__ in names]
-    if not blocks:
-        raise ValueError(f"shard: found no transformer blocks in {type(model).__name__} (no nn.ModuleList of "
-                         f"{sorted(names) or 'layers'})")
-    return blocks
+    return blocks  # none (a value head): the root alone is one unit
 
 
 def shard_model(model: nn.Module, mesh, param_dtype: torch.dtype | None = None,
@@ -119,6 +116,11 @@ def shard(module, *models: nn.Module | None) -> bool:
     for model in models:
         if model is not None and not isinstance(model, FSDPModule):
             shard_model(model, mesh, **options)
+    # a trainable parameter left out would never have its gradient averaged: ranks would drift apart
+    missed = [n for n, p in module.named_parameters() if p.requires_grad and type(p).__name__ != "DTensor"]
+    if missed:
+        raise ValueError(f"shard: {type(module).__name__} has trainable parameters outside the sharded models: "
+                         f"{missed[:5]}{' ...' if len(missed) > 5 else ''}; pass their modules to shard()")
     return True
 
 

@@ -131,3 +131,103 @@ def _configured(model_dir, **kw):
     model = _retriever(model_dir, **kw)
     model.configure_model()
     return model
+
+
+# -- SearchR1 (GRPO, a fixed search engine) -------------------------------------------------------------------
+QUESTIONS = [{"question": f"where is tower {i}", "answers": ["Paris"]} for i in range(4)]
+
+
+class FixedSearch:
+    """The same passage for every query (a real engine's output format, without an index)."""
+
+    def __call__(self, queries, k=3):
+        from rl.search import Passage
+
+        return [[Passage("d0", "Tower facts", "The tower is in Paris.", 1.0)] for _ in queries]
+
+
+def _search_r1_class():
+    from lightning_modules import SearchR1
+
+    class AllRowsSearchR1(SearchR1):
+        """Samples the rollouts of the whole global batch with one seed on every rank and keeps its own rows:
+        sampling is then identical to one process's, so the step itself (reward, reference, advantage, sharded
+        update) is what is compared. Generation runs through the sharded policy (full_parameters)."""
+
+        def sample(self, prompts, greedy=False):
+            if greedy:
+                return super().sample(prompts, greedy)
+            group = self.hparams.group_size
+            every = self.prompts([q["question"] for q in QUESTIONS], group)
+            torch.manual_seed(1234)
+            r = super().sample(every, greedy)
+            rows = [i for i, p in enumerate(every) if p in prompts]
+            assert len(rows) == len(prompts)
+            return r.select(torch.tensor(rows))
+
+    return AllRowsSearchR1
+
+
+def _search_r1(model_dir):
+    from test_search_r1 import ChooseBetween
+    from transformers import AutoTokenizer, LogitsProcessorList
+
+    # answers forced to <answer>Paris|Rome</answer>, chosen with the policy's probabilities: rewards differ
+    # within a group, so GRPO's advantages (and the gradient) are not zero
+    choose = ChooseBetween(AutoTokenizer.from_pretrained(model_dir), ["Paris", "Rome"])
+    return _search_r1_class()(model_dir, search=FixedSearch(), search_k=1, max_searches=1, algorithm="grpo",
+                              group_size=4, max_turn_tokens=16, max_response_tokens=24, kl_coef=0.1,
+                              micro_batch_size=2, log_rollouts=0, temperature=1.0, optimizer=sgd,
+                              generation_kwargs={"logits_processor": LogitsProcessorList([choose])})
+
+
+def _rows(rows):
+    return {"question": [r["question"] for r in rows], "answers": [r["answers"] for r in rows]}
+
+
+def _search_r1_worker(rank, world, port, model_dir, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank), NODE_RANK="0")
+    torch.set_num_threads(1)
+    from torch.utils.data import DataLoader
+
+    from lightning_modules.sharding import FSDP2Strategy
+
+    model = _search_r1(model_dir)
+    trainer = _trainer(2, FSDP2Strategy(), out_dir, max_steps=1, enable_checkpointing=False)
+    trainer.fit(model, DataLoader(QUESTIONS, batch_size=2, collate_fn=_rows))
+    weights = {n: w for n, w in _full_weights(model).items() if n.startswith("policy.")}
+    sharded = sum(type(p).__name__ == "DTensor" for p in model.parameters())
+    reference_sharded = sum(type(p).__name__ == "DTensor" for p in model.reference.model.parameters())
+    greedy = model.sample(model.prompts([q["question"] for q in QUESTIONS[rank::2]]), greedy=True).responses
+    everything = [None] * world
+    torch.distributed.all_gather_object(everything, greedy)
+    if rank == 0:
+        torch.save({"weights": weights, "sharded": sharded, "nparams": len(list(model.parameters())),
+                    "reference_sharded": reference_sharded, "greedy": everything},
+                   os.path.join(out_dir, "result.pt"))
+
+
+@pytest.mark.slow
+def test_search_r1_grpo_fsdp2_step_equals_one_process(tiny_llama_dir, tmp_path):
+    from torch.utils.data import DataLoader
+
+    _spawn(_search_r1_worker, tiny_llama_dir, str(tmp_path))
+    result = torch.load(tmp_path / "result.pt")
+    model = _search_r1(tiny_llama_dir)
+    model.configure_model()
+    initial = {n: w for n, w in _full_weights(model).items() if n.startswith("policy.")}
+    _trainer(1, "auto", str(tmp_path / "one"), max_steps=1, enable_checkpointing=False).fit(
+        model, DataLoader(QUESTIONS, batch_size=4, collate_fn=_rows))
+    weights = {n: w for n, w in _full_weights(model).items() if n.startswith("policy.")}
+    assert result["sharded"] == result["nparams"] and result["reference_sharded"] > 0
+    updates = {n: w - initial[n] for n, w in weights.items()}
+    floor = 1e-5 * max(u.abs().max().item() for u in updates.values())
+    assert floor > 0
+    bad = {n: ((result["weights"][n] - initial[n] - u).abs().max().item(), u.abs().max().item())
+           for n, u in updates.items()}
+    bad = {n: e for n, e in bad.items() if e[0] > 1e-3 * e[1] + floor}
+    assert not bad, (floor, bad)
+    # greedy generation through the sharded policy: each rank's questions, as one process answers them
+    greedy = model.sample(model.prompts([q["question"] for q in QUESTIONS[0::2] + QUESTIONS[1::2]]), greedy=True)
+    assert result["greedy"][0] + result["greedy"][1] == greedy.responses
