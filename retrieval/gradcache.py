@@ -62,8 +62,9 @@ def grad_cache(encoders: Sequence[tuple[Callable[[Inputs], torch.Tensor], Inputs
         to (b, H) embeddings; the same encode function may appear twice (a shared encoder).
     loss_fn: embeddings of every encoder -> scalar loss, or (loss, aux).
     backward: how a scalar is backpropagated (e.g. LightningModule.manual_backward).
-    no_sync: with DDP, ``ddp_model.no_sync``: every chunk but the last accumulates gradients locally, and
-        the last backward all-reduces the sum once (without it each chunk's backward all-reduces).
+    no_sync: with DDP, ``ddp_model.no_sync``: every chunk but the last of each encoder accumulates gradients
+        locally; one backward over the last chunk of every encoder together all-reduces the sums once (without
+        ``no_sync`` each chunk's backward all-reduces). Activation memory: one chunk per encoder at that step.
     """
     # 1. embed chunk by chunk, no graph
     chunks, states, reps = [], [], []
@@ -84,15 +85,26 @@ def grad_cache(encoders: Sequence[tuple[Callable[[Inputs], torch.Tensor], Inputs
     grads = torch.autograd.grad(loss, reps, allow_unused=True)
     # 3. re-encode each chunk with a graph and backpropagate its cached gradient
     rng_after = RandState(reps[0].device)
-    jobs = [(encode, part, state, grad) for (encode, _), parts, st, grad in zip(encoders, chunks, states, grads)
+    jobs = [(e, encode, part, state, grad) for e, ((encode, _), parts, st, grad) in enumerate(zip(encoders, chunks, states, grads))
             if grad is not None for part, state in zip(parts, st)]
-    starts = {}
-    for n, (encode, part, state, grad) in enumerate(jobs):
-        start = starts.get(id(grad), 0)
+    # The synchronised backward takes the last chunk of EVERY encoder at once: DDP all-reduces only the
+    # parameters that backward reaches, so a last chunk of the passage encoder alone would leave a separate
+    # query encoder's gradients local (ranks' weights drift apart; DDP fails on the next step).
+    last = {e: n for n, (e, *_) in enumerate(jobs)}
+    starts, final = {}, []
+    for n, (e, encode, part, state, grad) in enumerate(jobs):
+        start, rows = starts.get(e, 0), len(next(iter(part.values())))
+        starts[e] = start + rows
+        if n in last.values():
+            final.append((encode, part, state, grad[start:start + rows]))
+            continue
         state.restore()
-        with nullcontext() if no_sync is None or n == len(jobs) - 1 else no_sync():
-            emb = encode(part)
-            backward((emb * grad[start:start + emb.shape[0]]).sum())
-        starts[id(grad)] = start + emb.shape[0]
+        with nullcontext() if no_sync is None else no_sync():
+            backward((encode(part) * grad[start:start + rows]).sum())
+    surrogate = 0
+    for encode, part, state, grad in final:
+        state.restore()  # the chunk's dropout masks, as in step 1
+        surrogate = surrogate + (encode(part) * grad).sum()
+    backward(surrogate)
     rng_after.restore()
     return GradCacheResult(loss.detach(), [r.detach() for r in reps], aux)
