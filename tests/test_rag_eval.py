@@ -14,7 +14,7 @@ from train import cli_main
 
 ROOT = Path(__file__).resolve().parent.parent
 RAG_CONFIGS = sorted(p for p in glob.glob(str(ROOT / "configs/*_nq.yaml"))
-                     if yaml.safe_load(open(p))["model"]["class_path"].endswith("RAGEvaluator"))
+                     if yaml.safe_load(open(p)).get("model", {}).get("class_path", "").endswith("RAGEvaluator"))
 QE_CONFIGS = [str(ROOT / "configs/hyde_nq.yaml"), str(ROOT / "configs/lamer_nq.yaml")]
 
 
