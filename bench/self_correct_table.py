@@ -45,6 +45,9 @@ CANDIDATES = {
     "mbpp_tests_shown_0shot": dict(task="mbpp"),
     "mbpp_tests_shown_3shot": dict(task="mbpp", num_shots=3),
     "humaneval_0shot": dict(task="humaneval"),
+    "add2_0shot": dict(task="arithmetic"),
+    "add2_4shot": dict(task="arithmetic", num_shots=4),
+    "add3_4shot": dict(task="arithmetic", digits=3, num_shots=4),
 }
 TABLE_TASKS = {"gsm8k": dict(task="gsm8k"), "math500": dict(task="math500"), "humaneval": dict(task="humaneval"),
                "gsm8k_short_4shot": CANDIDATES["gsm8k_short_4shot"], "mbpp": dict(task="mbpp")}

@@ -19,7 +19,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from datamodules.beir import resolve_data_dir
-from rl.self_correction import MATH_SHOTS, ProblemFormat, task_kind
+from rl.self_correction import MATH_SHOTS, ProblemFormat, arithmetic_problems, task_kind
 from rl.tasks import load_gsm8k, load_humaneval, load_math, load_mbpp
 
 DEFAULT_FILES = {  # task -> (train file, test file)
@@ -28,7 +28,10 @@ DEFAULT_FILES = {  # task -> (train file, test file)
     "math": (None, None),
     "humaneval": (None, "data/humaneval/HumanEval.jsonl.gz"),
     "mbpp": ("data/mbpp/mbpp.jsonl.gz", "data/mbpp/mbpp.jsonl.gz"),
+    "arithmetic": (None, None),  # generated: rl.self_correction.arithmetic_problems
 }
+# seeds of the generated arithmetic splits (disjoint draws; a repeated question is possible, as in any sample)
+ARITHMETIC_SEEDS = {"test": 0, "train": 1, "shots": 2}
 
 
 def solution_steps(example: dict) -> int:
@@ -52,7 +55,8 @@ def as_list(rows: list[dict]) -> list[dict]:
 
 class SelfCorrectionDataModule(L.LightningDataModule):
     """Args:
-        task: gsm8k, math500, math (a user's MATH-format JSONL: give test_file/train_file), humaneval, mbpp.
+        task: gsm8k, math500, math (a user's MATH-format JSONL: give test_file/train_file), humaneval, mbpp,
+            arithmetic (generated "What is a + b?": ``num_problems`` per split, ``digits``-digit operands, ``op``).
         train_file / test_file: override the task's files (relative paths from the project root); MBPP files
             are split by ``train_split`` / ``test_split`` (prompt, train, validation, test).
         limit_train / limit_val / limit_test: first N problems (after the slice); val is the first
@@ -69,7 +73,8 @@ class SelfCorrectionDataModule(L.LightningDataModule):
                  train_split: str = "train", test_split: str = "test", limit_train: int | None = None,
                  limit_val: int | None = None, limit_test: int | None = None, slice: str | None = None,
                  max_steps: int = 2, prompt: str | None = None, num_shots: int = 0, shots_file: str | None = None,
-                 chat: bool = True, batch_size: int = 8, eval_batch_size: int = 8, seed: int = 0):
+                 chat: bool = True, batch_size: int = 8, eval_batch_size: int = 8, seed: int = 0,
+                 num_problems: int = 1000, digits: int = 2, op: str = "+"):
         super().__init__()
         if task not in DEFAULT_FILES:
             raise ValueError(f"unknown task {task!r}; expected one of {sorted(DEFAULT_FILES)}")
@@ -84,6 +89,9 @@ class SelfCorrectionDataModule(L.LightningDataModule):
     # -- reading --------------------------------------------------------------------------------------
     def _load(self, path: str, split: str | None) -> list[dict]:
         task = self.hparams.task
+        if task == "arithmetic":
+            hp = self.hparams
+            return arithmetic_problems(hp.num_problems, ARITHMETIC_SEEDS[path], hp.digits, hp.op)
         path = str(resolve_data_dir(path))
         if task == "gsm8k":
             return load_gsm8k(path)
@@ -109,6 +117,8 @@ class SelfCorrectionDataModule(L.LightningDataModule):
             pool = self._load(DEFAULT_FILES["gsm8k"][0], None)
         elif hp.task == "mbpp":
             pool = self._load(DEFAULT_FILES["mbpp"][0], "prompt")
+        elif hp.task == "arithmetic":
+            pool = self._load("shots", None)
         elif task_kind(hp.task) == "math":
             pool = [dict(s, id=f"minerva/{i}") for i, s in enumerate(MATH_SHOTS)]
         else:
@@ -122,7 +132,7 @@ class SelfCorrectionDataModule(L.LightningDataModule):
         hp = self.hparams
         if self.rows:
             return
-        default_train, default_test = DEFAULT_FILES[hp.task]
+        default_train, default_test = ("train", "test") if hp.task == "arithmetic" else DEFAULT_FILES[hp.task]
         train_file, test_file = hp.train_file or default_train, hp.test_file or default_test
         self.shots = self._load_shots()
         shot_ids = {s["id"] for s in self.shots}

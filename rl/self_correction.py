@@ -15,6 +15,7 @@ Metrics over N problems with binary rewards r1 (attempt 1) and r2 (attempt 2)::
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,8 @@ from rl.envs import Environment, Reply, Turn, TwoAttemptEnv
 
 # -- tasks --------------------------------------------------------------------------------------------------
 
-TASK_KINDS = {"gsm8k": "math", "math": "math", "math500": "math", "humaneval": "code", "mbpp": "code"}
+TASK_KINDS = {"gsm8k": "math", "math": "math", "math500": "math", "arithmetic": "math", "humaneval": "code",
+              "mbpp": "code"}
 
 
 def task_kind(task: str) -> str:
@@ -92,7 +94,8 @@ PROMPTS = {
     "mbpp_no_tests": ("You are an expert Python programmer, and here is your task: {problem}\n\nWrite the program "
                       "in one ```python code block."),
 }
-DEFAULT_PROMPT = {"gsm8k": "math", "math": "math", "math500": "math", "humaneval": "humaneval", "mbpp": "mbpp"}
+DEFAULT_PROMPT = {"gsm8k": "math", "math": "math", "math500": "math", "arithmetic": "math", "humaneval": "humaneval",
+                  "mbpp": "mbpp"}
 
 # Minerva's four MATH demonstrations (Lewkowycz et al. 2022, appendix D.2), whose answer line is the format
 # SCoRe's instruction asks for. Used when a MATH-format set has no training split to draw shots from.
@@ -119,6 +122,27 @@ MATH_SHOTS = [
                       "\\boxed{-\\frac{2}{3}}.$$\nFinal Answer: The final answer is $-\\frac{2}{3}$. I hope it is "
                       "correct."},
 ]
+
+OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+def arithmetic_problems(n: int, seed: int = 0, digits: int = 2, op: str = "+") -> list[dict]:
+    """``n`` synthetic problems "What is a <op> b?" with ``digits``-digit operands drawn with ``seed``: a task
+    easy enough for a 135M model to solve part of the time (math examples, graded by ``math_reward``)."""
+    if op not in OPERATIONS:
+        raise ValueError(f"arithmetic_problems: op {op!r} not in {sorted(OPERATIONS)}")
+    if digits < 1:
+        raise ValueError(f"arithmetic_problems: digits must be >= 1, got {digits}")
+    rng = random.Random(seed)
+    lo, hi = 10 ** (digits - 1), 10 ** digits - 1
+    out = []
+    for i in range(n):
+        a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+        c = OPERATIONS[op](a, b)
+        out.append({"id": f"arithmetic{digits}{op}/{seed}/{i}", "task": "arithmetic", "problem": f"What is {a} {op} {b}?",
+                    "answer": str(c), "solution": f"{a} {op} {b} = {c}."})
+    return out
+
 
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
 

@@ -310,3 +310,25 @@ def test_ddp_two_processes_evaluate_every_problem_once(tiny_llama_dir, tmp_path)
     dm.setup("test")
     assert sorted(r["id"] for r in records) == sorted(r["id"] for r in dm.rows["test"])
     assert float(trainer.callback_metrics["test/n"]) == 5
+
+
+def test_arithmetic_problems_and_their_datamodule():
+    import re
+
+    from datamodules.self_correction import SelfCorrectionDataModule
+    from rl.self_correction import arithmetic_problems
+
+    for op, f in (("+", lambda a, b: a + b), ("-", lambda a, b: a - b), ("*", lambda a, b: a * b)):
+        for ex in arithmetic_problems(20, seed=3, digits=3, op=op):
+            a, b = map(int, re.fullmatch(rf"What is (\d+) \{op} (\d+)\?", ex["problem"]).groups())
+            assert 100 <= a <= 999 and 100 <= b <= 999 and ex["answer"] == str(f(a, b))
+    assert arithmetic_problems(5, seed=1) == arithmetic_problems(5, seed=1) != arithmetic_problems(5, seed=2)
+    with pytest.raises(ValueError, match="op '/'"):
+        arithmetic_problems(1, op="/")
+    dm = SelfCorrectionDataModule(task="arithmetic", num_problems=50, num_shots=2, limit_test=10)
+    dm.setup("fit")
+    assert len(dm.rows["test"]) == 10 and len(dm.rows["train"]) == 50 and len(dm.shots) == 2
+    assert dm.rows["test"][0]["problem"] != dm.rows["train"][0]["problem"] or \
+        dm.rows["test"][1]["problem"] != dm.rows["train"][1]["problem"]  # distinct seeded draws
+    assert task_reward("arithmetic")(["5 + 7 = 12.\nFinal Answer: The final answer is $12$. I hope it is correct."],
+                                     [{"answer": "12"}]) == [1.0]
