@@ -212,7 +212,7 @@ def test_fit_logs_per_attempt_metrics_then_stage_two_starts_from_stage_one(tiny_
     cli = cli_main(["fit", *cli_args(tiny_llama_dir, train, test, tmp_path / "s1"), "--trainer.logger", "false"])
     m = cli.trainer.callback_metrics
     for key in ("train/acc_t1", "train/acc_t2", "train/delta", "train/delta_i2c", "train/delta_c2i", "train/reward_t1",
-                "train/reward_t2", "train/kl_t1", "train/kl_t2", "train/edit_distance", "train/selection_reward",
+                "train/reward_t2", "train/kl_t1", "train/kl_t2", "train/kl", "train/edit_distance", "train/selection_reward",
                 "val/acc_t1", "val/acc_t2", "val/delta", "val/delta_i2c", "val/delta_c2i", "val/edit_distance"):
         assert key in m and torch.isfinite(m[key]), key
     assert m["train/reward_t1"] == 0.0  # Stage I: attempt 1 has no task-reward term
