@@ -49,7 +49,10 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-_FINAL = re.compile(r"final answer is\s*(.*?)\s*(?:\.\s*I hope it is correct|$)", re.IGNORECASE | re.DOTALL)
+# The paper's line, to the end of its line: "$X$" (inline math), or plain text; a sentence-ending full stop and
+# "I hope it is correct." are not part of the answer (a model often writes one without the other).
+_FINAL = re.compile(r"final answer is\s*(\$.+?\$|[^\n]*?)\s*\.?\s*(?:I hope it is correct\.?)?\s*$",
+                    re.IGNORECASE | re.MULTILINE)
 _GSM8K = re.compile(r"####\s*(.+?)\s*$", re.MULTILINE)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 

@@ -154,6 +154,10 @@ def test_every_math500_solution_box_equals_its_answer():
     ("Final Answer: The final answer is $\\frac{3}{4}$. I hope it is correct.", "\\frac{3}{4}"),
     ("Final Answer: The final answer is $(1,2)$. I hope it is correct.", "(1,2)"),
     ("Final Answer: The final answer is 12. I hope it is correct.", "12"),
+    # without "I hope it is correct": the sentence's full stop is not part of the answer (the dollars are stripped)
+    ("Final Answer: The final answer is $12$.", "12"),
+    ("The final answer is $\\frac{1}{2}$.\nDone.", "\\frac{1}{2}"),
+    ("The final answer is 3.5", "3.5"),
     ("I guessed \\boxed{5}.\nFinal Answer: The final answer is $6$. I hope it is correct.", "6"),  # last wins
     ("Natalia sold 48/2 = 24 clips in May.\n#### 72", "72"),
     ("She pays 1,200 + 300 = 1,500 dollars.\n#### 1,500", "1,500"),
