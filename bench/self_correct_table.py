@@ -50,7 +50,8 @@ CANDIDATES = {
     "add3_4shot": dict(task="arithmetic", digits=3, num_shots=4),
 }
 TABLE_TASKS = {"gsm8k": dict(task="gsm8k"), "math500": dict(task="math500"), "humaneval": dict(task="humaneval"),
-               "gsm8k_short_4shot": CANDIDATES["gsm8k_short_4shot"], "mbpp": dict(task="mbpp")}
+               "gsm8k_short_4shot": CANDIDATES["gsm8k_short_4shot"], "mbpp": dict(task="mbpp"),
+               "arithmetic": CANDIDATES["add2_4shot"]}
 OUT = ROOT / "runs" / "self_correct"
 
 
