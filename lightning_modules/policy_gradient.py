@@ -15,6 +15,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from generation.lm import load_causal_lm
 from generation.logprobs import masked_nll
 from generation.tokens import TokenBatch
 from rl.rollout import Rollouts
@@ -26,6 +27,21 @@ class PolicyGradientModule(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False  # several epochs / mini-batches per rollout batch
         self.max_grad_norm = max_grad_norm
+
+    def load_policy(self):
+        """The policy named by the hyperparameters (``model_name_or_path``, ``dtype``, ``load_in_4bit``, ``lora``),
+        with the KV cache on for rollouts; called from a subclass's ``configure_model``. Built on CPU (Lightning
+        moves it); a 4-bit base is placed by bitsandbytes."""
+        hp = self.hparams
+        policy, _ = load_causal_lm(hp.model_name_or_path, dtype=hp.dtype, load_in_4bit=hp.load_in_4bit, lora=hp.lora,
+                                   device=None if hp.load_in_4bit else "cpu")
+        policy.config.use_cache = True
+        return policy
+
+    def configure_optimizers(self):
+        """``self.optimizer_factory`` (injected by the subclass, from the config) over the trainable parameters:
+        the LoRA adapters or all weights, and the value head if any."""
+        return self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
 
     def _step(self) -> None:
         opt = self.optimizers()

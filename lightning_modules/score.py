@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 
-from generation.lm import DEFAULT_GENERATOR, load_causal_lm, load_tokenizer
+from generation.lm import DEFAULT_GENERATOR, load_tokenizer
 from lightning_modules.policy_gradient import PolicyGradientModule
 from rl.envs import SingleTurn
 from rl.kl import kl_estimate
@@ -148,15 +148,10 @@ class SCoRe(PolicyGradientModule):
         if self.policy is not None:
             return
         hp = self.hparams
-        self.policy, _ = load_causal_lm(hp.model_name_or_path, dtype=hp.dtype, load_in_4bit=hp.load_in_4bit,
-                                        lora=hp.lora, device=None if hp.load_in_4bit else "cpu")
-        self.policy.config.use_cache = True
+        self.policy = self.load_policy()
         self.reference = ReferencePolicy.for_policy(self.policy, self.loss_config.uses_kl)
         if hp.init_from:
             load_policy_weights(self.policy, hp.init_from)
-
-    def configure_optimizers(self):
-        return self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
 
     @property
     def env(self):

@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 
-from generation.lm import DEFAULT_GENERATOR, load_causal_lm, load_tokenizer
+from generation.lm import DEFAULT_GENERATOR, load_tokenizer
 from lightning_modules.policy_gradient import PolicyGradientModule
 from lightning_modules.sharding import full_parameters, shard
 from rl.envs import SearchEnv, SingleTurn
@@ -93,18 +93,13 @@ class SearchR1(PolicyGradientModule):
         if self.policy is not None:
             return
         hp = self.hparams
-        self.policy, _ = load_causal_lm(hp.model_name_or_path, dtype=hp.dtype, load_in_4bit=hp.load_in_4bit,
-                                        lora=hp.lora, device=None if hp.load_in_4bit else "cpu")
-        self.policy.config.use_cache = True
+        self.policy = self.load_policy()
         self.reference = ReferencePolicy.for_policy(self.policy, self.loss_config.uses_kl,
                                                     warm_start=bool(hp.warm_start_questions))
         if hp.algorithm == "ppo":
             self.value_head = ValueHead(self.policy.config.hidden_size)
         # FSDP2 (ModelParallelStrategy): policy and reference block by block; nothing on one process or DDP
         shard(self, self.policy, self.reference.model, self.value_head)
-
-    def configure_optimizers(self):
-        return self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
 
     def prompts(self, questions: list[str], repeat: int = 1) -> list[str]:
         hp = self.hparams
