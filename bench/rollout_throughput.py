@@ -3,6 +3,12 @@ the same model, prompts, group size and lengths, alternating in one run; plus ou
 with BM25 search over the NQ pool (generated tokens only; inserted information is not counted).
 
     python bench/rollout_throughput.py --questions 4 --group-size 4 --max-new-tokens 64 --repeats 2
+    python bench/rollout_throughput.py --two-attempts --questions 2 --group-size 4 --max-new-tokens 48 --repeats 3
+
+``--two-attempts`` (SCoRe): ours is one rollout with rl.self_correction's TwoAttemptEnv (attempt 1, the
+paper's instruction as a chat turn, attempt 2, the KV cache kept between them); TRL generates attempt 1,
+then attempt 2 from prompt + attempt 1 + the same instruction text (two ``_generate`` calls), on generated
+two-digit additions (the half-solved task) rendered by rl.self_correction.render_problem.
 
 Both sample with the same seed per repeat, hence the same tokens (ours also stops a sequence at
 ``</answer>``, TRL only at EOS); each side's tokens/s is its own generated-token count over its own wall
@@ -31,6 +37,7 @@ from rl.prompts import render_prompt  # noqa: E402
 from rl.envs import SearchEnv  # noqa: E402
 from rl.rollout import rollout  # noqa: E402
 from rl.search import BM25Search, SafeSearch  # noqa: E402
+from rl.self_correction import arithmetic_problems, render_problem, two_attempt_env  # noqa: E402
 
 
 def trl_trainer(model, tokenizer, group_size: int, max_new_tokens: int, batch: int, out_dir: str):
@@ -53,14 +60,19 @@ def main(argv=None) -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--two-attempts", action="store_true", help="SCoRe's two-attempt rollout vs TRL twice")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, tokenizer = load_causal_lm(args.model, device="cpu")
     model.eval()
-    questions = [r["question"] for r in read_qa_jsonl("data/nq_pool/test.jsonl", args.questions)]
-    prompts = [render_prompt(tokenizer, q) for q in questions for _ in range(args.group_size)]
+    if args.two_attempts:
+        problems = arithmetic_problems(args.questions, seed=0)
+        prompts = [render_problem(tokenizer, p, "arithmetic") for p in problems for _ in range(args.group_size)]
+    else:
+        questions = [r["question"] for r in read_qa_jsonl("data/nq_pool/test.jsonl", args.questions)]
+        prompts = [render_prompt(tokenizer, q) for q in questions for _ in range(args.group_size)]
     n = len(prompts)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
@@ -74,6 +86,8 @@ def main(argv=None) -> None:
         trainer._generate(prompts[:args.group_size])  # warm-up both paths once
         trainer.args.max_completion_length = args.max_new_tokens
         print(f"warm-up {time.perf_counter() - t:.1f} s", flush=True)
+        if args.two_attempts:
+            return two_attempts(model, tokenizer, trainer, prompts, args)
         totals = {"ours": [0, 0.0], "trl": [0, 0.0], "ours_multiturn": [0, 0.0]}
         for rep in range(args.repeats):
             torch.manual_seed(1000 + rep)  # same seed for both: the same sampled tokens, up to our stop strings
@@ -110,6 +124,38 @@ def main(argv=None) -> None:
     print(f"TRL GRPOTrainer._generate      : {rate['trl']:.1f} generated tokens/s")
     print(f"ratio ours / TRL               : {rate['ours'] / rate['trl']:.2f}x")
     print(f"ours multi-turn with BM25 search (B=2): {rate['ours_multiturn']:.1f} generated tokens/s")
+
+
+def two_attempts(model, tokenizer, trainer, prompts: list[str], args) -> None:
+    """Generated tokens/s of both attempts: rl.rollout with the TwoAttemptEnv vs TRL's generation called per
+    attempt (the instruction text is the environment's own, so both sides see the same second prompt)."""
+    env = two_attempt_env(tokenizer, "arithmetic")
+    totals = {"ours": [0, 0.0], "trl": [0, 0.0]}
+    for rep in range(args.repeats):
+        torch.manual_seed(1000 + rep)
+        t = time.perf_counter()
+        r = rollout(model, tokenizer, prompts, env, max_turn_tokens=args.max_new_tokens,
+                    max_response_tokens=2 * args.max_new_tokens + 200, temperature=1.0, compute_logprobs=False)
+        dt = time.perf_counter() - t
+        totals["ours"][0] += int(r.response_lengths.sum())
+        totals["ours"][1] += dt
+        print(f"[{rep}] ours two attempts: {int(r.response_lengths.sum())} tokens in {dt:.1f} s", flush=True)
+        torch.manual_seed(1000 + rep)
+        t = time.perf_counter()
+        first = trainer._generate(prompts)[1]
+        second_prompts = [p + tokenizer.decode(ids, skip_special_tokens=True) + env.text for p, ids in zip(prompts, first)]
+        second = trainer._generate(second_prompts)[1]
+        dt = time.perf_counter() - t
+        tokens = sum(len(c) for c in first) + sum(len(c) for c in second)
+        totals["trl"][0] += tokens
+        totals["trl"][1] += dt
+        print(f"[{rep}] TRL  two attempts: {tokens} tokens in {dt:.1f} s", flush=True)
+    rate = {k: v[0] / v[1] for k, v in totals.items()}
+    print(f"\nmodel {args.model}, {args.questions} problems x G={args.group_size} = {len(prompts)} sequences, "
+          f"max {args.max_new_tokens} new tokens per attempt, {args.repeats} repeats, torch threads {torch.get_num_threads()}")
+    print(f"ours (two attempts, rl.rollout + TwoAttemptEnv): {rate['ours']:.1f} generated tokens/s")
+    print(f"TRL GRPOTrainer._generate, once per attempt     : {rate['trl']:.1f} generated tokens/s")
+    print(f"ratio ours / TRL                                : {rate['ours'] / rate['trl']:.2f}x")
 
 
 if __name__ == "__main__":
