@@ -103,17 +103,25 @@ def uses_chat(tokenizer, chat: bool | None = None) -> bool:
     return has if chat is None else chat
 
 
+def render_messages(tokenizer, messages: Sequence[dict], chat: bool | None = None, answer_prefix: str = "",
+                    separator: str = "\n") -> str:
+    """Chat turns (``[{"role", "content"}, ...]``) as a prompt, the one renderer of every method: the chat
+    template with the assistant turn opened, or (no chat) each turn's content followed by ``separator``.
+    ``answer_prefix`` is appended in both cases. ``chat``: True forces the chat template, False disables it,
+    None uses it when the tokenizer has one."""
+    if uses_chat(tokenizer, chat):
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True) + answer_prefix
+    return "".join(m["content"] + separator for m in messages) + answer_prefix
+
+
 def render_message(tokenizer, message: str, system: str | None = None, chat: bool | None = None,
                    answer_prefix: str = "", separator: str = "\n") -> str:
-    """One user message as a prompt, the one renderer of every method (RAG prompts, the NLI judge, HyDE/LameR,
-    Search-R1 and self-correction prompts): the chat template with the assistant turn opened, or the plain
-    text followed by ``separator``. ``answer_prefix`` is appended in both cases. ``chat``: True forces the
-    chat template, False disables it, None uses it when the tokenizer has one."""
+    """One user message (after an optional system message, chat template only) through :func:`render_messages`:
+    RAG prompts, the NLI judge, HyDE/LameR and Search-R1 prompts."""
     if uses_chat(tokenizer, chat):
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return text + answer_prefix
-    return f"{message}{separator}{answer_prefix}"
+        return render_messages(tokenizer, messages, True, answer_prefix)
+    return render_messages(tokenizer, [{"role": "user", "content": message}], False, answer_prefix, separator)
 
 
 _PREFIX = re.compile(r"^\s*(the\s+)?(final\s+)?answer\s*(is)?\s*[:\-]?\s*", re.IGNORECASE)

@@ -18,6 +18,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from generation.prompts import render_messages
+
 SEARCH_STOP, ANSWER_STOP = "</search>", "</answer>"
 _QUERY = re.compile(r"<search>(.*?)</search>", re.DOTALL)
 
@@ -124,9 +126,9 @@ class TwoAttemptEnv(Environment):
     def for_chat(cls, tokenizer, instruction: str, stops: Sequence[str] = ()) -> TwoAttemptEnv:
         """The instruction as a user turn of ``tokenizer``'s chat template."""
         marker_a, marker_i = "\x00ATTEMPT\x00", "\x00INSTRUCTION\x00"
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "question"}, {"role": "assistant", "content": marker_a},
-             {"role": "user", "content": marker_i}], tokenize=False, add_generation_prompt=True)
+        text = render_messages(tokenizer, [{"role": "user", "content": "question"},
+                                           {"role": "assistant", "content": marker_a},
+                                           {"role": "user", "content": marker_i}], chat=True)
         if marker_a not in text or marker_i not in text:
             raise ValueError("TwoAttemptEnv.for_chat: the tokenizer's chat template drops message contents")
         between = text.split(marker_a, 1)[1].replace(marker_i, "{instruction}")

@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from generation.prompts import render_messages
 from rl.envs import Environment, Reply, Turn, TwoAttemptEnv
 
 # -- tasks --------------------------------------------------------------------------------------------------
@@ -206,11 +207,9 @@ class ProblemFormat:
         return out + [{"role": "user", "content": _fill(template, example)}]
 
     def render(self, tokenizer, example: dict, task: str) -> str:
-        messages = self.messages(example, task)
-        if self.chat and getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         # Plain text: each turn separated by a blank line; the model continues after the last problem.
-        return "".join(m["content"].rstrip() + "\n\n" for m in messages)
+        messages = [{**m, "content": m["content"].rstrip()} for m in self.messages(example, task)]
+        return render_messages(tokenizer, messages, None if self.chat else False, separator="\n\n")
 
 
 def render_problem(tokenizer, example: dict, task: str | None = None, prompt: str | None = None,
