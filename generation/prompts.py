@@ -103,6 +103,17 @@ def uses_chat(tokenizer, chat: bool | None = None) -> bool:
     return has if chat is None else chat
 
 
+def named_template(value: str, templates: dict[str, str], field: str) -> str:
+    """A prompt template by name (a key of ``templates``) or a literal template containing ``{field}``; the one
+    rule for the Search-R1 templates and the self-correction first-attempt prompts."""
+    if value in templates:
+        return templates[value]
+    if "{" + field + "}" not in value:
+        raise ValueError(f"prompt template {value[:60]!r}: neither a known name {sorted(templates)} nor a template "
+                         f"with a {{{field}}} field")
+    return value
+
+
 def render_messages(tokenizer, messages: Sequence[dict], chat: bool | None = None, answer_prefix: str = "",
                     separator: str = "\n") -> str:
     """Chat turns (``[{"role", "content"}, ...]``) as a prompt, the one renderer of every method: the chat

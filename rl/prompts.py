@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from generation.prompts import render_message
+from generation.prompts import named_template, render_message
 from rl.search import Passage, format_information
 
 # The template of Search-R1 (Jin et al., 2025), verbatim apart from whitespace.
@@ -31,12 +31,7 @@ TEMPLATES = {"search_r1": SEARCH_R1_TEMPLATE, "search_r1_one_shot": SEARCH_R1_ON
 
 def resolve_template(template: str) -> str:
     """A template by name (a key of ``TEMPLATES``) or a literal template containing ``{question}``."""
-    if template in TEMPLATES:
-        return TEMPLATES[template]
-    if "{question}" not in template:
-        raise ValueError(f"prompt template {template[:60]!r}: neither a known name {sorted(TEMPLATES)} nor a "
-                         "template with a {question} field")
-    return template
+    return named_template(template, TEMPLATES, "question")
 
 
 def render_prompt(tokenizer, question: str, template: str = "search_r1", chat: bool = True) -> str:

@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from generation.prompts import render_messages
+from generation.prompts import named_template, render_messages
 from rl.envs import Environment, Reply, Turn, TwoAttemptEnv
 
 # -- tasks --------------------------------------------------------------------------------------------------
@@ -173,12 +173,7 @@ def resolve_prompt(prompt: str | None, task: str) -> str:
                 return PROMPTS["math"]
             raise ValueError(f"no default prompt for task {task!r}; pass a template")
         return PROMPTS[DEFAULT_PROMPT[task]]
-    if prompt in PROMPTS:
-        return PROMPTS[prompt]
-    if "{problem}" not in prompt:
-        raise ValueError(f"prompt {prompt[:60]!r}: neither a known name {sorted(PROMPTS)} nor a template with a "
-                         "{problem} field")
-    return prompt
+    return named_template(prompt, PROMPTS, "problem")
 
 
 def _fill(template: str, example: dict) -> str:
