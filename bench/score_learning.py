@@ -106,7 +106,9 @@ def main() -> None:
     def evaluate(row: str, config: str, ckpt: str | None) -> None:
         if (out / f"{row}.json").exists():
             return
+        # no logger: the trainer's log dir is default_root_dir, where the CLI saves config.yaml (not the cwd)
         argv = ["test", "--config", config, *common, "--trainer.logger", "false",
+                "--trainer.default_root_dir", str(out / f"eval_{row}"),
                 "--model.init_args.eval_max_turn_tokens", str(args.max_turn_tokens)]
         if ckpt:
             argv += ["--ckpt_path", ckpt]
