@@ -7,6 +7,10 @@ TS = "tests/test_sandbox.py"
 HOSTILE = f"{TS}::test_hostile_programs_all_fail_within_limits_and_leave_everything_untouched"
 
 MUTATIONS = [
+    {"name": "final_answer_keeps_sentence_stop", "file": MG,
+     "old": '(\\$.+?\\$|[^\\n]*?)\\s*\\.?\\s*(?:I hope it is correct\\.?)?\\s*$"',
+     "new": '(.*?)\\s*(?:\\.\\s*I hope it is correct|$)"',
+     "tests": [f"{TM}::test_extraction"]},
     {"name": "boxed_no_nested_braces", "file": MG,
      "old": "            if c == \"{\":\n                depth += 1\n            elif c == \"}\":\n                depth -= 1\n"
             "                if depth == 0:\n                    return text[m.end():i].strip()",
