@@ -391,12 +391,12 @@ class _SympyWorker:
             if self._proc is None or not self._proc.is_alive():
                 self._start()
                 timeout += 30.0  # the first call also imports sympy and the ANTLR parser
-            self._conn.send((a, b))
-            if self._conn.poll(timeout):
-                try:
+            try:
+                self._conn.send((a, b))
+                if self._conn.poll(timeout):
                     return bool(self._conn.recv())
-                except EOFError:
-                    pass
+            except (EOFError, OSError):  # the worker died (EOF, reset or broken pipe): counts as not equal
+                pass
             self._stop()  # hung (or died): kill it; the next call starts a fresh one
             self.restarts += 1
             return False

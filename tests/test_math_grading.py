@@ -205,3 +205,20 @@ def test_symbolic_check_is_killed_on_timeout():
     assert time.monotonic() - start < 5.0
     assert _WORKER.restarts == restarts + 1
     assert is_equiv("2\\sqrt{2}", "\\sqrt{8}", timeout=30.0)
+
+
+def test_a_worker_that_dies_mid_call_counts_as_not_equal_and_is_restarted(monkeypatch):
+    # The worker dies between the liveness check and the request (killed by the OOM killer, say): the pipe
+    # breaks or resets. The pair is judged not equal, the trainer never sees the OSError, the next check works.
+    import os
+    import signal
+
+    assert is_equiv("\\sqrt{12}", "2\\sqrt{3}", timeout=60.0)
+    proc = _WORKER._proc
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    monkeypatch.setattr(proc, "is_alive", lambda: True)
+    restarts = _WORKER.restarts
+    assert _WORKER.equal("x+1", "1+x", timeout=5.0) is False
+    assert _WORKER.restarts == restarts + 1
+    assert is_equiv("2\\sqrt{2}", "\\sqrt{8}", timeout=60.0)

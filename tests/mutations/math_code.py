@@ -7,6 +7,9 @@ TS = "tests/test_sandbox.py"
 HOSTILE = f"{TS}::test_hostile_programs_all_fail_within_limits_and_leave_everything_untouched"
 
 MUTATIONS = [
+    {"name": "dead_sympy_worker_raises", "file": MG,
+     "old": "            except (EOFError, OSError):", "new": "            except EOFError:",
+     "tests": [f"{TM}::test_a_worker_that_dies_mid_call_counts_as_not_equal_and_is_restarted"]},
     {"name": "final_answer_keeps_sentence_stop", "file": MG,
      "old": '(\\$.+?\\$|[^\\n]*?)\\s*\\.?\\s*(?:I hope it is correct\\.?)?\\s*$"',
      "new": '(.*?)\\s*(?:\\.\\s*I hope it is correct|$)"',
