@@ -1,6 +1,8 @@
 """RetRobust fine-tuning speed and memory: our LightningModule vs TRL's ``SFTTrainer`` on the same model, LoRA
 settings, data (the same RetRobust examples, pre-tokenized, in the same order, so every step sees the same
-batch) and batch size; then QLoRA vs LoRA vs full fine-tuning memory with our module.
+batch), batch size and activation (gradient) checkpointing, which TRL's ``SFTConfig`` turns on by default (it
+trades memory for a second forward pass): the pair is run with it off and on; then QLoRA vs LoRA vs full
+fine-tuning memory with our module (checkpointing off).
 
 Each contender runs in its own process (peak RSS = ``ru_maxrss`` of that process, so none inherits another's
 high-water mark), after ``--warmup`` untimed steps; tokens/s counts the real (non-padding) tokens of the
@@ -71,7 +73,7 @@ class StepTimer:
         self.times.append(time.perf_counter() - self._t)
 
 
-def run_ours(args, mode: str) -> dict:
+def run_ours(args, mode: str, checkpointing: bool) -> dict:
     import lightning as L
     from lightning.pytorch.callbacks import Callback
 
@@ -80,6 +82,7 @@ def run_ours(args, mode: str) -> dict:
     dm, order = examples(args)
     lora = None if mode == "full" else dict(r=args.r, alpha=args.alpha, dropout=args.dropout, target_modules=TARGETS)
     module = RetRobust(args.model, lora=lora, load_in_4bit=mode == "qlora", evaluate_base=False,
+                       gradient_checkpointing=checkpointing,
                        optimizer=lambda p: torch.optim.AdamW(p, lr=args.lr, weight_decay=0.0), warmup_ratio=0.03,
                        micro_batch_size=args.batch_size)
     module.configure_model()
@@ -103,7 +106,7 @@ def run_ours(args, mode: str) -> dict:
             "peak_mb": peak_mb(), "trainable": trainable}
 
 
-def run_trl(args) -> dict:
+def run_trl(args, checkpointing: bool) -> dict:
     from datasets import Dataset
     from peft import LoraConfig
     from torch.utils.data import SequentialSampler
@@ -136,7 +139,8 @@ def run_trl(args) -> dict:
     config = SFTConfig(output_dir=str(Path(args.out) / "trl"), per_device_train_batch_size=args.batch_size,
                        gradient_accumulation_steps=1, max_steps=args.warmup + args.steps, learning_rate=args.lr,
                        lr_scheduler_type="linear", warmup_steps=0.03, weight_decay=0.0, max_grad_norm=1.0,
-                       optim="adamw_torch", logging_steps=10_000, save_strategy="no", report_to=[], use_cpu=True,
+                       optim="adamw_torch", gradient_checkpointing=checkpointing,
+                       gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=10_000, save_strategy="no", report_to=[], use_cpu=True,
                        bf16=False, fp16=False, completion_only_loss=True, max_length=None, dataloader_num_workers=0,
                        seed=args.seed, disable_tqdm=True)
     peft_config = LoraConfig(r=args.r, lora_alpha=args.alpha, lora_dropout=args.dropout, target_modules=TARGETS,
@@ -151,7 +155,8 @@ def run_trl(args) -> dict:
 
 def worker(args) -> None:
     torch.manual_seed(args.seed)
-    out = run_trl(args) if args.worker == "trl" else run_ours(args, args.worker)
+    kind, _, gc = args.worker.partition("+")
+    out = run_trl(args, gc == "gc") if kind == "trl" else run_ours(args, kind, gc == "gc")
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -180,7 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-memory-modes", action="store_true", help="skip the QLoRA and full fine-tuning runs")
     parser.add_argument("--out", default="runs/bench_retrobust_sft")
-    parser.add_argument("--worker", choices=["lora", "qlora", "full", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--checkpointing", choices=["off", "on", "both"], default="both",
+                        help="activation checkpointing for the ours-vs-TRL pair (TRL's default is on)")
+    parser.add_argument("--worker", choices=["lora", "qlora", "full", "trl", "lora+gc", "trl+gc"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args)
@@ -200,24 +207,29 @@ def main(argv: list[str] | None = None) -> None:
     print(f"threads: torch {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; "
           f"model {args.model}, batch {args.batch_size}, {args.warmup} + {args.steps} steps, LoRA r {args.r} on q/k/v/o",
           flush=True)
-    runs: dict[str, list[dict]] = {"lora": [], "trl": []}
+    settings = {"off": [""], "on": ["+gc"], "both": ["", "+gc"]}[args.checkpointing]
+    runs: dict[str, list[dict]] = {f"{k}{gc}": [] for gc in settings for k in ("lora", "trl")}
     for _ in range(args.rounds):
-        for kind in ("lora", "trl"):
+        for kind in runs:
             runs[kind].append(spawn(kind))
     if not args.no_memory_modes:
         for kind in ("qlora", "full"):
             runs[kind] = [spawn(kind)]
     table = {k: summarize(k, v, args.warmup) for k, v in runs.items()}
-    ours, trl = table["lora"], table["trl"]
-    names = {"lora": "ours, LoRA", "trl": "TRL SFTTrainer, LoRA", "qlora": "ours, QLoRA (nf4)", "full": "ours, full FT"}
+    names = {"lora": "ours, LoRA", "trl": "TRL SFTTrainer, LoRA", "lora+gc": "ours, LoRA, checkpointing",
+             "trl+gc": "TRL SFTTrainer, LoRA, checkpointing (TRL's default)", "qlora": "ours, QLoRA (nf4)",
+             "full": "ours, full FT"}
     lines = ["| run | tokens/s | s/step | peak RSS MB | RSS after load MB | trainable params |", "|---|---|---|---|---|---|"]
     for k, s in table.items():
         lines.append(f"| {names[k]} | {s['tokens_per_s']:.1f} | {s['step_s']:.1f} | {s['peak_mb']:.0f} | "
                      f"{s['loaded_mb']:.0f} | {s['trainable']:,} |")
-    ratio = ours["tokens_per_s"] / trl["tokens_per_s"]
-    mem = ours["peak_mb"] / trl["peak_mb"]
-    text = "\n".join(lines) + (f"\n\nours / TRL: tokens/s {ratio:.2f}x, peak RSS {mem:.2f}x "
-                               f"(target >= 1.0x tokens/s, <= 1.0x memory)\n")
+    text = "\n".join(lines) + "\n"
+    for gc in settings:
+        ours, trl = table[f"lora{gc}"], table[f"trl{gc}"]
+        text += (f"\nours / TRL, checkpointing {'on' if gc else 'off'}: tokens/s "
+                 f"{ours['tokens_per_s'] / trl['tokens_per_s']:.2f}x, peak RSS {ours['peak_mb'] / trl['peak_mb']:.2f}x "
+                 f"(target >= 1.0x tokens/s, <= 1.0x memory)")
+    text += "\n"
     print(text, flush=True)
     (Path(args.out) / "retrobust_sft_throughput.md").write_text(text)
     (Path(args.out) / "retrobust_sft_throughput.json").write_text(json.dumps({"args": vars(args), "runs": runs,
