@@ -9,6 +9,9 @@ same truncation, same batch size. Rounds alternate ours-auto, ours-fp32, ST, so 
 hits every side alike; the best rate of each side is kept. ``auto`` is bf16 autocast on a CPU with native
 bf16 (AVX512-BF16/AMX) and fp32 elsewhere (retrieval.encoders.resolve_precision); ST encodes in fp32.
 
+``--train-steps N``: a DPR training step (forward, InfoNCE over in-batch + hard negatives, backward, AdamW) on
+the same SciFact batch with the encoder in fp32 and in the machine's precision, alternating, N timed steps each.
+
 ``--ndcg-docs N``: nDCG@10 on the 300 SciFact test claims over a corpus subset of N documents: every
 document judged for a test claim plus the first others of the corpus, encoded once in fp32 and once in
 bf16 (the full 5,183-document corpus takes ~10 minutes per precision on 2 cores).
@@ -60,6 +63,38 @@ def encoding(texts: list[str], batch: int, max_length: int, rounds: int) -> dict
     return {"rates": rates, "embeddings": out, "auto": resolve_precision("auto", "cpu")}
 
 
+def train_step_rates(texts: list[str], queries: list[str], batch: int, max_length: int, steps: int) -> dict:
+    """Seconds per DPR step (B queries, B positives + B hard negatives) in fp32 and in the auto precision."""
+    from retrieval.losses import contrastive_loss
+
+    precisions = {"fp32": "fp32", f"auto ({resolve_precision('auto', 'cpu')})": "auto"}
+    encoders, optims = {}, {}
+    for name, precision in precisions.items():
+        torch.manual_seed(0)
+        encoders[name] = Encoder("all-MiniLM-L6-v2", normalize=False, max_length=max_length, precision=precision)
+        optims[name] = torch.optim.AdamW(encoders[name].parameters(), lr=2e-5)
+    q = encoders["fp32"].tokenize(queries[:batch], 64)
+    p = encoders["fp32"].tokenize(texts[:2 * batch], max_length)
+    targets = torch.arange(batch)
+
+    def step(name: str) -> float:
+        enc, opt = encoders[name], optims[name]
+        t = time.perf_counter()
+        loss = contrastive_loss(enc(**q) @ enc(**p).T, targets)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t
+
+    for name in precisions:  # warm-up (oneDNN kernels, optimizer state)
+        step(name)
+    seconds = {name: [] for name in precisions}
+    for _ in range(steps):
+        for name in precisions:
+            seconds[name].append(step(name))
+    return seconds
+
+
 def ndcg_subset(n_docs: int, max_length: int, batch: int) -> dict[str, float]:
     data = BeirDataset.load("data/scifact", splits=("test",))
     qrels = data.qrels["test"]
@@ -90,6 +125,8 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--train-steps", type=int, default=3, help="timed DPR steps per precision (0: skip)")
+    p.add_argument("--train-batch", type=int, default=16, help="queries per DPR step (+ 2x passages)")
     p.add_argument("--ndcg-docs", type=int, default=0, help="corpus subset size for nDCG@10 fp32 vs bf16 (0: skip)")
     opts = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -111,6 +148,18 @@ def main() -> None:
     for name in ("ours (auto)", "ours (fp32)"):
         cos = (emb[name] * torch.nn.functional.normalize(st, dim=-1)).sum(1)
         print(f"min cosine {name} vs ST: {cos.min().item():.6f}")
+    if opts.train_steps:
+        data = BeirDataset.load("data/scifact", splits=())
+        queries = list(data.queries.values())
+        secs = train_step_rates(texts, queries, opts.train_batch, opts.max_length, opts.train_steps)
+        best = {name: min(v) for name, v in secs.items()}
+        print(f"\nDPR training step, {opts.train_batch} queries x {2 * opts.train_batch} passages ({opts.max_length} "
+              f"tokens), forward + backward + AdamW:")
+        print("| precision | s/step (best) | every step |\n|---|---|---|")
+        for name, v in secs.items():
+            print(f"| {name} | {best[name]:.2f} | {', '.join(f'{x:.2f}' for x in v)} |")
+        fp32, auto = best["fp32"], [v for k, v in best.items() if k != "fp32"][0]
+        print(f"speed-up of the machine's precision over fp32: {fp32 / auto:.2f}x")
     if opts.ndcg_docs:
         s = ndcg_subset(opts.ndcg_docs, opts.max_length, opts.batch)
         print(f"\nnDCG@10 on the 300 SciFact test claims over a {s['docs']}-document subset (all judged documents + "
