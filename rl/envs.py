@@ -144,11 +144,15 @@ class TwoAttemptEnv(Environment):
             if t.turn >= 1:
                 replies.append(Reply(done=True))
                 continue
-            text = self.text
-            if t.eos and self.end_of_turn and text.startswith(self.end_of_turn):
-                text = text[len(self.end_of_turn):]
-            replies.append(Reply(append=text, done=False))
+            replies.append(Reply(append=self.text_after(t.eos), done=False))
         return replies
+
+    def text_after(self, eos: bool) -> str:
+        """The instruction text to append after a turn; without its leading ``end_of_turn`` when the turn
+        ended with EOS (which already closed it)."""
+        if eos and self.end_of_turn and self.text.startswith(self.end_of_turn):
+            return self.text[len(self.end_of_turn):]
+        return self.text
 
     def counters(self) -> dict[str, list[int]]:
         return {"attempts": list(self.attempts)}

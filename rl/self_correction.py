@@ -251,11 +251,7 @@ class InstructionSequenceEnv(Environment):
             if t.turn >= len(self.steps):
                 replies.append(Reply(done=True))
                 continue
-            step = self.steps[t.turn]
-            text = step.text
-            if t.eos and step.end_of_turn and text.startswith(step.end_of_turn):
-                text = text[len(step.end_of_turn):]
-            replies.append(Reply(append=text, done=False))
+            replies.append(Reply(append=self.steps[t.turn].text_after(t.eos), done=False))
         return replies
 
     def counters(self) -> dict[str, list[int]]:

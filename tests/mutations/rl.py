@@ -85,7 +85,7 @@ MUTATIONS = [
      "new": "                    segments[i].append((add, 1))\n                    used[i] += len(add)\n                    pending[i] = add",
      "tests": [f"{ROLL}::test_multi_turn_rollout_masks_and_inserted_passages"]},
     {"name": "second_attempt_doubles_end_of_turn", "file": "rl/envs.py",
-     "old": "text = text[len(self.end_of_turn):]", "new": "text = text",
+     "old": "return self.text[len(self.end_of_turn):]", "new": "return self.text",
      "tests": [f"{PG}::test_two_attempt_env_masks_the_instruction_and_numbers_the_turns"]},
     {"name": "warm_start_does_not_move_the_reference", "file": "lightning_modules/search_r1.py",
      "old": "        self.reference.sync(self.policy)\n", "new": "",
