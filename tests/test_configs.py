@@ -24,13 +24,25 @@ def test_experiment_config_validates(path, capsys):
     assert config["model"]["class_path"] and config["data"]["class_path"]
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-def test_trainer_preset_layers_on_dpr(preset, capsys):
-    config = print_config(["--config", "configs/dpr_scifact.yaml", "--config", preset], capsys)
+# every preset on DPR; the FSDP2 presets on each of the other trainable methods (lightning_modules.sharding)
+FSDP2_PRESETS = ["configs/trainer/fsdp2.yaml", "configs/trainer/fsdp2_cpu.yaml"]
+SHARDED_METHODS = ["configs/replug_lsr_nq.yaml", "configs/retrobust_nq.yaml", "configs/score_stage1_arithmetic.yaml",
+                   "configs/search_r1_grpo_nq.yaml"]
+
+
+@pytest.mark.parametrize("experiment, preset", [("configs/dpr_scifact.yaml", p) for p in PRESETS]
+                         + [(e, p) for e in SHARDED_METHODS for p in FSDP2_PRESETS])
+def test_trainer_preset_layers_on_trainable_methods(experiment, preset, capsys):
+    config = print_config(["--config", experiment, "--config", preset], capsys)
     expected = yaml.safe_load(open(preset))["trainer"]
-    assert config["trainer"]["precision"] == expected["precision"]
-    if isinstance(expected.get("strategy"), dict):  # the preset's strategy class survives the layering
+    for key in ("precision", "accelerator", "devices"):   # the preset's, not the experiment's
+        if key in expected:
+            assert config["trainer"][key] == expected[key], key
+    if isinstance(expected.get("strategy"), dict):  # the preset's strategy and its options survive the layering
         assert config["trainer"]["strategy"]["class_path"] == expected["strategy"]["class_path"]
+        for key, value in expected["strategy"].get("init_args", {}).items():
+            if not isinstance(value, list):   # (FSDP1's class lists are printed by their short import path)
+                assert config["trainer"]["strategy"]["init_args"][key] == value, key
 
 
 def test_interpolation_sees_command_line_overrides(capsys):
