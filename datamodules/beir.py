@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.resumable import StatefulDataLoader, train_loader
 from retrieval.beir import BeirDataset, DataFormatError, find_file, passage_text
 from retrieval.bm25 import BM25, mine_hard_negatives
 
@@ -47,13 +48,25 @@ class ContrastivePairs(Dataset):
 
     Each fetch draws the positive (when a query has several) and ``num_negatives`` negatives from the
     query's mined window with an RNG seeded by (seed, index, draw count): reproducible, and different
-    from one epoch to the next (use ``persistent_workers`` when ``num_workers > 0``)."""
+    from one epoch to the next. The counters are checkpointed (``state_dict``), hence loaded without
+    workers (datamodules.resumable)."""
 
     def __init__(self, query_ids: list[str], queries: dict[str, str], positives: dict[str, list[str]],
                  negatives: dict[str, list[str]], passages: dict[str, str], num_negatives: int, seed: int = 0):
         self.query_ids, self.queries, self.positives = query_ids, queries, positives
         self.negatives, self.passages, self.num_negatives, self.seed = negatives, passages, num_negatives, seed
         self.draws = [0] * len(query_ids)
+
+    # The draw counters go into checkpoints with the training loader (datamodules.resumable), so a resumed
+    # run draws what an uninterrupted one would.
+    def state_dict(self) -> dict:
+        return {"draws": torch.tensor(self.draws, dtype=torch.int64)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["draws"]) != len(self.draws):
+            raise ValueError(f"ContrastivePairs checkpoint: {len(state['draws'])} draw counters for {len(self.draws)} "
+                             "items; was it saved with the same training data?")
+        self.draws = state["draws"].tolist()
 
     def __len__(self) -> int:
         return len(self.query_ids)
@@ -167,14 +180,13 @@ class BEIRDataModule(L.LightningDataModule):
                                 hp.num_negatives, hp.seed)
 
     # -- loaders --------------------------------------------------------------------------------
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StatefulDataLoader:
         if not self.hparams.train_split:
             raise ValueError("BEIRDataModule: train_split is None, so there is nothing to train on")
         if self.train_dataset is None:
             self.train_dataset = self._build_train_dataset()
-        return DataLoader(self.train_dataset, batch_size=self.hparams.batch_size, shuffle=True, drop_last=True,
-                          collate_fn=self.train_dataset.collate, num_workers=self.hparams.num_workers,
-                          persistent_workers=self.hparams.num_workers > 0)
+        return train_loader(self.train_dataset, self.hparams.batch_size, self.hparams.seed, self.trainer,
+                            drop_last=True, collate_fn=self.train_dataset.collate, num_workers=self.hparams.num_workers)
 
     def _eval_loaders(self, qrels: dict[str, dict[str, int]]) -> list[DataLoader]:
         qids = sorted(qrels)

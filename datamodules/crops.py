@@ -11,9 +11,11 @@ from __future__ import annotations
 import random
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.utils.data import Dataset
 
 from datamodules.beir import BEIRDataModule
+from datamodules.resumable import StatefulDataLoader, train_loader
 from retrieval.cropping import crop_pair, words
 
 
@@ -26,6 +28,17 @@ class CropPairs(Dataset):
         self.doc_ids, self.texts = doc_ids, texts
         self.ratio_min, self.ratio_max, self.deletion_prob, self.seed = ratio_min, ratio_max, deletion_prob, seed
         self.draws = [0] * len(doc_ids)
+
+    # The draw counters go into checkpoints with the training loader (datamodules.resumable), so a resumed
+    # run draws what an uninterrupted one would.
+    def state_dict(self) -> dict:
+        return {"draws": torch.tensor(self.draws, dtype=torch.int64)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["draws"]) != len(self.draws):
+            raise ValueError(f"CropPairs checkpoint: {len(state['draws'])} draw counters for {len(self.draws)} "
+                             "items; was it saved with the same training data?")
+        self.draws = state["draws"].tolist()
 
     def __len__(self) -> int:
         return len(self.doc_ids)
@@ -81,7 +94,7 @@ class CropPairsDataModule(L.LightningDataModule):
             self.train_dataset = CropPairs(keep, [self.passages[d] for d in keep], hp.ratio_min, hp.ratio_max,
                                            hp.deletion_prob, hp.seed)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StatefulDataLoader:
         hp = self.hparams
         world = self.trainer.world_size if self.trainer is not None else 1
         if len(self.train_dataset) // world < hp.batch_size:
@@ -90,9 +103,8 @@ class CropPairsDataModule(L.LightningDataModule):
                 f"{hp.data_dir}{f', {len(self.train_dataset) // world} per process on {world}' if world > 1 else ''}: "
                 f"every batch must be full (drop_last), so no training step would run; set "
                 f"--data.init_args.batch_size {len(self.train_dataset) // world} or less")
-        return DataLoader(self.train_dataset, batch_size=hp.batch_size, shuffle=True, drop_last=True,
-                          collate_fn=CropPairs.collate, num_workers=hp.num_workers,
-                          persistent_workers=hp.num_workers > 0)
+        return train_loader(self.train_dataset, hp.batch_size, hp.seed, self.trainer, drop_last=True,
+                            collate_fn=CropPairs.collate, num_workers=hp.num_workers)
 
     def val_dataloader(self):
         return self.beir.val_dataloader()

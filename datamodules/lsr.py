@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.beir import resolve_data_dir
 from datamodules.qa import QADataset, _corpus_file, read_qa_jsonl
+from datamodules.resumable import StatefulDataLoader, train_loader
 from retrieval.beir import load_corpus, passage_text
 
 
@@ -58,14 +59,19 @@ class _LSRData(L.LightningDataModule):
         self.passages = {pid: passage_text(doc) for pid, doc in corpus.items()}
         return corpus
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
+    def _dataset(self, split: str) -> QADataset:
         if not self.splits.get(split):
             raise ValueError(f"{type(self).__name__}: no {split} examples configured")
-        return DataLoader(QADataset(self.splits[split]), batch_size=batch_size, shuffle=shuffle,
-                          collate_fn=collate_lsr, num_workers=self.hparams.num_workers)
+        return QADataset(self.splits[split])
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.hparams.batch_size, shuffle=True)
+    def _loader(self, split: str, batch_size: int) -> DataLoader:
+        return DataLoader(self._dataset(split), batch_size=batch_size, collate_fn=collate_lsr,
+                          num_workers=self.hparams.num_workers)
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        hp = self.hparams
+        return train_loader(self._dataset("train"), hp.batch_size, hp.seed, self.trainer, collate_fn=collate_lsr,
+                            num_workers=hp.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.hparams.eval_batch_size)
@@ -81,12 +87,13 @@ class LSRQADataModule(_LSRData):
             passage nDCG is computed against).
         train_limit / val_limit / test_limit: the first N questions of each file (None = all).
         batch_size / eval_batch_size: questions per training / evaluation step.
+        seed: the training order (each epoch's by (seed, epoch)).
     """
 
     def __init__(self, corpus: str = "data/nq_pool", train_file: str | None = "data/nq_pool/train.jsonl",
                  val_file: str | None = None, test_file: str | None = "data/nq_pool/test.jsonl",
                  train_limit: int | None = None, val_limit: int | None = None, test_limit: int | None = None,
-                 batch_size: int = 8, eval_batch_size: int = 16, num_workers: int = 0):
+                 batch_size: int = 8, eval_batch_size: int = 16, num_workers: int = 0, seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
 
@@ -114,7 +121,8 @@ class LSRLanguageModelingDataModule(_LSRData):
         corpus: BEIR corpus file or folder; every passage is a retrieval candidate, and passages with at
             least ``min_words`` words can be queries.
         num_train / num_val / num_test: query passages per split, drawn without overlap after a shuffle
-            with ``seed`` (test first, then val, then train, so the test set does not depend on num_train).
+            with ``seed`` (test first, then val, then train, so the test set does not depend on num_train);
+            ``seed`` also orders the training epochs.
         batch_size / eval_batch_size: queries per training / evaluation step.
     """
 

@@ -19,6 +19,7 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.beir import resolve_data_dir
+from datamodules.resumable import StatefulDataLoader, train_loader
 from retrieval.beir import DataFormatError, load_corpus, passage_text, read_jsonl
 
 
@@ -68,11 +69,12 @@ class QADataModule(L.LightningDataModule):
             ({id: title + " " + text}, ``retrieval.beir.passage_text``) and ``doc_ids``.
         limit: use only the first ``limit`` questions of each file (quick runs; None = all).
         batch_size: questions per step.
+        seed: the training order (each epoch's by (seed, epoch)).
     """
 
     def __init__(self, test_file: str = "data/nq_pool/test.jsonl", val_file: str | None = None,
                  train_file: str | None = None, corpus: str | None = "data/nq_pool", limit: int | None = None,
-                 batch_size: int = 8, num_workers: int = 0):
+                 batch_size: int = 8, num_workers: int = 0, seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
         self.splits: dict[str, list[dict]] = {}
@@ -96,14 +98,19 @@ class QADataModule(L.LightningDataModule):
         """The passage pool's ids, in file order (what ``callbacks.IndexRefresh`` encodes)."""
         return list(self.passages)
 
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+    def _dataset(self, split: str) -> QADataset:
         if split not in self.splits:
             raise ValueError(f"QADataModule: no {split} file configured")
-        return DataLoader(QADataset(self.splits[split]), batch_size=self.hparams.batch_size, shuffle=shuffle,
-                          collate_fn=collate_qa, num_workers=self.hparams.num_workers)
+        return QADataset(self.splits[split])
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+    def _loader(self, split: str) -> DataLoader:
+        return DataLoader(self._dataset(split), batch_size=self.hparams.batch_size, collate_fn=collate_qa,
+                          num_workers=self.hparams.num_workers)
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        hp = self.hparams
+        return train_loader(self._dataset("train"), hp.batch_size, hp.seed, self.trainer, collate_fn=collate_qa,
+                            num_workers=hp.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

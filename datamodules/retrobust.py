@@ -20,9 +20,10 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from datamodules.qa import QADataModule, QADataset
+from datamodules.resumable import StatefulDataLoader, train_loader
 from generation.lm import DEFAULT_GENERATOR, load_tokenizer
 from generation.prompts import PromptFormat, prompt_format, uses_chat
 from generation.tokens import TokenBatch
@@ -104,7 +105,7 @@ class RetRobustDataModule(QADataModule):
                  answer_suffix: str = "\n", max_length: int = 1024, batch_size: int = 8, eval_batch_size: int = 8,
                  num_workers: int = 0, seed: int = 0):
         super().__init__(test_file=test_file, val_file=val_file, train_file=train_file, corpus=corpus, limit=None,
-                         batch_size=batch_size, num_workers=num_workers)
+                         batch_size=batch_size, num_workers=num_workers, seed=seed)
         self.save_hyperparameters(ignore=["prompt"])
         self.hparams.limit = None  # read by QADataModule.setup; the splits are limited per split here
         if len(proportions) != len(KINDS) or any(p < 0 for p in proportions) or abs(sum(proportions) - 1) > 1e-6:
@@ -219,15 +220,10 @@ class RetRobustDataModule(QADataModule):
             raise ValueError(f"RetRobustDataModule: no {split} file configured")
         return self.examples[split]
 
-    def train_dataloader(self) -> DataLoader:
-        # A sampler seeded by (seed, epoch) (Lightning calls set_epoch): the order of an epoch does not depend
-        # on the global RNG, so a run resumed from a checkpoint sees the batches an uninterrupted one would.
-        trainer = self.trainer
-        sampler = DistributedSampler(QADataset(self._split("train")), shuffle=True, seed=self.hparams.seed,
-                                     num_replicas=trainer.world_size if trainer else 1,
-                                     rank=trainer.global_rank if trainer else 0)
-        return DataLoader(sampler.dataset, batch_size=self.hparams.batch_size, sampler=sampler,
-                          collate_fn=self.collate_train, num_workers=self.hparams.num_workers)
+    def train_dataloader(self) -> StatefulDataLoader:
+        hp = self.hparams
+        return train_loader(QADataset(self._split("train")), hp.batch_size, hp.seed, self.trainer,
+                            collate_fn=self.collate_train, num_workers=hp.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(QADataset(self._split("val")), batch_size=self.hparams.eval_batch_size,

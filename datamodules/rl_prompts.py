@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.beir import resolve_data_dir
 from datamodules.qa import read_qa_jsonl
+from datamodules.resumable import StatefulDataLoader, train_loader
 
 
 def collate(rows: list[dict]) -> dict:
@@ -30,7 +31,7 @@ class RLPromptDataModule(L.LightningDataModule):
         batch_size: questions per training step (each gets ``group_size`` rollouts in the module).
         eval_batch_size: questions per evaluation batch.
         limit_train / limit_val / limit_test: only the first N questions of a file (CPU-sized runs).
-        seed: the order of the training questions (shuffled once, then by the loader each epoch).
+        seed: the order of the training questions (shuffled once, then each epoch by (seed, epoch)).
     """
 
     def __init__(self, train_file: str = "data/nq_pool/train.jsonl", val_file: str | None = None,
@@ -50,10 +51,10 @@ class RLPromptDataModule(L.LightningDataModule):
                 if split == "train":
                     random.Random(hp.seed).shuffle(self.rows[split])
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StatefulDataLoader:
         rows = self.rows["train"]
-        return DataLoader(rows, batch_size=self.hparams.batch_size, shuffle=True, collate_fn=collate,
-                          drop_last=len(rows) >= self.hparams.batch_size)
+        return train_loader(rows, self.hparams.batch_size, self.hparams.seed, self.trainer, collate_fn=collate,
+                            drop_last=len(rows) >= self.hparams.batch_size)
 
     def val_dataloader(self):
         if "val" not in self.rows:

@@ -19,6 +19,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from datamodules.beir import resolve_data_dir
+from datamodules.resumable import StatefulDataLoader, train_loader
 from rl.self_correction import MATH_SHOTS, ProblemFormat, arithmetic_problems, task_kind
 from rl.tasks import load_gsm8k, load_humaneval, load_math, load_mbpp
 
@@ -164,10 +165,10 @@ class SelfCorrectionDataModule(L.LightningDataModule):
                              f"(set data.init_args.{files[name]})")
         return self.rows[name]
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StatefulDataLoader:
         rows = self._split("train")
-        return DataLoader(rows, batch_size=self.hparams.batch_size, shuffle=True, collate_fn=as_list,
-                          drop_last=len(rows) >= self.hparams.batch_size)
+        return train_loader(rows, self.hparams.batch_size, self.hparams.seed, self.trainer, collate_fn=as_list,
+                            drop_last=len(rows) >= self.hparams.batch_size)
 
     def val_dataloader(self):
         if "val" not in self.rows:
