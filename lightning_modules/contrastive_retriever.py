@@ -28,6 +28,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from callbacks.retrieval_eval import RetrievalEvaluator
 from generation.lora import apply_lora, merged
+from lightning_modules.rng_state import load_rng_state, save_rng_state
 from lightning_modules.sharding import shard
 from retrieval.distributed import gather_no_grad, global_exclude, global_scores
 from retrieval.encoders import DEFAULT_ENCODER, Encoder
@@ -270,6 +271,13 @@ class ContrastiveRetriever(L.LightningModule):
 
     def configure_optimizers(self):
         return warmup_then_decay(self, self.optimizer_factory, self.hparams.warmup)
+
+    # -- checkpoints: the RNG state too (dropout), so a resumed run equals an uninterrupted one ---------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        save_rng_state(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        load_rng_state(checkpoint)
 
     # -- evaluation -----------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:

@@ -9,15 +9,13 @@ and writes its ``training_step`` as numbered calls: rollout, reward, reference, 
 
 from __future__ import annotations
 
-import random
-
 import lightning as L
-import numpy as np
 import torch
 
 from generation.lm import load_causal_lm
 from generation.logprobs import masked_nll
 from generation.tokens import TokenBatch
+from lightning_modules.rng_state import load_rng_state, save_rng_state
 from rl.rollout import Rollouts
 from rl.update import LossConfig, Schedule, update
 
@@ -64,20 +62,9 @@ class PolicyGradientModule(L.LightningModule):
         self._step()
         return loss.item()
 
-    # -- checkpoints: the RNG state too (plain types: Lightning loads with torch.load(weights_only=True)) ----
+    # -- checkpoints: the RNG state too (lightning_modules.rng_state) -------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        name, keys, pos, has_gauss, gauss = np.random.get_state()
-        checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        save_rng_state(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        rng = checkpoint.get("rng")
-        if rng is None:
-            return
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
-        name, keys, pos, has_gauss, gauss = rng["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        load_rng_state(checkpoint)

@@ -34,6 +34,7 @@ from generation.rag import answer_questions
 from generation.replug import replug_score
 from generation.scoring import score_triples
 from lightning_modules.contrastive_retriever import decay_groups
+from lightning_modules.rng_state import load_rng_state, save_rng_state
 from retrieval.embeddings_store import EmbeddingsStore, write_embeddings
 from retrieval.encoders import DEFAULT_ENCODER, Encoder
 from retrieval.index import DenseIndex
@@ -252,6 +253,13 @@ class ReplugLSR(L.LightningModule):
         warmup_steps = int(warmup * total) if warmup < 1 else int(warmup)
         scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints: the RNG state too (encoder dropout), so a resumed run equals an uninterrupted one --------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        save_rng_state(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        load_rng_state(checkpoint)
 
     # -- evaluation -----------------------------------------------------------------------------------------
     def _evaluate(self, batch: dict, stage: str) -> None:

@@ -32,6 +32,7 @@ from generation.lora import merged
 from generation.nli import LMJudge, NLIClassifier, nli_hypothesis, select_answers
 from generation.qa_metrics import exact_match, f1_score
 from generation.rag import read
+from lightning_modules.rng_state import load_rng_state, save_rng_state
 
 COLUMNS = ("closed_book", *KINDS, *(f"nli_{k}" for k in KINDS))
 
@@ -207,7 +208,7 @@ class RetRobust(L.LightningModule):
         keep = self.trainable_names()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         # LoRA dropout draws from torch's RNG: a resumed run continues the same stream.
-        checkpoint["torch_rng"] = torch.get_rng_state()
+        save_rng_state(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         want, have = self.trainable_names(), set(checkpoint["state_dict"])
@@ -215,8 +216,7 @@ class RetRobust(L.LightningModule):
             raise ValueError(f"RetRobust checkpoint: its parameters do not match the model's trainable ones (missing "
                              f"{sorted(want - have)[:3]}, unexpected {sorted(have - want)[:3]}); was it saved with "
                              "the same lora settings?")
-        if "torch_rng" in checkpoint:
-            torch.set_rng_state(checkpoint["torch_rng"])
+        load_rng_state(checkpoint)
 
     # -- export -----------------------------------------------------------------------------------------
     def merged_model(self):
