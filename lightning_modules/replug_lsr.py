@@ -35,6 +35,7 @@ from generation.replug import replug_score
 from generation.scoring import score_triples
 from lightning_modules.contrastive_retriever import decay_groups
 from lightning_modules.rng_state import load_rng_state, save_rng_state
+from lightning_modules.sharding import full_parameters, shard
 from retrieval.embeddings_store import EmbeddingsStore, write_embeddings
 from retrieval.encoders import DEFAULT_ENCODER, Encoder
 from retrieval.index import DenseIndex
@@ -129,17 +130,26 @@ class ReplugLSR(L.LightningModule):
         if hp.score_cache:
             prompt_id = settings_fingerprint(self.prompt, hp.target_prefix, hp.lm_reduction, hp.lm_max_length)
             self.score_cache = LMScoreCache(hp.score_cache, self.frozen.fingerprint, prompt_id)
+        # FSDP2 (ModelParallelStrategy): the trained encoder (shared, or the query encoder) block by block. The frozen
+        # passage encoder and the frozen LM stay whole on every rank: neither has gradients or optimizer state to
+        # shard, and each runs a different number of forwards per rank (the passage encoder encodes this rank's
+        # shards of the corpus; the LM scores only what the score cache misses), which sharded weights, gathered
+        # by collectives in every forward, would deadlock on.
+        shard(self, self.q_encoder.model)
 
     @property
     def q_encoder(self) -> Encoder:
         return self.passage_encoder if self.query_encoder is None else self.query_encoder
 
     def encode_passages(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-        """(N, H) corpus embeddings (callbacks.IndexRefresh calls this)."""
-        return self.passage_encoder.encode(texts, batch_size, self.hparams.passage_max_length, show_progress=False)
+        """(N, H) corpus embeddings (callbacks.IndexRefresh calls this). Under FSDP2 with whole parameters:
+        ranks encode shares of the corpus of different sizes, without waiting on each other."""
+        with full_parameters(self.passage_encoder.model):
+            return self.passage_encoder.encode(texts, batch_size, self.hparams.passage_max_length, show_progress=False)
 
     def encode_queries(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-        return self.q_encoder.encode(texts, batch_size, self.hparams.query_max_length, show_progress=False)
+        with full_parameters(self.q_encoder.model):
+            return self.q_encoder.encode(texts, batch_size, self.hparams.query_max_length, show_progress=False)
 
     # -- the index ----------------------------------------------------------------------------------------
     def attach_corpus(self, passages: dict[str, str]) -> None:

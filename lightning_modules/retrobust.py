@@ -33,6 +33,7 @@ from generation.nli import LMJudge, NLIClassifier, nli_hypothesis, select_answer
 from generation.qa_metrics import exact_match, f1_score
 from generation.rag import read
 from lightning_modules.rng_state import load_rng_state, save_rng_state
+from lightning_modules.sharding import full_parameters, shard
 
 COLUMNS = ("closed_book", *KINDS, *(f"nli_{k}" for k in KINDS))
 
@@ -109,6 +110,9 @@ class RetRobust(L.LightningModule):
             self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hp.lora is not None:
                 self.lm.enable_input_require_grads()
+        # FSDP2 (ModelParallelStrategy): the LM block by block, the frozen base with its adapters (a 4-bit base
+        # is refused: lightning_modules.sharding.refuse_quantized); nothing on one process or DDP
+        shard(self, self.lm)
 
     def trainable_names(self) -> set[str]:
         return {n for n, p in self.named_parameters() if p.requires_grad}
@@ -184,7 +188,8 @@ class RetRobust(L.LightningModule):
         questions, gold = batch["questions"], batch["answers"]
         fmt = self.trainer.datamodule.prompt_format
         for row in self.rows():
-            with self.adapters(row):
+            # FSDP2: whole parameters for generation, so ranks need not generate in lockstep
+            with self.adapters(row), full_parameters(self.lm):
                 answers = self.answer_table(questions, batch["contexts"], fmt)
             for column, preds in answers.items():                 # 4. EM / F1 (SQuAD normalisation)
                 em = [exact_match(p, g) for p, g in zip(preds, gold)]

@@ -33,6 +33,7 @@ from lightning.pytorch.cli import OptimizerCallable
 
 from generation.lm import DEFAULT_GENERATOR, load_tokenizer
 from lightning_modules.policy_gradient import PolicyGradientModule
+from lightning_modules.sharding import full_parameters, shard
 from rl.envs import SingleTurn
 from rl.kl import kl_estimate
 from rl.policy import ReferencePolicy
@@ -152,6 +153,9 @@ class SCoRe(PolicyGradientModule):
         self.reference = ReferencePolicy.for_policy(self.policy, self.loss_config.uses_kl)
         if hp.init_from:
             load_policy_weights(self.policy, hp.init_from)
+        # FSDP2 (ModelParallelStrategy): the policy and a copy-mode reference block by block (an adapters-off
+        # reference is the policy itself: its base is sharded once); nothing on one process or DDP
+        shard(self, self.policy, self.reference.model)
 
     @property
     def env(self):
@@ -162,9 +166,11 @@ class SCoRe(PolicyGradientModule):
 
     def sample(self, prompts: list[str]) -> Rollouts:
         hp = self.hparams
-        return rollout(self.policy, self.tokenizer, prompts, self.env, max_turn_tokens=hp.max_turn_tokens,
-                       max_response_tokens=self.max_response_tokens, temperature=hp.temperature, top_p=hp.top_p,
-                       logprob_micro_batch_size=hp.micro_batch_size, generation_kwargs=self.generation_kwargs)
+        # FSDP2: whole parameters on each rank for the rollout, so ranks need not generate in lockstep
+        with full_parameters(self.policy):
+            return rollout(self.policy, self.tokenizer, prompts, self.env, max_turn_tokens=hp.max_turn_tokens,
+                           max_response_tokens=self.max_response_tokens, temperature=hp.temperature, top_p=hp.top_p,
+                           logprob_micro_batch_size=hp.micro_batch_size, generation_kwargs=self.generation_kwargs)
 
     # -- training ---------------------------------------------------------------------------------------
     def training_step(self, batch: list[dict], batch_idx: int) -> None:
@@ -209,12 +215,14 @@ class SCoRe(PolicyGradientModule):
     # -- evaluation -------------------------------------------------------------------------------------
     def _evaluate(self, batch: list[dict], prefix: str) -> None:
         hp = self.hparams
-        out = evaluate_two_attempts(self.policy, self.tokenizer, batch, self.task,
-                                    env=two_attempt_env(self.tokenizer, self.task, hp.instruction, chat=self.format.chat),
-                                    problem_format=self.format, greedy=True,
-                                    max_turn_tokens=hp.eval_max_turn_tokens or hp.max_turn_tokens,
-                                    max_response_tokens=self.max_response_tokens, batch_size=len(batch),
-                                    reward=self.reward_fn, generation_kwargs=self.generation_kwargs)
+        with full_parameters(self.policy):  # FSDP2: greedy attempts of different lengths on each rank
+            out = evaluate_two_attempts(self.policy, self.tokenizer, batch, self.task,
+                                        env=two_attempt_env(self.tokenizer, self.task, hp.instruction,
+                                                            chat=self.format.chat),
+                                        problem_format=self.format, greedy=True,
+                                        max_turn_tokens=hp.eval_max_turn_tokens or hp.max_turn_tokens,
+                                        max_response_tokens=self.max_response_tokens, batch_size=len(batch),
+                                        reward=self.reward_fn, generation_kwargs=self.generation_kwargs)
         records, n = out["records"], len(out["records"])
         logs = {f"{prefix}/{METRIC_NAMES[k]}": v for k, v in out["metrics"].items() if k in METRIC_NAMES}
         logs[f"{prefix}/edit_distance"] = sum(edit_distance_ratio([x["attempt_1"] for x in records],

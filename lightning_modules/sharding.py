@@ -115,6 +115,7 @@ def shard(module, *models: nn.Module | None) -> bool:
         mesh = mesh["data_parallel"]
     for model in models:
         if model is not None and not isinstance(model, FSDPModule):
+            refuse_quantized(model)
             shard_model(model, mesh, **options)
     # a trainable parameter left out would never have its gradient averaged: ranks would drift apart
     missed = [n for n, p in module.named_parameters() if p.requires_grad and type(p).__name__ != "DTensor"]
@@ -122,6 +123,17 @@ def shard(module, *models: nn.Module | None) -> bool:
         raise ValueError(f"shard: {type(module).__name__} has trainable parameters outside the sharded models: "
                          f"{missed[:5]}{' ...' if len(missed) > 5 else ''}; pass their modules to shard()")
     return True
+
+
+def refuse_quantized(model: nn.Module) -> None:
+    """A bitsandbytes 4-bit base (QLoRA) cannot be sharded here: ``fully_shard`` would cut its packed uint8
+    storage into row chunks while its quantisation state (absmax, code) stays whole, and the CPU kernels
+    expect the whole packed tensor. Stop before a run that would compute with broken weights."""
+    quantized = [n for n, p in model.named_parameters() if type(p).__name__ in ("Params4bit", "Int8Params")]
+    if quantized:
+        raise ValueError(f"FSDP2: {type(model).__name__} has a bitsandbytes-quantized base ({quantized[0]}, ...), which "
+                         "FSDP2 does not shard here; use load_in_4bit false (LoRA on a bf16/fp32 base) with the fsdp2 "
+                         "preset, or keep the 4-bit base and drop the preset")
 
 
 @contextmanager
