@@ -41,10 +41,10 @@ def sgd(params):
     return torch.optim.SGD(params, lr=0.5)
 
 
-def _retriever(model_dir, **kw):
+def _retriever(model_dir, optimizer=sgd, **kw):
     from lightning_modules import ContrastiveRetriever
 
-    return ContrastiveRetriever(model_dir, shared_encoder=False, similarity="dot", temperature=1.0, optimizer=sgd,
+    return ContrastiveRetriever(model_dir, shared_encoder=False, similarity="dot", temperature=1.0, optimizer=optimizer,
                                 warmup=0, query_max_length=16, passage_max_length=16, gather_negatives=True, **kw)
 
 
@@ -251,3 +251,271 @@ def test_search_r1_grpo_fsdp2_step_equals_one_process(tiny_llama_dir, tmp_path):
     # greedy generation through the sharded policy: each rank's questions, as one process answers them
     greedy = model.sample(model.prompts([q["question"] for q in QUESTIONS[0::2] + QUESTIONS[1::2]]), greedy=True)
     assert result["greedy"][0] + result["greedy"][1] == greedy.responses
+
+
+# -- ReplugLSR, RetRobust, SCoRe: one worker, a factory per method ---------------------------------------------
+# Each factory builds (module, data, names of the metrics that make up the loss) from picklable arguments, so the
+# same call runs in the 2 spawned processes (each rank holding half the batch: Lightning's DistributedSampler
+# deals the rows out in a seeded shuffle) and in this process holding the whole batch.
+def _method_worker(rank, world, port, factory, args, out_dir, trainer_kw):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank), NODE_RANK="0")
+    torch.set_num_threads(1)
+    from lightning_modules.sharding import FSDP2Strategy
+
+    model, data, keys = factory(*args, batch_size=2)
+    trainer = _trainer(2, FSDP2Strategy(), out_dir, max_steps=1, enable_checkpointing=False, **trainer_kw)
+    trainer.fit(model, data)
+    # each rank logs the loss of its own rows: the batch's loss is the mean (equal rows per rank)
+    loss = torch.stack([trainer.callback_metrics[k].detach().float() for k in keys])
+    torch.distributed.all_reduce(loss)
+    result = {"weights": _trainable(model), "loss": loss / world, "nparams": len(_trainable(model)),
+              "sharded": sum(type(p).__name__ == "DTensor" for p in model.parameters() if p.requires_grad),
+              "whole": sorted({n.split(".")[0] for n, p in model.named_parameters() if type(p).__name__ != "DTensor"}),
+              "reference": getattr(getattr(model, "reference", None), "mode", None)}
+    if rank == 0:
+        torch.save(result, os.path.join(out_dir, "result.pt"))
+
+
+def _trainable(model) -> dict[str, torch.Tensor]:
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {n: w for n, w in _full_weights(model).items() if n in names}
+
+
+def _one_process_step(factory, args, root, trainer_kw):
+    import lightning as L
+
+    model, data, keys = factory(*args, batch_size=4)
+    initial = None
+
+    class Initial(L.Callback):
+        def on_train_start(self, trainer, module):  # after configure_model (and any test-set adapters)
+            nonlocal initial
+            initial = _trainable(module)
+
+    _trainer(1, "auto", root, max_steps=1, enable_checkpointing=False, callbacks=[Initial()], **trainer_kw).fit(
+        model, data)
+    return initial, _trainable(model), torch.stack([model.trainer.callback_metrics[k].detach().float() for k in keys])
+
+
+def _compare_methods(factory, args, tmp_path, trainer_kw=None):
+    trainer_kw = trainer_kw or {}
+    _spawn(_method_worker, factory, args, str(tmp_path), trainer_kw)
+    result = torch.load(tmp_path / "result.pt")
+    initial, weights, loss = _one_process_step(factory, args, str(tmp_path / "one"), trainer_kw)
+    _assert_same_step(result, weights, loss, initial)
+    return result
+
+
+def _set_adapters(model, scale=0.1):
+    """Seeded A and B of every LoRA adapter (peft starts B at 0: the first step would move B only, and an
+    adapters-off reference would equal the policy), the same in every process; a sharded parameter gets its
+    shard of the same tensor."""
+    from torch.distributed.tensor import distribute_tensor
+
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_" in n:
+                full = torch.randn(p.shape, generator=g) * scale
+                p.copy_(distribute_tensor(full, p.device_mesh, p.placements) if hasattr(p, "device_mesh") else full)
+
+
+# ReplugLSR: a 10-passage corpus, 4 questions whose top-3 passages differ; the frozen LM scores them
+LSR_PASSAGES = {f"d{i}": f"passage {i} says the {w} is {c}" for i, (w, c) in enumerate(
+    [("sky", "blue"), ("grass", "green"), ("sun", "yellow"), ("snow", "white"), ("coal", "black"),
+     ("rose", "red"), ("sea", "deep"), ("road", "long"), ("tower", "tall"), ("cave", "dark")])}
+LSR_ROWS = [{"id": f"q{i}", "input": f"what colour is the {w}", "target": t, "exclude": [], "gold_id": None}
+            for i, (w, t) in enumerate([("sky", "blue"), ("grass", "green"), ("snow", "white"), ("coal", "black")])]
+
+
+def _lsr(retriever_dir, lm_dir, train_passage_encoder, batch_size):
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from datamodules.lsr import collate_lsr
+    from generation.prompts import PromptFormat
+    from lightning_modules.replug_lsr import ReplugLSR
+
+    class Data(L.LightningDataModule):
+        passages, doc_ids = LSR_PASSAGES, list(LSR_PASSAGES)
+
+        def train_dataloader(self):
+            return DataLoader(LSR_ROWS, batch_size=batch_size, collate_fn=collate_lsr)
+
+    model = ReplugLSR(retriever_dir, lm_dir, train_passage_encoder=train_passage_encoder, query_max_length=16,
+                      passage_max_length=16, top_k=3, gamma=0.1, beta=0.1, lm_batch_size=16,
+                      prompt=PromptFormat(chat=False, answer_prefix="Answer:"),
+                      optimizer=sgd, warmup=0, replug_k=0)
+    return model, Data(), ["train/loss"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("train_passage_encoder", [True, False], ids=["shared", "query_side"])
+def test_replug_lsr_fsdp2_step_equals_one_process(tiny_bert_dir, tiny_llama_dir, tmp_path, train_passage_encoder):
+    """The trained encoder sharded (the shared one, or Atlas's query encoder with the passage encoder frozen and
+    whole), the frozen LM whole; gradient clipping on (its norm must be the global one)."""
+    result = _compare_methods(_lsr, (tiny_bert_dir, tiny_llama_dir, train_passage_encoder), tmp_path,
+                              {"gradient_clip_val": 0.05})
+    # the frozen passage encoder (query-side variant) stays whole; the LM is outside the module tree
+    assert result["whole"] == ([] if train_passage_encoder else ["passage_encoder"])
+
+
+# RetRobust: LoRA on the tiny Llama; rows of different prompts and lengths. masked_nll divides by the answer
+# tokens of the batch it sees: every row has 2 answer tokens, so that each rank's half holds as many as the
+# other's, whichever rows the sampler deals it, and the mean of the ranks' losses is the whole batch's (with
+# unequal counts the ranks' tokens would weigh differently, under DDP as under FSDP2).
+RETROBUST_ROWS = [([5, 17, 230, 41, 9], 2), ([77, 310, 12, 6, 801, 44, 2], 2), ([900, 3, 55, 120], 2),
+                  ([8, 61, 402, 19, 27, 33], 2)]
+
+
+def _retrobust_collate(rows):
+    from generation.tokens import TokenBatch
+
+    return {"tokens": TokenBatch.from_segments([[(ids[:-n], 0), (ids[-n:], 1)] for ids, n in rows], pad_id=0)}
+
+
+def _retrobust(lm_dir, batch_size):
+    from torch.utils.data import DataLoader
+
+    from lightning_modules.retrobust import RetRobust
+
+    class SetAdapters(RetRobust):
+        def configure_model(self):
+            fresh = self.lm is None
+            super().configure_model()
+            if fresh:
+                _set_adapters(self.lm)
+
+    model = SetAdapters(lm_dir, lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+                        evaluate_base=False, optimizer=sgd, warmup_ratio=0.0, micro_batch_size=1, nli_kinds=())
+    return model, DataLoader(RETROBUST_ROWS, batch_size=batch_size, collate_fn=_retrobust_collate), ["train/loss"]
+
+
+@pytest.mark.slow
+def test_retrobust_lora_fsdp2_step_equals_one_process(tiny_llama_dir, tmp_path):
+    """The LM sharded block by block with its LoRA adapters, micro-batches of one row (gradients accumulate
+    before the reduce-scatter), gradient clipping on."""
+    result = _compare_methods(_retrobust, (tiny_llama_dir,), tmp_path, {"gradient_clip_val": 0.05})
+    assert result["whole"] == []    # the frozen base is sharded too
+
+
+def test_a_4bit_base_is_refused_by_fsdp2():
+    bnb = pytest.importorskip("bitsandbytes")
+    from lightning_modules.sharding import refuse_quantized
+
+    with pytest.raises(ValueError, match="bitsandbytes-quantized base.*load_in_4bit false"):
+        refuse_quantized(torch.nn.Sequential(bnb.nn.Linear4bit(64, 64)))
+    refuse_quantized(torch.nn.Sequential(torch.nn.Linear(64, 64)))   # a plain model passes
+
+
+# SCoRe: Stage I on two attempts, LoRA policy with the adapters-off reference (KL on both attempts)
+SCORE_PROBLEMS = [{"id": f"p{i}", "task": "gsm8k", "problem": f"Add {i} and {i + 3}.", "answer": str(2 * i + 3)}
+                  for i in range(4)]
+
+
+def _score(lm_dir, batch_size):
+    from torch.utils.data import DataLoader
+
+    from lightning_modules.score import SCoRe
+    from rl.self_correction import ProblemFormat
+    from test_score import parity_reward
+
+    class AllRowsSCoRe(SCoRe):
+        """Samples the rollouts of the whole global batch with one seed on every rank and keeps its own rows (as
+        AllRowsSearchR1 does); generation runs through the sharded policy (full_parameters)."""
+
+        def configure_model(self):
+            fresh = self.policy is None
+            super().configure_model()
+            if fresh:
+                _set_adapters(self.policy)
+
+        def sample(self, prompts):
+            every = [self.format.render(self.tokenizer, ex, self.task)
+                     for ex in SCORE_PROBLEMS for _ in range(self.hparams.group_size)]
+            torch.manual_seed(1234)
+            r = super().sample(every)
+            rows = [i for i, p in enumerate(every) if p in prompts]
+            assert len(rows) == len(prompts)
+            return r.select(torch.tensor(rows))
+
+    model = AllRowsSCoRe(lm_dir, lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+                         stage="I", task="gsm8k", reward=parity_reward, instruction="Check it.", group_size=2,
+                         max_turn_tokens=4, max_response_tokens=64, temperature=1.0, beta1=0.05, beta2=0.1,
+                         micro_batch_size=8, log_pairs=0, optimizer=sgd)
+    model.format = ProblemFormat(prompt="{problem}", chat=False)
+    return model, DataLoader(SCORE_PROBLEMS, batch_size=batch_size, collate_fn=lambda rows: rows), \
+        ["train/policy_loss", "train/reward_t2"]
+
+
+@pytest.mark.slow
+def test_score_lora_fsdp2_step_equals_one_process(tiny_llama_dir, tmp_path):
+    """Two-attempt rollouts through the sharded policy, the adapters-off reference on the sharded base, RLOO per
+    attempt, per-attempt KL, clipping (max_grad_norm). One micro-batch per rank, so that the logged policy loss
+    is the whole loss (rl.update averages its stats over micro-batches)."""
+    result = _compare_methods(_score, (tiny_llama_dir,), tmp_path)
+    assert result["reference"] == "adapters_off" and result["whole"] == []
+
+
+# -- a sharded checkpoint resumes --------------------------------------------------------------------------------
+def momentum_sgd(params):
+    # momentum: the step after the resume depends on the optimizer state the checkpoint restored
+    return torch.optim.SGD(params, lr=0.5, momentum=0.9)
+
+
+def _stop_after_epoch(epoch: int):
+    import lightning as L
+
+    class Stop(L.Callback):
+        def on_train_epoch_end(self, trainer, module):
+            if trainer.current_epoch == epoch:
+                trainer.should_stop = True
+
+    return Stop()
+
+
+def _resume_worker(rank, world, port, model_dir, out_dir, stop_after_epoch, ckpt_path):
+    """3 epochs of one step per rank (4 pairs, 2 per rank, reshuffled every epoch by the sampler's epoch seed), a
+    sharded checkpoint at every epoch end; stopped after ``stop_after_epoch`` (None: uninterrupted), or resumed
+    from ``ckpt_path``."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank), NODE_RANK="0")
+    torch.set_num_threads(1)
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from torch.utils.data import DataLoader
+
+    from lightning_modules.sharding import FSDP2Strategy
+
+    model = _retriever(model_dir, optimizer=momentum_sgd)
+    callbacks = [ModelCheckpoint(dirpath=os.path.join(out_dir, "ckpt"), every_n_epochs=1, save_top_k=-1,
+                                 save_on_train_epoch_end=True)]
+    if stop_after_epoch is not None:
+        callbacks.append(_stop_after_epoch(stop_after_epoch))
+    trainer = _trainer(2, FSDP2Strategy(), out_dir, max_epochs=3, callbacks=callbacks)
+    trainer.fit(model, DataLoader(PAIRS, batch_size=2, shuffle=True, collate_fn=_collate), ckpt_path=ckpt_path)
+    weights = _full_weights(model)
+    if rank == 0:
+        torch.save({"weights": weights, "global_step": trainer.global_step,
+                    "checkpoints": sorted(os.listdir(os.path.join(out_dir, "ckpt")))},
+                   os.path.join(out_dir, "result.pt"))
+
+
+@pytest.mark.slow
+def test_sharded_checkpoint_resume_equals_uninterrupted(tiny_bert_dir, tmp_path):
+    """ContrastiveRetriever under FSDP2 (2 gloo processes): 3 steps in one run == 2 steps, a sharded checkpoint
+    (a folder, one shard per rank) at the epoch boundary, and the last step resumed from it. SGD with momentum:
+    the resumed step is right only if the weights, the optimizer's momentum, the scheduler and the epoch (the
+    sampler's shuffle) all came back."""
+    full, part, resumed = tmp_path / "full", tmp_path / "part", tmp_path / "resumed"
+    _spawn(_resume_worker, tiny_bert_dir, str(full), None, None)
+    _spawn(_resume_worker, tiny_bert_dir, str(part), 1, None)
+    ckpt = part / "ckpt" / torch.load(part / "result.pt")["checkpoints"][-1]
+    assert ckpt.is_dir() and len([f for f in os.listdir(ckpt) if f.endswith(".distcp")]) == 2, os.listdir(ckpt)
+    _spawn(_resume_worker, tiny_bert_dir, str(resumed), None, str(ckpt))
+    a, b, mid = (torch.load(d / "result.pt") for d in (full, resumed, part))
+    assert a["global_step"] == b["global_step"] == 3 and mid["global_step"] == 2
+    moved = [n for n, w in a["weights"].items() if not torch.allclose(w, mid["weights"][n], atol=1e-6)]
+    assert len(moved) > len(a["weights"]) // 2        # the resumed step changes the weights
+    for n, w in a["weights"].items():
+        torch.testing.assert_close(b["weights"][n], w, atol=1e-6, rtol=1e-5, msg=n)
