@@ -165,4 +165,5 @@ def test_gradcache_step_equals_plain_step(tiny_beir_dir, tmp_path):
     changed = [k for k in start if not torch.equal(start[k], weights[0][k])]
     assert len(changed) > 10
     for k in weights[0]:
-        assert torch.allclose(weights[0][k], weights[1][k], atol=1e-6), k
+        # chunked backward sums in another order: float error up to ~1e-6 after the lr=0.5 step
+        assert torch.allclose(weights[0][k], weights[1][k], atol=1e-5), k

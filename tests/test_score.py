@@ -243,33 +243,25 @@ def test_single_turn_ablation_samples_one_attempt_and_tests_two(tiny_llama_dir, 
 
 
 def test_resume_equals_an_uninterrupted_run(tiny_llama_dir, gsm8k_files, tmp_path):
-    """4 steps in one run == 2 steps, a checkpoint, and 2 more steps resumed from it (LoRA Stage II). One batch
-    per epoch: the DataModule's loader is not stateful, and Lightning restarts a partly seen epoch with a new
-    shuffle, so only epoch-boundary checkpoints can replay the data order exactly."""
+    """4 steps in one run == 3 steps, a checkpoint, a stop, and the 4th step resumed from it (LoRA Stage II).
+    Two batches per epoch, so the checkpoint is mid-epoch: the loader's position and the RNG (sampling) come
+    back with it (tests/test_resume.py)."""
+    from test_resume import full_and_resumed
+
     train, test = gsm8k_files
-    data = ["--data", "datamodules.self_correction.SelfCorrectionDataModule", "--data.task", "gsm8k",
-            "--data.train_file", str(train), "--data.test_file", str(test), "--data.batch_size", "4",
-            "--data.prompt", "{problem}"]
-
-    def run(steps, root, ckpt=None):
-        torch.manual_seed(0)
-        args = ["--model", "lightning_modules.score.SCoRe", "--model.model_name_or_path", tiny_llama_dir,
-                "--model.stage", "II", "--model.lora", '{"r": 4, "alpha": 8, "dropout": 0.0}', "--model.group_size", "2",
-                "--model.max_turn_tokens", "4", "--model.max_response_tokens", "60", "--model.log_pairs", "0",
-                "--model.instruction", "Fix it.",
-                "--model.optimizer", "torch.optim.AdamW", "--model.optimizer.lr", "0.05",
-                "--model.reward", "test_score.parity_reward", *data,
-                "--seed_everything", "3", "--trainer.max_steps", str(steps), "--trainer.accelerator", "cpu",
-                "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "0",
-                "--trainer.default_root_dir", str(root)]
-        return cli_main(["fit", *args, *(["--ckpt_path", ckpt] if ckpt else [])])
-
-    full = run(4, tmp_path / "full")
-    half = run(2, tmp_path / "half")
-    ckpt = half.trainer.checkpoint_callback.last_model_path or half.trainer.checkpoint_callback.best_model_path
-    resumed = run(4, tmp_path / "resumed", ckpt)
-    assert resumed.trainer.global_step == 4
-    assert half.model.reference.mode == "adapters_off"
+    args = ["--model", "lightning_modules.score.SCoRe", "--model.model_name_or_path", tiny_llama_dir,
+            "--model.stage", "II", "--model.lora", '{"r": 4, "alpha": 8, "dropout": 0.0}', "--model.group_size", "2",
+            "--model.max_turn_tokens", "4", "--model.max_response_tokens", "60", "--model.log_pairs", "0",
+            "--model.instruction", "Fix it.",
+            "--model.optimizer", "torch.optim.AdamW", "--model.optimizer.lr", "0.05",
+            "--model.reward", "test_score.parity_reward",
+            "--data", "datamodules.self_correction.SelfCorrectionDataModule", "--data.task", "gsm8k",
+            "--data.train_file", str(train), "--data.test_file", str(test), "--data.batch_size", "2",
+            "--data.prompt", "{problem}",
+            "--seed_everything", "3", "--trainer.accelerator", "cpu",
+            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "0"]
+    full, resumed = full_and_resumed(args, total=4, stop=3, tmp_path=tmp_path)
+    assert resumed.model.reference.mode == "adapters_off"
     moved = [n for n, p in full.model.policy.named_parameters() if "lora_B" in n and p.abs().sum() > 0]
     assert moved, "the adapters never moved"
     for (n, p), q in zip(full.model.policy.named_parameters(), resumed.model.policy.parameters()):
