@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from generation.tokens import TokenBatch
+from retrieval.distributed import mean_over_ranks
 
 
 @dataclass
@@ -120,12 +121,18 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
                     torch.cat(hiddens) if with_hidden else None)
 
 
-def masked_nll(model, batch: TokenBatch, micro_batch_size: int = 8) -> torch.Tensor:
+def masked_nll(model, batch: TokenBatch, micro_batch_size: int = 8, *, across_ranks: bool = False) -> torch.Tensor:
     """The supervised loss: -sum_t loss_mask_t log p(x_t | x_<t) / sum_t loss_mask_t, over the whole batch
-    (each loss token weighs the same, whichever row it is in)."""
+    (each loss token weighs the same, whichever row it is in).
+
+    ``across_ranks``: under data parallelism (DDP, FSDP) divide by the mean loss-token count over ranks
+    (``retrieval.distributed.mean_over_ranks``, a collective), so that the averaged gradient is that of the
+    token-mean over the global batch, whatever each rank's count; training steps pass True."""
     n = batch.loss_mask.sum()
     if int(n) == 0:
         raise ValueError("masked_nll: the batch has no loss token (loss_mask is all 0)")
+    if across_ranks:
+        n = mean_over_ranks(n)
     if bool((batch.loss_mask.bool() & ~batch.attention_mask.bool()).any()):
         raise ValueError("masked_nll: loss_mask is 1 on a padding position (attention_mask 0)")
     if bool(batch.loss_mask[:, 0].any()):

@@ -57,7 +57,7 @@ class PolicyGradientModule(L.LightningModule):
     def supervised_step(self, policy, batch: TokenBatch, micro_batch_size: int = 8) -> float:
         """One optimizer step on the masked NLL of ``batch``."""
         self.optimizers().zero_grad()
-        loss = masked_nll(policy, batch.to(self.device), micro_batch_size)
+        loss = masked_nll(policy, batch.to(self.device), micro_batch_size, across_ranks=True)
         self.manual_backward(loss)
         self._step()
         return loss.item()

@@ -125,7 +125,8 @@ class RetRobust(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         tokens = batch["tokens"]
-        loss = masked_nll(self.lm, tokens, self.hparams.micro_batch_size)  # 1. NLL of the answer tokens only
+        # 1. NLL of the answer tokens only, each answer token of the global batch (all ranks) weighing the same
+        loss = masked_nll(self.lm, tokens, self.hparams.micro_batch_size, across_ranks=True)
         self.log_dict({"train/loss": loss.detach(), "train/answer_tokens": float(tokens.num_loss_tokens),
                        "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"]},
                       prog_bar=False, batch_size=len(tokens))

@@ -23,6 +23,19 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a count over ranks (a collective: every rank must call it); ``value`` itself without a
+    process group. The normaliser of a token-mean loss under data parallelism: the loss of the global batch is
+    sum_r S_r / N with N = sum_r n_r, and DDP / FSDP average gradients over the W ranks, so rank r must
+    return S_r / (N / W) = S_r / mean_r(n_r); dividing by its own n_r weighs a token of a rank with few loss
+    tokens more than one of a rank with many."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    out = torch.as_tensor(value).detach().clone().float()
+    dist.all_reduce(out)
+    return out / dist.get_world_size()
+
+
 def _sizes(n: int, device: torch.device) -> list[int]:
     size = torch.tensor([n], device=device, dtype=torch.long)
     sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]

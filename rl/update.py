@@ -7,7 +7,9 @@
 
 Normalisation: every micro-batch loss is divided by its MINI-batch's token (or sequence) count, so the
 micro-batch losses add up to the mini-batch loss and the gradient of a mini-batch is the same for any
-micro_batch_size (verl's agg_loss with a global token count). The caller passes ``backward(loss)`` and
+micro_batch_size (verl's agg_loss with a global token count). Under data parallelism the counts are the
+mean over ranks (retrieval.distributed.mean_over_ranks), so that the gradient averaged over ranks is that of
+one process holding every rank's rollouts, whatever each rank's token count. The caller passes ``backward(loss)`` and
 ``step()`` (gradient clipping, optimizer step, zero_grad): Lightning's manual optimisation, or plain torch.
 
 Forward passes run with dropout off (generation.logprobs.dropout_off): the old log-probs of the rollout
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from generation.logprobs import dropout_off, sequence_logprobs
+from retrieval.distributed import mean_over_ranks
 from rl.advantages import (gae, grpo_advantages, per_turn, place_rewards, reinforce_advantages, rloo_advantages,
                            whiten)
 from rl.kl import ESTIMATORS, kl_estimate
@@ -184,7 +187,9 @@ def update(policy, r: Rollouts, adv: torch.Tensor, cfg: LossConfig, schedule: Sc
             for s in range(0, n, mb):
                 idx = order[s:s + mb]
                 # The mini-batch's counts: every micro-batch is divided by them (see the module docstring).
-                norm = {"num_tokens": r.loss_mask[idx].sum(), "num_seqs": len(idx), "norm_length": cfg.norm_length}
+                # Under data parallelism: the mean count over ranks (gradients are averaged over ranks).
+                norm = {"num_tokens": mean_over_ranks(r.loss_mask[idx].sum()),
+                        "num_seqs": mean_over_ranks(torch.tensor(float(len(idx)))), "norm_length": cfg.norm_length}
                 for ms in range(0, len(idx), schedule.micro_batch_size):
                     sub = idx[ms:ms + schedule.micro_batch_size]
                     loss, stats = loss_on(policy, value_head, r.select(sub), pick(adv, sub), cfg, norm,

@@ -57,4 +57,13 @@ MUTATIONS = [
      "old": "super().__init__(data_parallel_size, tensor_parallel_size, save_distributed_checkpoint, process_group_backend)",
      "new": "super().__init__(data_parallel_size, tensor_parallel_size, False, process_group_backend)",
      "tests": [f"{FSDP2}::test_sharded_checkpoint_resume_equals_uninterrupted"]},
+    {"name": "masked_nll_divides_by_the_local_count", "file": "generation/logprobs.py",
+     "old": "        n = mean_over_ranks(n)", "new": "        n = n",
+     "tests": ["tests/test_data_parallel_normaliser.py"]},
+    {"name": "rl_update_divides_by_the_local_token_count", "file": "rl/update.py",
+     "old": '"num_tokens": mean_over_ranks(r.loss_mask[idx].sum())', "new": '"num_tokens": r.loss_mask[idx].sum()',
+     "tests": ["tests/test_data_parallel_normaliser.py"]},
+    {"name": "mean_over_ranks_sums", "file": "retrieval/distributed.py",
+     "old": "    return out / dist.get_world_size()", "new": "    return out",
+     "tests": ["tests/test_data_parallel_normaliser.py"]},
 ]
