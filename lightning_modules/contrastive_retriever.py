@@ -29,7 +29,7 @@ from transformers import get_linear_schedule_with_warmup
 from callbacks.retrieval_eval import RetrievalEvaluator
 from generation.lora import apply_lora, merged
 from lightning_modules.rng_state import load_rng_state, save_rng_state
-from lightning_modules.sharding import shard
+from lightning_modules.sharding import full_parameters, shard
 from retrieval.distributed import gather_no_grad, global_exclude, global_scores
 from retrieval.encoders import DEFAULT_ENCODER, Encoder
 from retrieval.gradcache import grad_cache, split_inputs
@@ -173,13 +173,16 @@ class ContrastiveRetriever(L.LightningModule):
         return encoder(**batch)
 
     def encode_passages(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-        """(N, H) corpus embeddings for an index (used by callbacks.IndexRefresh)."""
+        """(N, H) corpus embeddings for an index (used by callbacks.IndexRefresh). Under FSDP2 with whole
+        parameters: ranks encode shares of the corpus of different sizes, without waiting on each other."""
         hp = self.hparams
-        return self.passage_encoder.encode(texts, batch_size, hp.eval_passage_max_length or hp.passage_max_length,
-                                           show_progress=False)
+        with full_parameters(self.passage_encoder.model):
+            return self.passage_encoder.encode(texts, batch_size, hp.eval_passage_max_length or hp.passage_max_length,
+                                               show_progress=False)
 
     def encode_queries(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-        return self.q_encoder.encode(texts, batch_size, self.hparams.query_max_length, show_progress=False)
+        with full_parameters(self.q_encoder.model):
+            return self.q_encoder.encode(texts, batch_size, self.hparams.query_max_length, show_progress=False)
 
     # -- training -------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -84,15 +84,31 @@ def _retriever_worker(rank, world, port, model_dir, out_dir, kw, steps, ckpt_dir
     sharded = sum(type(p).__name__ == "DTensor" for p in model.parameters())
     others = [None] * world
     torch.distributed.all_gather_object(others, weights)
+    if strategy == "fsdp2":
+        # corpus shares of different sizes, as callbacks.IndexRefresh gives the ranks: rank 0 runs 3 forwards,
+        # rank 1 one; through the sharded encoder (a collective per forward) this would hang
+        texts = [p for _, p in PAIRS]
+        encoded = model.encode_passages(texts[:3] if rank == 0 else texts[3:], batch_size=1)
+        shares = [None] * world
+        torch.distributed.all_gather_object(shares, encoded)
     if rank == 0:
         result = {"weights": weights, "loss": loss / world, "rank1_weights": others[1]}
         if strategy == "fsdp2":
-            result.update(sharded=sharded, nparams=len(weights))
+            result.update(sharded=sharded, nparams=len(weights), encoded=torch.cat(shares))
         torch.save(result, os.path.join(out_dir, "result.pt"))
 
 
-def _spawn(worker, *args):
-    mp.spawn(worker, args=(2, _free_port(), *args), nprocs=2, join=True)
+def _spawn(worker, *args, timeout: float = 300.0):
+    """Run ``worker`` on 2 processes; a hang (ranks waiting on each other's collectives) fails the test."""
+    import time
+
+    context = mp.spawn(worker, args=(2, _free_port(), *args), nprocs=2, join=False)
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the 2 processes did not finish in {timeout:.0f} s (a collective waiting on the other rank?)")
 
 
 def _one_process(model_dir, root, steps=1, **kw):
@@ -131,6 +147,12 @@ def test_contrastive_retriever_fsdp2_step_equals_one_process(tiny_bert_dir, tmp_
     result = torch.load(tmp_path / "result.pt")
     weights, loss = _one_process(tiny_bert_dir, str(tmp_path / "one"), **kw)
     _assert_same_step(result, weights, loss, initial)
+    # the ranks' unequal corpus shares, encoded after the step, are what one process encodes with those weights
+    trained = _configured(tiny_bert_dir, **kw)
+    missing, unexpected = trained.load_state_dict(result["weights"], strict=False)
+    assert not unexpected and not [n for n in missing if not n.startswith("moco")], (missing, unexpected)
+    expected = trained.encode_passages([p for _, p in PAIRS], batch_size=4)
+    torch.testing.assert_close(result["encoded"], expected, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.slow
