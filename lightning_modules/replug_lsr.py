@@ -19,6 +19,7 @@ retrieval and with the REPLUG ensemble. The initial retriever is evaluated by te
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -115,6 +116,10 @@ class ReplugLSR(L.LightningModule):
         self.retrieval_index: DenseIndex | None = None
         self.searcher: DenseRetriever | None = None
         self._lm_totals: list[torch.Tensor] = []
+        # the shared encoder's weights the current index was encoded with (see on_save_checkpoint), and those a
+        # checkpoint brought back for on_fit_start
+        self._index_weights: dict[str, torch.Tensor] | None = None
+        self._resume_index_weights: dict[str, torch.Tensor] | None = None
 
     # -- models: built once, here, so FSDP/large models can be sharded and checkpoints restore into them ------
     def configure_model(self) -> None:
@@ -184,7 +189,27 @@ class ReplugLSR(L.LightningModule):
         else:
             index = DenseIndex(self.passage_encoder.dim).add(ids, encode(texts))
         self.retrieval_index = index
+        self.on_index_refresh(index)
         return index
+
+    def on_index_refresh(self, index: DenseIndex) -> None:
+        """An index encoded with the current weights was swapped in (by build_index or callbacks.IndexRefresh):
+        with a trained passage encoder, keep a copy of those weights for the checkpoints written before the next
+        refresh (on_save_checkpoint)."""
+        if self.hparams.train_passage_encoder:
+            self._index_weights = {k: v.detach().clone() for k, v in self.passage_encoder.model.state_dict().items()}
+
+    @contextmanager
+    def _passage_weights(self, weights: dict[str, torch.Tensor]):
+        """The passage encoder with ``weights`` inside the block, its own (copied back in place, so the optimizer
+        keeps its parameters) after."""
+        model = self.passage_encoder.model
+        own = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(weights)
+        try:
+            yield
+        finally:
+            model.load_state_dict(own)
 
     def _prepare(self, rebuild_index: bool) -> None:
         self.frozen.to(self.device)
@@ -194,6 +219,15 @@ class ReplugLSR(L.LightningModule):
             self.build_index()
 
     def on_fit_start(self) -> None:
+        weights, self._resume_index_weights = self._resume_index_weights, None
+        if weights is not None and self.retrieval_index is None:
+            # resumed from a checkpoint written between two index refreshes: the interrupted run was searching an
+            # index encoded with older weights (saved in the checkpoint); rebuild that one, not one from the
+            # restored weights, so that the resumed run retrieves what the uninterrupted one did
+            if self.searcher is None:
+                self.attach_corpus(self.trainer.datamodule.passages)
+            with self._passage_weights(weights):
+                self.build_index()
         self._prepare(rebuild_index=False)
 
     def on_validation_start(self) -> None:
@@ -265,11 +299,21 @@ class ReplugLSR(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- checkpoints: the RNG state too (encoder dropout), so a resumed run equals an uninterrupted one --------
+    # With a trained passage encoder the index is refreshed every T steps (callbacks.IndexRefresh): a checkpoint
+    # written between two refreshes also holds the encoder weights the current index was encoded with (one more
+    # copy of the encoder; none in a checkpoint written at a refresh), which on_fit_start re-encodes the corpus with.
+    INDEX_WEIGHTS = "replug_lsr_index_weights"
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         save_rng_state(checkpoint)
+        if self._index_weights is not None:
+            now = self.passage_encoder.model.state_dict()
+            if any(not torch.equal(v, now[k]) for k, v in self._index_weights.items()):
+                checkpoint[self.INDEX_WEIGHTS] = self._index_weights
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         load_rng_state(checkpoint)
+        self._resume_index_weights = checkpoint.get(self.INDEX_WEIGHTS)
 
     # -- evaluation -----------------------------------------------------------------------------------------
     def _evaluate(self, batch: dict, stage: str) -> None:

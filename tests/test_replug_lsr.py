@@ -379,3 +379,49 @@ def test_lm_setup_fit_excludes_own_passage_and_reports_perplexity(tiny_bert_dir,
     stores = list(emb.iterdir())
     assert len(stores) == 1 and (stores[0] / "meta.json").is_file()
     assert model.query_encoder is not None
+
+
+@pytest.mark.parametrize("stop", [3, 2], ids=["mid_epoch", "epoch_boundary"])
+def test_qa_resume_equals_an_uninterrupted_run(tiny_bert_dir, tiny_llama_dir, stop, tmp_path):
+    """4 steps in one run == ``stop`` steps, a checkpoint, a stop, and the rest resumed from it (6 questions in
+    batches of 3: step 3 stops mid-epoch, step 2 at the boundary). The shared encoder's index is refreshed every
+    2 steps: stopped at step 3, the run was searching the index of step 2's weights, which the checkpoint holds
+    and the resumed run re-encodes the corpus with; at step 2 the checkpoint follows a refresh and holds none.
+    The runs share one score cache: the uninterrupted run scores every triple with the LM, the resumed one
+    reads them back, and must not see a different number."""
+    from callbacks import IndexRefresh
+    from lightning_modules.replug_lsr import ReplugLSR
+    from test_resume import assert_same_weights, full_and_resumed
+
+    args = _qa_args(tiny_bert_dir, tiny_llama_dir, tmp_path, "--model.init_args.replug_k", "0",
+                    "--model.init_args.optimizer.init_args.lr", "1e-2", "--trainer.callbacks.init_args.every_n_steps",
+                    "2", "--trainer.logger", "false", "--trainer.enable_model_summary", "false",
+                    "--trainer.max_epochs", "-1")
+    full, resumed = full_and_resumed(args, total=4, stop=stop, tmp_path=tmp_path)
+    assert full.model.score_cache.misses > 0 and resumed.model.score_cache.misses == 0
+    assert next(c for c in full.trainer.callbacks if isinstance(c, IndexRefresh)).num_refreshes == 2
+    ckpt = torch.load(next((tmp_path / "checkpoints").glob("*.ckpt")), weights_only=True)
+    assert (ReplugLSR.INDEX_WEIGHTS in ckpt) == (stop % 2 == 1)
+    assert_same_weights(full, resumed)
+
+
+def test_lm_resume_equals_an_uninterrupted_run(tiny_bert_dir, tiny_llama_dir, tmp_path):
+    """The language-modelling set-up (Atlas's variant: the query encoder trains, the passage side and its
+    embeddings store are frozen): 3 steps in one run == 1 step, a checkpoint mid-epoch, and 2 more resumed."""
+    from test_resume import assert_same_weights, full_and_resumed
+
+    root = _write_qa(tmp_path / "pool")
+    args = ["--config", "configs/replug_lsr_lm.yaml",
+            "--model.init_args.retriever", tiny_bert_dir, "--model.init_args.lm", tiny_llama_dir,
+            "--model.init_args.passage_max_length", "32", "--model.init_args.top_k", "3",
+            "--model.init_args.replug_k", "2", "--model.init_args.warmup", "0",
+            "--model.init_args.optimizer.init_args.lr", "1e-2",
+            "--model.init_args.score_cache", str(tmp_path / "scores.sqlite"),
+            "--model.init_args.embeddings_dir", str(tmp_path / "emb"),
+            "--data.init_args.corpus", str(root), "--data.init_args.num_train", "4", "--data.init_args.num_test", "3",
+            "--data.init_args.min_words", "20", "--data.init_args.batch_size", "2",
+            "--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false", "--trainer.max_epochs", "-1"]
+    full, resumed = full_and_resumed(args, total=3, stop=1, tmp_path=tmp_path)
+    assert resumed.model.query_encoder is not None
+    assert_same_weights(full, resumed)

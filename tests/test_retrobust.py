@@ -440,3 +440,31 @@ def test_nli_columns_keep_the_read_answer_only_when_entailed(pool_dir, tiny_llam
         assert out[kind] != out["closed_book"]  # otherwise the check below could not fail
         assert out[f"nli_{kind}"] == (out[kind] if keeps == "read" else out["closed_book"])
     assert "nli_low_rank" not in out
+
+
+@pytest.mark.parametrize("stop", [1, 2], ids=["mid_epoch", "epoch_boundary"])
+def test_resume_through_the_cli_equals_an_uninterrupted_run(pool_dir, tiny_llama64_dir, stop, tmp_path):
+    """3 steps in one run == ``stop`` steps, an adapters-only checkpoint, a stop, and the rest resumed from it
+    (8 examples in batches of 4: step 1 stops mid-epoch, step 2 at the boundary). LoRA dropout 0.1 draws from
+    torch's RNG in every step: the resumed run continues that stream and the example order
+    (tests/test_resume.py); the frozen base comes from the model files, the adapters from the checkpoint."""
+    from test_resume import assert_same_weights, full_and_resumed
+
+    args = ["--model", "lightning_modules.retrobust.RetRobust", "--model.model_name_or_path", tiny_llama64_dir,
+            "--model.lora", json.dumps(LORA), "--model.evaluate_base", "false", "--model.warmup_ratio", "0",
+            "--model.optimizer", "torch.optim.AdamW", "--model.optimizer.lr", "0.01",
+            "--data", "datamodules.retrobust.RetRobustDataModule",
+            "--data.train_file", str(pool_dir / "train.jsonl"), "--data.val_file", str(pool_dir / "dev.jsonl"),
+            "--data.test_file", str(pool_dir / "test.jsonl"), "--data.corpus", str(pool_dir),
+            "--data.tokenizer", tiny_llama64_dir, "--data.num_train", "8", "--data.low_rank_range", "[3, 6]",
+            "--data.batch_size", "4", "--seed_everything", "3", "--trainer.accelerator", "cpu",
+            "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0", "--trainer.logger", "false",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--trainer.max_epochs", "-1"]
+    full, resumed = full_and_resumed(args, total=3, stop=stop, tmp_path=tmp_path)
+    ckpt = torch.load(next((tmp_path / "checkpoints").glob("*.ckpt")), weights_only=False)
+    trainable = full.model.trainable_names()
+    assert set(ckpt["state_dict"]) == trainable and all("lora_" in n for n in trainable)
+    # no warm-up (a first step at lr 0 would leave the checkpoint's adapters at their initial values)
+    assert any(v.abs().sum() > 0 for n, v in ckpt["state_dict"].items() if "lora_B" in n)
+    assert_same_weights(full, resumed)

@@ -184,3 +184,30 @@ def test_grpo_learns_a_toy_task_with_a_known_optimum(tiny_llama_dir, qa_files):
     print("reward per step", history.rewards, "P(Paris)", p_paris)
     assert first < 0.75 and last >= 0.9, history.rewards
     assert min(p_paris) > 0.9, p_paris
+
+
+@pytest.mark.parametrize("stop", [1, 2], ids=["mid_epoch", "epoch_boundary"])
+def test_grpo_resume_equals_an_uninterrupted_run(tiny_llama_dir, qa_files, stop, tmp_path):
+    """3 GRPO steps in one run == ``stop`` steps, a checkpoint, a stop, and the rest resumed from it (2 steps an
+    epoch: step 1 stops mid-epoch, step 2 at the boundary). What the RNG drives: sampled rollouts (temperature
+    0.7) and LoRA dropout in the update; the resumed run must continue both streams and the question order
+    (tests/test_resume.py)."""
+    from test_resume import assert_same_weights, full_and_resumed
+
+    args = ["--model", "lightning_modules.search_r1.SearchR1", "--model.model_name_or_path", tiny_llama_dir,
+            "--model.lora", '{"r": 4, "alpha": 8, "dropout": 0.2}', "--model.algorithm", "grpo",
+            "--model.group_size", "2", "--model.max_searches", "1", "--model.max_turn_tokens", "6",
+            "--model.max_response_tokens", "24", "--model.kl_coef", "0.01", "--model.temperature", "0.7",
+            "--model.entropy_coef", "0.05",  # a gradient even when every reward is 0 (a random policy)
+            "--model.micro_batch_size", "4", "--model.log_rollouts", "0",
+            "--model.optimizer", "torch.optim.AdamW", "--model.optimizer.lr", "0.05",
+            "--model.search", "rl.search.BM25Search", "--model.search.corpus", str(qa_files / "corpus.jsonl"),
+            "--data", "datamodules.rl_prompts.RLPromptDataModule", "--data.train_file", str(qa_files / "train.jsonl"),
+            "--data.batch_size", "2", "--seed_everything", "3", "--trainer.accelerator", "cpu",
+            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false", "--trainer.max_epochs", "-1"]
+    full, resumed = full_and_resumed(args, total=3, stop=stop, tmp_path=tmp_path)
+    trainable = [n for n, p in full.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any(full.model.state_dict()[n].abs().sum() > 0 for n in trainable if "lora_B" in n), "adapters never moved"
+    assert_same_weights(full, resumed)

@@ -1,6 +1,10 @@
 """Deliberate one-line bugs in exact resume (datamodules/resumable.py, the draw counters' state in
-datamodules/beir.py and datamodules/crops.py, lightning_modules/rng_state.py); each must make the named tests
-fail. Run: .venv/bin/python tests/mutation_check.py --area resume"""
+datamodules/beir.py and datamodules/crops.py, lightning_modules/rng_state.py, ReplugLSR's index weights and
+score cache, RetRobust's adapters-only checkpoint); each must make the named tests fail. Run:
+.venv/bin/python tests/mutation_check.py --area resume
+
+The per-method resume tests (SearchR1, ReplugLSR, RetRobust) get one entry per test (``each``): mutation_check
+runs pytest with -x, so a list of tests proves only that one of them fails."""
 
 T = "tests/test_resume.py"
 LOADER = [f"{T}::test_loader_state_resumes_the_order_and_the_draws"]
@@ -39,4 +43,42 @@ MUTATIONS = [
      "old": "    torch.set_rng_state(rng[\"torch\"])", "new": "    pass", "tests": [*DPR, *CONTRIEVER]},
     {"name": "rng_not_restored_score", "file": "lightning_modules/rng_state.py",
      "old": "    torch.set_rng_state(rng[\"torch\"])", "new": "    pass", "tests": SCORE},
+]
+
+
+# -- SearchR1, ReplugLSR, RetRobust: each test on its own ------------------------------------------------------
+SR1 = [f"tests/test_search_r1.py::test_grpo_resume_equals_an_uninterrupted_run[{p}]"
+       for p in ("mid_epoch", "epoch_boundary")]
+LSR_QA = [f"tests/test_replug_lsr.py::test_qa_resume_equals_an_uninterrupted_run[{p}]"
+          for p in ("mid_epoch", "epoch_boundary")]
+LSR_LM = ["tests/test_replug_lsr.py::test_lm_resume_equals_an_uninterrupted_run"]
+RR = [f"tests/test_retrobust.py::test_resume_through_the_cli_equals_an_uninterrupted_run[{p}]"
+      for p in ("mid_epoch", "epoch_boundary")]
+
+
+def each(name: str, file: str, old: str, new: str, tests: list[str]) -> list[dict]:
+    return [{"name": f"{name}[{t.split('::')[0].removeprefix('tests/test_').removesuffix('.py')}:"
+                     f"{t.split('[')[1][:-1] if '[' in t else t.split('::')[1].split('_')[1]}]",
+             "file": file, "old": old, "new": new, "tests": [t]} for t in tests]
+
+
+_PLAIN = MUTATIONS[0]
+MUTATIONS += [
+    *each("plain_dataloader", _PLAIN["file"], _PLAIN["old"], _PLAIN["new"], [*SR1, *LSR_QA, *LSR_LM, *RR]),
+    # sampled rollouts and LoRA dropout (ReplugLSR draws nothing in training: its encoders' dropout is off)
+    *each("rng_not_restored", "lightning_modules/rng_state.py", "    torch.set_rng_state(rng[\"torch\"])", "    pass",
+          [*SR1, *RR]),
+    # the score cache must not matter: the uninterrupted run scores with the LM, the resumed one reads the cache
+    *each("cache_rounds_scores", "retrieval/lsr.py", "[(self.namespace, k, float(v)) for k, v in values.items()]",
+          "[(self.namespace, k, round(float(v), 3)) for k, v in values.items()]", [*LSR_QA, *LSR_LM]),
+    # ReplugLSR resumed between two index refreshes: the index of the weights the interrupted run searched with
+    *each("lsr_index_weights_not_restored", "lightning_modules/replug_lsr.py",
+          "        self._resume_index_weights = checkpoint.get(self.INDEX_WEIGHTS)",
+          "        self._resume_index_weights = None", LSR_QA[:1]),
+    *each("lsr_index_weights_not_kept_at_refresh", "lightning_modules/replug_lsr.py",
+          "        if self.hparams.train_passage_encoder:\n            self._index_weights =",
+          "        if self._index_weights is None:\n            self._index_weights =", LSR_QA[:1]),
+    # RetRobust's adapters-only checkpoint read with strict_loading False: adapters silently not loaded
+    *each("retrobust_adapters_not_loaded", "lightning_modules/retrobust.py", "        load_rng_state(checkpoint)",
+          "        load_rng_state(checkpoint)\n        checkpoint[\"state_dict\"] = {}", RR),
 ]
