@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.resumable import StatefulDataLoader, train_loader
+from datamodules.resumable import DrawCounters, StatefulDataLoader, train_loader
 from retrieval.beir import BeirDataset, DataFormatError, find_file, passage_text
 from retrieval.bm25 import BM25, mine_hard_negatives
 
@@ -43,7 +43,7 @@ def collate_texts(items: list[tuple[str, str]]) -> dict[str, list[str]]:
     return {"ids": [i for i, _ in items], "texts": [t for _, t in items]}
 
 
-class ContrastivePairs(Dataset):
+class ContrastivePairs(DrawCounters, Dataset):
     """One item per training query: the query, one of its positives and its hard negatives.
 
     Each fetch draws the positive (when a query has several) and ``num_negatives`` negatives from the
@@ -54,27 +54,16 @@ class ContrastivePairs(Dataset):
     def __init__(self, query_ids: list[str], queries: dict[str, str], positives: dict[str, list[str]],
                  negatives: dict[str, list[str]], passages: dict[str, str], num_negatives: int, seed: int = 0):
         self.query_ids, self.queries, self.positives = query_ids, queries, positives
-        self.negatives, self.passages, self.num_negatives, self.seed = negatives, passages, num_negatives, seed
-        self.draws = [0] * len(query_ids)
+        self.negatives, self.passages, self.num_negatives = negatives, passages, num_negatives
+        self.init_draws(len(query_ids), seed)
 
-    # The draw counters go into checkpoints with the training loader (datamodules.resumable), so a resumed
-    # run draws what an uninterrupted one would.
-    def state_dict(self) -> dict:
-        return {"draws": torch.tensor(self.draws, dtype=torch.int64)}
-
-    def load_state_dict(self, state: dict) -> None:
-        if len(state["draws"]) != len(self.draws):
-            raise ValueError(f"ContrastivePairs checkpoint: {len(state['draws'])} draw counters for {len(self.draws)} "
-                             "items; was it saved with the same training data?")
-        self.draws = state["draws"].tolist()
 
     def __len__(self) -> int:
         return len(self.query_ids)
 
     def __getitem__(self, i: int) -> dict:
         qid = self.query_ids[i]
-        rng = random.Random(f"{self.seed}-{i}-{self.draws[i]}")
-        self.draws[i] += 1
+        rng = self.draw_rng(i)
         pos = rng.choice(self.positives[qid])
         window = self.negatives.get(qid, [])
         negs = rng.sample(window, min(self.num_negatives, len(window)))

@@ -8,44 +8,32 @@ crops), query i's positive being passage i; the other documents' crops are the i
 
 from __future__ import annotations
 
-import random
 
 import lightning as L
 import torch
 from torch.utils.data import Dataset
 
 from datamodules.beir import BEIRDataModule
-from datamodules.resumable import StatefulDataLoader, train_loader
+from datamodules.resumable import DrawCounters, StatefulDataLoader, train_loader
 from retrieval.cropping import crop_pair, words
 
 
-class CropPairs(Dataset):
+class CropPairs(DrawCounters, Dataset):
     """One item per document: two crops drawn with an RNG seeded by (seed, index, draw count), so pairs
     are reproducible and new in every epoch."""
 
     def __init__(self, doc_ids: list[str], texts: list[str], ratio_min: float, ratio_max: float,
                  deletion_prob: float, seed: int = 0):
         self.doc_ids, self.texts = doc_ids, texts
-        self.ratio_min, self.ratio_max, self.deletion_prob, self.seed = ratio_min, ratio_max, deletion_prob, seed
-        self.draws = [0] * len(doc_ids)
+        self.ratio_min, self.ratio_max, self.deletion_prob = ratio_min, ratio_max, deletion_prob
+        self.init_draws(len(doc_ids), seed)
 
-    # The draw counters go into checkpoints with the training loader (datamodules.resumable), so a resumed
-    # run draws what an uninterrupted one would.
-    def state_dict(self) -> dict:
-        return {"draws": torch.tensor(self.draws, dtype=torch.int64)}
-
-    def load_state_dict(self, state: dict) -> None:
-        if len(state["draws"]) != len(self.draws):
-            raise ValueError(f"CropPairs checkpoint: {len(state['draws'])} draw counters for {len(self.draws)} "
-                             "items; was it saved with the same training data?")
-        self.draws = state["draws"].tolist()
 
     def __len__(self) -> int:
         return len(self.doc_ids)
 
     def __getitem__(self, i: int) -> dict:
-        rng = random.Random(f"{self.seed}-{i}-{self.draws[i]}")
-        self.draws[i] += 1
+        rng = self.draw_rng(i)
         query, key = crop_pair(words(self.texts[i]), rng, self.ratio_min, self.ratio_max, self.deletion_prob)
         return {"doc_id": self.doc_ids[i], "query": " ".join(query), "passage": " ".join(key)}
 

@@ -25,12 +25,38 @@ one state. Datasets without state (lists of rows) may use workers.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 from torchdata.stateful_dataloader.stateful import Stateful
+
+
+class DrawCounters:
+    """A dataset whose item i is drawn at random anew on every fetch (negatives, crops) with an RNG seeded by
+    (seed, i, how many times item i was drawn before): reproducible, different from one epoch to the next. The
+    counters are its state, checkpointed with the training loader, so a resumed run draws what an
+    uninterrupted one would."""
+
+    def init_draws(self, n: int, seed: int) -> None:
+        self.seed, self.draws = seed, [0] * n
+
+    def draw_rng(self, i: int) -> random.Random:
+        """The RNG of item i's next draw (counts the draw)."""
+        rng = random.Random(f"{self.seed}-{i}-{self.draws[i]}")
+        self.draws[i] += 1
+        return rng
+
+    def state_dict(self) -> dict:
+        return {"draws": torch.tensor(self.draws, dtype=torch.int64)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["draws"]) != len(self.draws):
+            raise ValueError(f"{type(self).__name__} checkpoint: {len(state['draws'])} draw counters for "
+                             f"{len(self.draws)} items; was it saved with the same training data?")
+        self.draws = state["draws"].tolist()
 
 
 class EpochSampler(StatefulDistributedSampler):

@@ -26,7 +26,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
-from transformers import get_linear_schedule_with_warmup
 
 from generation.lm import DEFAULT_GENERATOR, load_causal_lm
 from generation.prompts import PromptFormat, prompt_format
@@ -34,7 +33,7 @@ from generation.qa_metrics import answer_recall_at_k, exact_match, f1_score
 from generation.rag import answer_questions
 from generation.replug import replug_score
 from generation.scoring import score_triples
-from lightning_modules.contrastive_retriever import decay_groups
+from lightning_modules.contrastive_retriever import warmup_then_decay
 from lightning_modules.rng_state import load_rng_state, save_rng_state
 from lightning_modules.sharding import full_parameters, shard
 from retrieval.embeddings_store import EmbeddingsStore, write_embeddings
@@ -291,12 +290,7 @@ class ReplugLSR(L.LightningModule):
         return loss                                                                         # 5. Lightning steps
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(decay_groups(self))
-        total = self.trainer.estimated_stepping_batches
-        warmup = self.hparams.warmup
-        warmup_steps = int(warmup * total) if warmup < 1 else int(warmup)
-        scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return warmup_then_decay(self, self.optimizer_factory, self.hparams.warmup)
 
     # -- checkpoints: the RNG state too (encoder dropout), so a resumed run equals an uninterrupted one --------
     # With a trained passage encoder the index is refreshed every T steps (callbacks.IndexRefresh): a checkpoint

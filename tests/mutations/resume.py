@@ -34,10 +34,11 @@ MUTATIONS = [
     {"name": "order_ignores_the_seed", "file": "datamodules/resumable.py",
      "old": "rank=rank, shuffle=True, seed=seed)", "new": "rank=rank, shuffle=True, seed=0)", "tests": ORDER},
     # the draw counters
-    {"name": "pairs_draws_not_restored", "file": "datamodules/beir.py",
+    {"name": "draws_not_restored", "file": "datamodules/resumable.py",
      "old": "        self.draws = state[\"draws\"].tolist()", "new": "        pass", "tests": DPR},
-    {"name": "crops_draws_not_restored", "file": "datamodules/crops.py",
-     "old": "        self.draws = state[\"draws\"].tolist()", "new": "        pass", "tests": CONTRIEVER},
+    {"name": "draw_not_counted", "file": "datamodules/resumable.py",
+     "old": "        self.draws[i] += 1\n", "new": "",
+     "tests": [f"{T}::test_drawing_datasets_refuse_workers_and_round_trip_their_counters"]},
     # the RNG
     {"name": "rng_not_restored", "file": "lightning_modules/rng_state.py",
      "old": "    torch.set_rng_state(rng[\"torch\"])", "new": "    pass", "tests": [*DPR, *CONTRIEVER]},
