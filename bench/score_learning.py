@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 KEYS = ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "edit_distance")
 ROWS = [("base", "base model (no training)"), ("stage1", "Stage I only"), ("stage1_2", "Stage I + II"),
-        ("single_turn", "single-turn RL (attempt 1 only)")]
+        ("single_turn", "single-turn RL (attempt 1 only)"), ("stage1_2_long", "Stage I + II, longer Stage II, last checkpoint")]
 
 
 def write_sums(out: Path, n_test: int) -> tuple[str, str]:
@@ -58,6 +58,10 @@ def main() -> None:
     ap.add_argument("--n-eval", type=int, default=64, help="held-out test problems")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--long-stage2-steps", type=int, default=0,
+                    help="also a longer Stage II from Stage I's checkpoint, evaluated at its LAST checkpoint (when the "
+                         "training reward is flat, selection by it keeps the first checkpoint)")
+    ap.add_argument("--only", nargs="*", default=None, help="run only these rows (e.g. stage1_2_long)")
     ap.add_argument("--task", choices=("arithmetic", "gsm8k_short", "add1"), default="arithmetic",
                     help="arithmetic: the configs' task (two-digit additions, 4-shot); gsm8k_short: GSM8K's short slice (the base model solved 0 of 8 at attempt 1, 4-shot, "
                          "runs/self_correct); add1: 'What is a + b?' with one-digit a, b, as a MATH-format file (the "
@@ -146,13 +150,21 @@ def main() -> None:
 
     s1, s2, st = ("configs/score_stage1_arithmetic.yaml", "configs/score_stage2_arithmetic.yaml",
                   "configs/score_single_turn_arithmetic.yaml")
-    evaluate("base", s1, None)
-    best1 = fit("stage1", s1, args.stage1_steps, [])
-    evaluate("stage1", s1, best1)
-    best12 = fit("stage1_2", s2, args.stage2_steps, ["--model.init_args.init_from", best1])
-    evaluate("stage1_2", s2, best12)
-    best_st = fit("single_turn", st, args.stage1_steps + args.stage2_steps, [])
-    evaluate("single_turn", st, best_st)
+    run = lambda row: args.only is None or row in args.only  # noqa: E731
+    if run("base"):
+        evaluate("base", s1, None)
+    if run("stage1") or run("stage1_2") or run("stage1_2_long"):
+        best1 = fit("stage1", s1, args.stage1_steps, [])
+        evaluate("stage1", s1, best1)
+    if run("stage1_2"):
+        best12 = fit("stage1_2", s2, args.stage2_steps, ["--model.init_args.init_from", best1])
+        evaluate("stage1_2", s2, best12)
+    if run("single_turn"):
+        best_st = fit("single_turn", st, args.stage1_steps + args.stage2_steps, [])
+        evaluate("single_turn", st, best_st)
+    if args.long_stage2_steps and run("stage1_2_long"):
+        fit("stage1_2_long", s2, args.long_stage2_steps, ["--model.init_args.init_from", best1])
+        evaluate("stage1_2_long", s2, str(ckpt_dir("stage1_2_long") / "last.ckpt"))
     write_table()
 
 
