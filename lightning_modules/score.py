@@ -21,7 +21,7 @@ with ``--ckpt_path`` restores weights, optimizer, RNG and step (init_from is the
 
 Checkpoint selection: by training reward, as the paper does: ``train/selection_reward`` is the accuracy of the
 final attempt (attempt 2; attempt 1 for single-turn RL) on the training samples, averaged over the last
-``selection_window`` steps; the configs' ModelCheckpoint keeps the best by it (no dev split is used).
+``selection_window`` steps, steps before the first counted as 0 (``rl.score.selection_reward``); the configs' ModelCheckpoint keeps the best by it (no dev split is used).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from rl.envs import SingleTurn
 from rl.kl import kl_estimate
 from rl.policy import ReferencePolicy
 from rl.rollout import Rollouts, rollout
-from rl.score import (BASELINES, attempt_rewards, check_stage, edit_distance_ratio, num_attempts, token_values,
-                      turn_advantages, turn_kl_coefs, turn_kl_penalty, turn_means, turn_returns)
+from rl.score import (BASELINES, attempt_rewards, check_stage, edit_distance_ratio, num_attempts, selection_reward,
+                      token_values, turn_advantages, turn_kl_coefs, turn_kl_penalty, turn_means, turn_returns)
 from rl.self_correction import (ProblemFormat, attempt_metrics, attempt_texts, evaluate_two_attempts, task_kind,
                                 task_reward, two_attempt_env)
 from rl.update import LossConfig, Schedule
@@ -192,7 +192,7 @@ class SCoRe(PolicyGradientModule):
         hp, n = self.hparams, len(r)
         final = r2 if r2 is not None else r1
         self.recent_rewards.copy_(torch.cat([self.recent_rewards[1:], final.mean().view(1).to(self.recent_rewards)]))
-        logs = {"train/selection_reward": self.recent_rewards.nanmean(), "train/acc_t1": r1.mean(),
+        logs = {"train/selection_reward": selection_reward(self.recent_rewards), "train/acc_t1": r1.mean(),
                 "train/response_length": r.response_lengths.float().mean(),
                 **{f"train/{k}": v for k, v in stats.items()}}
         for t in range(returns.shape[1]):

@@ -16,8 +16,8 @@ from generation.tokens import TokenBatch
 from lightning_modules.score import SCoRe
 from rl.advantages import per_turn
 from rl.rollout import Rollouts
-from rl.score import (attempt_rewards, edit_distance_ratio, token_values, turn_advantages, turn_kl_coefs,
-                      turn_kl_penalty, turn_returns)
+from rl.score import (attempt_rewards, edit_distance_ratio, selection_reward, token_values, turn_advantages,
+                      turn_kl_coefs, turn_kl_penalty, turn_returns)
 from rl.self_correction import ProblemFormat
 from rl.update import LossConfig, Schedule, update
 from train import cli_main
@@ -115,6 +115,15 @@ def test_edit_distance_ratio():
     assert edit_distance_ratio(["same text", "abc", ""], ["same text", "abd", "xy"]) == [0.0, pytest.approx(1 / 3), 1.0]
 
 
+def test_selection_reward_counts_steps_before_the_first_as_zero():
+    nan = float("nan")
+    # a window of 4 steps: after step 1 (accuracy 0.5) the lucky first step scores 0.5 / 4, not 0.5
+    assert selection_reward(torch.tensor([nan, nan, nan, 0.5])).item() == pytest.approx(0.125)
+    # so a full window of steady 0.25 beats it
+    assert selection_reward(torch.tensor([0.25, 0.25, 0.25, 0.25])).item() == pytest.approx(0.25)
+    assert selection_reward(torch.tensor([0.0, 0.5, 0.25, 0.75])).item() == pytest.approx(0.375)
+
+
 # -- the objective's gradient through the RL core --------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -192,6 +201,15 @@ def parity_reward(responses, examples):
     return [float(len(r) % 2 == 0) for r in responses]
 
 
+_CALLS = [0]
+
+
+def second_attempt_right(responses, examples):
+    """0 for every first attempt, 1 for every second (the module grades attempt 1, then attempt 2)."""
+    _CALLS[0] += 1
+    return [float(_CALLS[0] % 2 == 0)] * len(responses)
+
+
 def cli_args(tiny_llama_dir, train, test, root, stage="I", steps=2, extra=()):
     return ["--model", "lightning_modules.score.SCoRe", "--model.model_name_or_path", tiny_llama_dir,
             "--model.stage", stage, "--model.group_size", "2", "--model.max_turn_tokens", "4",
@@ -231,6 +249,19 @@ def test_fit_logs_per_attempt_metrics_then_stage_two_starts_from_stage_one(tiny_
     assert any(not torch.equal(p, q) for p, q in zip(s2.policy.parameters(), s2.reference.model.parameters()))
     with pytest.raises(FileNotFoundError, match="init_from: no checkpoint"):
         SCoRe(tiny_llama_dir, stage="II", task="gsm8k", init_from=str(tmp_path / "nope.ckpt")).configure_model()
+
+
+def test_checkpoint_selection_follows_the_second_attempt(tiny_llama_dir, gsm8k_files, tmp_path):
+    train, test = gsm8k_files
+    _CALLS[0] = 0
+    cli = cli_main(["fit", *cli_args(tiny_llama_dir, train, test, tmp_path, steps=1,
+                                     extra=["--model.reward", "test_score.second_attempt_right",
+                                            "--model.selection_window", "4"]),
+                    "--trainer.logger", "false", "--trainer.limit_val_batches", "0"])
+    m = cli.trainer.callback_metrics
+    assert m["train/acc_t1"].item() == 0.0 and m["train/acc_t2"].item() == 1.0
+    # one step of attempt-2 accuracy 1 in a window of 4: 1/4
+    assert m["train/selection_reward"].item() == pytest.approx(0.25)
 
 
 def test_single_turn_ablation_samples_one_attempt_and_tests_two(tiny_llama_dir, gsm8k_files, tmp_path):

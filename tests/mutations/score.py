@@ -8,6 +8,12 @@ PURE = [f"{F}::test_stage_two_returns_bonus_and_rloo_advantages_by_hand", f"{F}:
 GRAD = [f"{F}::test_update_gradient_is_the_paper_objective"]
 
 MUTATIONS = [
+    {"name": "selection_mean_over_steps_so_far", "file": "rl/score.py",
+     "old": "return recent.nan_to_num(0.0).mean()", "new": "return recent.nanmean()",
+     "tests": [f"{F}::test_selection_reward_counts_steps_before_the_first_as_zero"]},
+    {"name": "module_selects_by_attempt_1", "file": "lightning_modules/score.py",
+     "old": "final = r2 if r2 is not None else r1", "new": "final = r1",
+     "tests": [f"{F}::test_checkpoint_selection_follows_the_second_attempt"]},
     {"name": "stage1_reward_on_attempt_1", "file": "rl/score.py",
      "old": "return torch.stack([torch.zeros_like(r1), r2], dim=1)",
      "new": "return torch.stack([r2, torch.zeros_like(r1)], dim=1)", "tests": PURE},
