@@ -200,9 +200,12 @@ class CLI(LightningCLI):
         best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
         rank_zero_info(f"Testing {'checkpoint ' + best if best else 'the final weights (no checkpoint saved)'}")
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
-        if hasattr(self.model, "export") and self.trainer.is_global_zero:
+        if hasattr(self.model, "export"):
+            from lightning_modules.sharding import export_whole
+
+            # every rank: log_dir is a broadcast, and a sharded model is gathered before rank 0 writes it
             target = Path(self.trainer.log_dir or ".") / "export"
-            self.model.export(target)
+            export_whole(self.model, target)
             rank_zero_info(f"Exported the trained model to {target}")
 
     def _check_trained(self) -> None:

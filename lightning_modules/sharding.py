@@ -160,3 +160,36 @@ def full_parameters(model: nn.Module):
 
 def _param_group(unit: FSDPModule):
     return unit._get_fsdp_state()._fsdp_param_group
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether any part of ``model`` is an FSDP2 unit."""
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def export_whole(module, path) -> None:
+    """``module.export(path)``, called on EVERY rank after training. Unsharded (one process, DDP): rank 0
+    exports the module itself. Under FSDP2 a parameter is a shard on each rank, which neither
+    ``save_pretrained`` nor a merge of LoRA adapters can write: every rank all-gathers the whole state dict
+    (collectives, hence every rank), and rank 0 exports a fresh unsharded module of the same class and
+    hyperparameters holding it. Ranks wait for rank 0's files before returning."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    if not is_sharded(module):
+        if rank == 0:
+            module.export(path)
+    else:
+        state = {name: (value.full_tensor() if isinstance(value, DTensor) else value).detach().cpu()
+                 for name, value in module.state_dict().items()}
+        if rank == 0:
+            whole = type(module)(**module.hparams)
+            whole.configure_model()
+            missing, unexpected = whole.load_state_dict(state, strict=False)
+            if missing or unexpected:
+                raise RuntimeError(f"export_whole: the gathered state of {type(module).__name__} does not fit a fresh "
+                                   f"copy: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            whole.export(path)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

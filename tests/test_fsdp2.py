@@ -91,6 +91,10 @@ def _retriever_worker(rank, world, port, model_dir, out_dir, kw, steps, ckpt_dir
         encoded = model.encode_passages(texts[:3] if rank == 0 else texts[3:], batch_size=1)
         shares = [None] * world
         torch.distributed.all_gather_object(shares, encoded)
+        # train.py's export after a sharded fit (every rank calls it; rank 0 writes)
+        from lightning_modules.sharding import export_whole
+
+        export_whole(model, os.path.join(out_dir, "export"))
     if rank == 0:
         result = {"weights": weights, "loss": loss / world, "rank1_weights": others[1]}
         if strategy == "fsdp2":
@@ -153,6 +157,16 @@ def test_contrastive_retriever_fsdp2_step_equals_one_process(tiny_bert_dir, tmp_
     assert not unexpected and not [n for n in missing if not n.startswith("moco")], (missing, unexpected)
     expected = trained.encode_passages([p for _, p in PAIRS], batch_size=4)
     torch.testing.assert_close(result["encoded"], expected, atol=1e-5, rtol=1e-4)
+    # the export written after the sharded step holds the trained weights, whole
+    from transformers import AutoModel
+
+    for side in ("query", "passage"):
+        exported = AutoModel.from_pretrained(tmp_path / "export" / side).state_dict()
+        trained_side = {n.split(".model.", 1)[1]: w for n, w in result["weights"].items()
+                        if n.startswith(f"{side}_encoder.model.")}
+        assert trained_side and set(trained_side) <= set(exported), set(trained_side) - set(exported)
+        for n, w in trained_side.items():
+            assert torch.equal(exported[n], w), n
 
 
 @pytest.mark.slow
@@ -295,6 +309,10 @@ def _method_worker(rank, world, port, factory, args, out_dir, trainer_kw):
               "sharded": sum(type(p).__name__ == "DTensor" for p in model.parameters() if p.requires_grad),
               "whole": sorted({n.split(".")[0] for n, p in model.named_parameters() if type(p).__name__ != "DTensor"}),
               "reference": getattr(getattr(model, "reference", None), "mode", None)}
+    if hasattr(model, "export"):  # train.py's export after a sharded fit (every rank calls it; rank 0 writes)
+        from lightning_modules.sharding import export_whole
+
+        export_whole(model, os.path.join(out_dir, "export"))
     if rank == 0:
         torch.save(result, os.path.join(out_dir, "result.pt"))
 
@@ -381,6 +399,15 @@ def test_replug_lsr_fsdp2_step_equals_one_process(tiny_bert_dir, tiny_llama_dir,
                               {"gradient_clip_val": 0.05})
     # the frozen passage encoder (query-side variant) stays whole; the LM is outside the module tree
     assert result["whole"] == ([] if train_passage_encoder else ["passage_encoder"])
+    # the export written after the sharded step holds the trained encoder, whole
+    from transformers import AutoModel
+
+    side, prefix = ("", "passage_encoder.model.") if train_passage_encoder else ("query", "query_encoder.model.")
+    exported = AutoModel.from_pretrained(tmp_path / "export" / side).state_dict()
+    trained = {n[len(prefix):]: w for n, w in result["weights"].items() if n.startswith(prefix)}
+    assert trained and set(trained) <= set(exported)
+    for n, w in trained.items():
+        assert torch.equal(exported[n], w), n
 
 
 # RetRobust: LoRA on the tiny Llama; rows of different prompts and lengths. masked_nll divides by the answer
@@ -420,6 +447,21 @@ def test_retrobust_lora_fsdp2_step_equals_one_process(tiny_llama_dir, tmp_path):
     before the reduce-scatter), gradient clipping on."""
     result = _compare_methods(_retrobust, (tiny_llama_dir,), tmp_path, {"gradient_clip_val": 0.05})
     assert result["whole"] == []    # the frozen base is sharded too
+    # the merged export written after the sharded step: base + (alpha / r) B A with the trained adapters
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "export").state_dict()
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).state_dict()
+    checked = 0
+    for n, a in result["weights"].items():
+        if ".lora_A." not in n:
+            continue
+        b = result["weights"][n.replace(".lora_A.", ".lora_B.")]
+        key = n.split("base_model.model.", 1)[1].replace(".lora_A.default", "")
+        torch.testing.assert_close(exported[key], base[key] + (8 / 4) * b @ a, atol=1e-6, rtol=1e-5)
+        checked += 1
+    assert checked == 2 * 2    # q_proj and v_proj of both layers
+    assert (tmp_path / "export" / "adapter").is_dir()
 
 
 def test_a_4bit_base_is_refused_by_fsdp2():
