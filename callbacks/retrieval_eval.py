@@ -80,12 +80,14 @@ class RetrievalEvaluator(L.Callback):
             corpus = _dedupe(_merge([c for c, _ in gathered]))
             queries = _dedupe(_merge([q for _, q in gathered]))
         metrics = None
+        # trainer.log_dir is a broadcast: every rank asks (asked on rank 0 alone, it would pair with the metrics
+        # broadcast below and hand the other ranks a path as metrics)
+        out = Path(self.output_dir or trainer.log_dir or ".") if stage == "test" else None
         if trainer.is_global_zero:
             qrels = trainer.datamodule.eval_qrels(stage)
             run = pl_module.rank(corpus, queries, self.k)
             metrics = evaluate(run, qrels, ndcg_at=(10,), recall_at=(100,), mrr_at=(10,))
-            if stage == "test":
-                out = Path(self.output_dir or trainer.log_dir or ".")
+            if out is not None:
                 write_trec_run(run, out / f"{stage}_run.trec", tag=type(pl_module).__name__)
                 write_metrics(metrics, out / f"{stage}_metrics.json", num_queries=len(qrels))
         metrics = trainer.strategy.broadcast(metrics, src=0)

@@ -33,7 +33,8 @@ from generation.nli import LMJudge, NLIClassifier, nli_hypothesis, select_answer
 from generation.qa_metrics import exact_match, f1_score
 from generation.rag import read
 from lightning_modules.rng_state import load_rng_state, save_rng_state
-from lightning_modules.sharding import full_parameters, shard
+from lightning_modules.sharding import full_parameters, is_sharded, shard
+from retrieval.distributed import gather_objects
 
 COLUMNS = ("closed_book", *KINDS, *(f"nli_{k}" for k in KINDS))
 
@@ -93,7 +94,7 @@ class RetRobust(L.LightningModule):
         self.lm = self.tokenizer = self.judge = None
         # Checkpoints hold only the trainable parameters; on_load_checkpoint checks they are all there.
         self.strict_loading = False
-        self.scores: dict[str, dict[str, list[float]]] = {}
+        self.scores: dict[str, dict[str, float]] = {}   # test: question id -> {"<row>/<column>/em": 0/1, ...}
 
     # -- model ----------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -195,28 +196,41 @@ class RetRobust(L.LightningModule):
             for column, preds in answers.items():                 # 4. EM / F1 (SQuAD normalisation)
                 em = [exact_match(p, g) for p, g in zip(preds, gold)]
                 f1 = [f1_score(p, g) for p, g in zip(preds, gold)]
-                self.scores.setdefault(f"{row}/{column}/em", []).extend(em)
-                self.scores.setdefault(f"{row}/{column}/f1", []).extend(f1)
+                for qid, e, f in zip(batch["ids"], em, f1):
+                    self.scores.setdefault(qid, {}).update({f"{row}/{column}/em": e, f"{row}/{column}/f1": f})
                 self.log_dict({f"test/{row}/{column}/em": sum(em) / len(em), f"test/{row}/{column}/f1": sum(f1) / len(f1)},
                               batch_size=len(questions))
 
     def on_test_epoch_end(self) -> None:
+        # every rank's questions, each once (a distributed sampler repeats some to even out the shares)
+        scores = {}
+        for part in gather_objects(self.scores):
+            for qid, row in part.items():
+                scores.setdefault(qid, row)
+        log_dir = Path(self.trainer.log_dir or ".")  # a broadcast: every rank must ask
         if not self.trainer.is_global_zero:
             return
-        log_dir = Path(self.trainer.log_dir or ".")
         log_dir.mkdir(parents=True, exist_ok=True)
-        means = {k: sum(v) / len(v) for k, v in self.scores.items()}
+        keys = list(next(iter(scores.values()), {}))
+        means = {k: sum(row[k] for row in scores.values()) / len(scores) for k in keys}
         (log_dir / "retrobust_table.json").write_text(json.dumps(means, indent=1))
-        (log_dir / "retrobust_table.md").write_text(table_markdown(means, self.rows()))
+        (log_dir / "retrobust_table.md").write_text(table_markdown(means, self.rows())
+                                                     + f"{len(scores)} test questions.\n")
 
     # -- checkpoints: adapters only ---------------------------------------------------------------------
+    # One process or DDP: the adapters alone. FSDP2: whole, as each rank's shards (the frozen base once across the
+    # ranks' files), because Lightning's sharded-checkpoint loader reads every key of the module's state dict.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        keep = self.trainable_names()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        if not is_sharded(self.lm):
+            keep = self.trainable_names()
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         # LoRA dropout draws from torch's RNG: a resumed run continues the same stream.
         save_rng_state(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "state_dict" not in checkpoint:  # a sharded checkpoint: the strategy has loaded the weights already
+            load_rng_state(checkpoint)
+            return
         want, have = self.trainable_names(), set(checkpoint["state_dict"])
         if want != have:
             raise ValueError(f"RetRobust checkpoint: its parameters do not match the model's trainable ones (missing "

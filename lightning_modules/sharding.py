@@ -184,7 +184,7 @@ def export_whole(module, path) -> None:
         state = {name: (value.full_tensor() if isinstance(value, DTensor) else value).detach().cpu()
                  for name, value in module.state_dict().items()}
         if rank == 0:
-            whole = type(module)(**module.hparams)
+            whole = type(module)(**init_hparams(module))
             whole.configure_model()
             missing, unexpected = whole.load_state_dict(state, strict=False)
             if missing or unexpected:
@@ -193,3 +193,13 @@ def export_whole(module, path) -> None:
             whole.export(path)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def init_hparams(module) -> dict:
+    """``module``'s saved hyperparameters that its ``__init__`` takes (LightningCLI adds ``_class_path`` and
+    ``_instantiator`` to them)."""
+    import inspect
+
+    params = inspect.signature(type(module).__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return {k: v for k, v in module.hparams.items() if k in params or (takes_any and not k.startswith("_"))}

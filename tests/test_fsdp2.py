@@ -583,3 +583,33 @@ def test_sharded_checkpoint_resume_equals_uninterrupted(tiny_bert_dir, tmp_path)
     assert len(moved) > len(a["weights"]) // 2        # the resumed step changes the weights
     for n, w in a["weights"].items():
         torch.testing.assert_close(b["weights"][n], w, atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_train_py_default_run_under_fsdp2_fits_tests_and_exports(tiny_bert_dir, tiny_beir_dir, tmp_path):
+    """What a user runs: `python train.py --config configs/dpr_scifact.yaml --config configs/trainer/fsdp2_cpu.yaml`
+    (Lightning starts the second process itself). Fit, the test of the best (sharded) checkpoint and the export
+    run on both ranks and end with exit code 0 (before: the test's metrics broadcast received rank 0's log
+    directory, and the export called save_pretrained on rank 0's shards)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from transformers import AutoModel
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAGKIT_PRECISION": "fp32", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "train.py", "--config", "configs/dpr_scifact.yaml", "--config", "configs/trainer/fsdp2_cpu.yaml",
+           "--model.init_args.model_name_or_path", tiny_bert_dir, "--data.init_args.data_dir", str(tiny_beir_dir),
+           "--trainer.max_steps", "2", "--data.init_args.batch_size", "2", "--data.init_args.eval_batch_size", "4",
+           "--model.init_args.optimizer.init_args.lr", "0.01", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = tmp_path / "runs" / "dpr_scifact" / "version_0"
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert metrics["num_queries"] == 4 and 0.0 <= metrics["ndcg@10"] <= 1.0
+    assert list(run.glob("checkpoints/*.ckpt/__1_0.distcp"))   # a sharded checkpoint: one file per rank
+    exported = AutoModel.from_pretrained(run / "export").state_dict()
+    initial = AutoModel.from_pretrained(tiny_bert_dir).state_dict()
+    assert exported.keys() == initial.keys()
+    assert any(not torch.equal(exported[k], initial[k]) for k in initial)   # the trained weights, whole
