@@ -46,6 +46,34 @@ def test_prompt_datamodule_batches_and_bad_rows(tmp_path, qa_files):
         RLPromptDataModule(str(bad)).setup("fit")
 
 
+def test_two_process_fsdp2_default_run_fits_and_tests(tiny_llama_dir, qa_files, tmp_path):
+    """`train.py` with the FSDP2 CPU preset, 2 processes (Lightning starts the second): GRPO fit with searches,
+    then the test of the best (sharded) checkpoint over both ranks' questions."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    args = [
+        "--model", "lightning_modules.search_r1.SearchR1",
+        "--model.model_name_or_path", tiny_llama_dir, "--model.algorithm", "grpo", "--model.group_size", "2",
+        "--model.max_searches", "1", "--model.max_turn_tokens", "6", "--model.max_response_tokens", "40",
+        "--model.temperature", "0.7", "--model.mini_batch_size", "2", "--model.micro_batch_size", "2",
+        "--model.search", "rl.search.BM25Search", "--model.search.corpus", str(qa_files / "corpus.jsonl"),
+        "--data", "datamodules.rl_prompts.RLPromptDataModule",
+        "--data.train_file", str(qa_files / "train.jsonl"), "--data.test_file", str(qa_files / "test.jsonl"),
+        "--data.batch_size", "1", "--trainer.max_steps", "2", "--trainer.logger", "false",
+        "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "run"),
+        "--config", "configs/trainer/fsdp2_cpu.yaml",
+    ]
+    proc = subprocess.run([sys.executable, "train.py", *args], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "test/em" in proc.stdout and "test/search_errors" in proc.stdout
+
+
 def test_grpo_fit_through_the_cli_checkpoint_and_resume(tiny_llama_dir, qa_files, tmp_path):
     args = [
         "--model", "lightning_modules.search_r1.SearchR1",
