@@ -84,3 +84,16 @@ def tiny_llama_dir(tmp_path_factory) -> str:
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def run_train_py(args: list[str], **env: str):
+    """``python train.py *args`` in a subprocess from the repository root, one thread per process (a
+    multi-process run: Lightning starts the other ranks by running the same command again, which inside pytest
+    would re-run pytest). Fails the test with the end of stderr unless it exits 0; returns the CompletedProcess."""
+    import subprocess
+
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env}
+    proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=environment, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc

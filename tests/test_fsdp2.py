@@ -591,20 +591,15 @@ def test_train_py_default_run_under_fsdp2_fits_tests_and_exports(tiny_bert_dir, 
     run on both ranks and end with exit code 0 (before: the test's metrics broadcast received rank 0's log
     directory, and the export called save_pretrained on rank 0's shards)."""
     import json
-    import subprocess
-    import sys
-    from pathlib import Path
 
+    from conftest import run_train_py
     from transformers import AutoModel
 
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAGKIT_PRECISION": "fp32", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "train.py", "--config", "configs/dpr_scifact.yaml", "--config", "configs/trainer/fsdp2_cpu.yaml",
-           "--model.init_args.model_name_or_path", tiny_bert_dir, "--data.init_args.data_dir", str(tiny_beir_dir),
-           "--trainer.max_steps", "2", "--data.init_args.batch_size", "2", "--data.init_args.eval_batch_size", "4",
-           "--model.init_args.optimizer.init_args.lr", "0.01", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_train_py(["--config", "configs/dpr_scifact.yaml", "--config", "configs/trainer/fsdp2_cpu.yaml",
+                  "--model.init_args.model_name_or_path", tiny_bert_dir, "--data.init_args.data_dir", str(tiny_beir_dir),
+                  "--trainer.max_steps", "2", "--data.init_args.batch_size", "2", "--data.init_args.eval_batch_size", "4",
+                  "--model.init_args.optimizer.init_args.lr", "0.01",
+                  "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")], RAGKIT_PRECISION="fp32")
     run = tmp_path / "runs" / "dpr_scifact" / "version_0"
     metrics = json.loads((run / "test_metrics.json").read_text())
     assert metrics["num_queries"] == 4 and 0.0 <= metrics["ndcg@10"] <= 1.0

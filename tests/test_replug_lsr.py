@@ -325,19 +325,12 @@ def test_qa_fit_refresh_test_export_and_rerun_from_cache(tiny_bert_dir, tiny_lla
 def test_two_process_fsdp2_default_run_fits_tests_and_exports(tiny_bert_dir, tiny_llama_dir, tmp_path):
     """`train.py --config configs/replug_lsr_nq.yaml --config configs/trainer/fsdp2_cpu.yaml` (Lightning starts the
     second process): fit with index refreshes, the test of the best (sharded) checkpoint, the export."""
-    import os
-    import subprocess
-    import sys
-
+    from conftest import run_train_py
     from transformers import AutoModel
 
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "RAGKIT_PRECISION": "fp32"}
     args = _qa_args(tiny_bert_dir, tiny_llama_dir, tmp_path, "--trainer.max_steps", "2",
                     "--data.init_args.batch_size", "1", "--config", "configs/trainer/fsdp2_cpu.yaml")
-    proc = subprocess.run([sys.executable, "train.py", *args], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_train_py(args, RAGKIT_PRECISION="fp32")
     assert "test/replug_em" in proc.stdout
     export = next((tmp_path / "runs").glob("*/version_*/export"))
     exported = AutoModel.from_pretrained(export).state_dict()

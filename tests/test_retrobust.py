@@ -378,13 +378,9 @@ def test_fast_fit_test_export_through_the_cli(pool_dir, tiny_llama64_dir, tmp_pa
 def test_two_process_fsdp2_run_tables_every_ranks_questions(pool_dir, tiny_llama64_dir, tmp_path):
     """`train.py --config configs/retrobust_nq.yaml --config configs/trainer/fsdp2_cpu.yaml` (Lightning starts the
     second process): the table covers the test questions of both ranks, each once, and the run exports."""
-    import os
-    import subprocess
-    import sys
+    from conftest import run_train_py
 
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "train.py", "--config", "configs/retrobust_nq.yaml", "--config", "configs/trainer/fsdp2_cpu.yaml",
+    run_train_py(["--config", "configs/retrobust_nq.yaml", "--config", "configs/trainer/fsdp2_cpu.yaml",
            "--trainer.max_epochs", "1", "--trainer.logger.init_args.save_dir", str(tmp_path),
            "--trainer.enable_progress_bar", "false", "--model.init_args.model_name_or_path", tiny_llama64_dir,
            "--model.init_args.max_new_tokens", "2", "--model.init_args.nli_kinds", "[]",
@@ -393,9 +389,7 @@ def test_two_process_fsdp2_run_tables_every_ranks_questions(pool_dir, tiny_llama
            "--data.init_args.test_file", str(pool_dir / "test.jsonl"), "--data.init_args.corpus", str(pool_dir),
            "--data.init_args.num_train", "8", "--data.init_args.limit_val", "4", "--data.init_args.limit_test", "5",
            "--data.init_args.low_rank_range", "[3, 6]", "--data.init_args.batch_size", "2",
-           "--data.init_args.eval_batch_size", "2"]
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+           "--data.init_args.eval_batch_size", "2"])
     version = next((tmp_path / "retrobust_nq").glob("version_*"))
     # 5 questions on 2 ranks: 3 and 2, the sampler pads rank 1 with a repeat of the first; counted once
     assert "5 test questions." in (version / "retrobust_table.md").read_text()

@@ -268,19 +268,14 @@ def test_two_process_fsdp2_default_run_fits_and_tests(tiny_llama_dir, gsm8k_file
     """`train.py` with the FSDP2 CPU preset, 2 processes (Lightning starts the second): fit, then the
     two-attempt test of the best (sharded) checkpoint over both ranks' problems."""
     import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    from conftest import ROOT, run_train_py
+
     train, test = gsm8k_files
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(root / "tests"), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "train.py", *cli_args(tiny_llama_dir, train, test, tmp_path / "run"),
-           "--trainer.logger", "false", "--config", "configs/trainer/fsdp2_cpu.yaml",
-           "--trainer.val_check_interval", "1"]   # 4 training problems: one batch of 2 per rank
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_train_py([*cli_args(tiny_llama_dir, train, test, tmp_path / "run"), "--trainer.logger", "false",
+                         "--config", "configs/trainer/fsdp2_cpu.yaml",
+                         "--trainer.val_check_interval", "1"],   # 4 training problems: one batch of 2 per rank
+                        PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
     assert "test/acc_t2" in proc.stdout and "Testing checkpoint" in proc.stdout + proc.stderr
 
 

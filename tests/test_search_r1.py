@@ -49,13 +49,8 @@ def test_prompt_datamodule_batches_and_bad_rows(tmp_path, qa_files):
 def test_two_process_fsdp2_default_run_fits_and_tests(tiny_llama_dir, qa_files, tmp_path):
     """`train.py` with the FSDP2 CPU preset, 2 processes (Lightning starts the second): GRPO fit with searches,
     then the test of the best (sharded) checkpoint over both ranks' questions."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from conftest import run_train_py
 
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     args = [
         "--model", "lightning_modules.search_r1.SearchR1",
         "--model.model_name_or_path", tiny_llama_dir, "--model.algorithm", "grpo", "--model.group_size", "2",
@@ -68,9 +63,7 @@ def test_two_process_fsdp2_default_run_fits_and_tests(tiny_llama_dir, qa_files, 
         "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "run"),
         "--config", "configs/trainer/fsdp2_cpu.yaml",
     ]
-    proc = subprocess.run([sys.executable, "train.py", *args], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_train_py(args)
     assert "test/em" in proc.stdout and "test/search_errors" in proc.stdout
 
 
