@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import sys
-import traceback
 import warnings
 from pathlib import Path
 

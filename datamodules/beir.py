@@ -57,7 +57,6 @@ class ContrastivePairs(DrawCounters, Dataset):
         self.negatives, self.passages, self.num_negatives = negatives, passages, num_negatives
         self.init_draws(len(query_ids), seed)
 
-
     def __len__(self) -> int:
         return len(self.query_ids)
 

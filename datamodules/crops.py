@@ -8,9 +8,7 @@ crops), query i's positive being passage i; the other documents' crops are the i
 
 from __future__ import annotations
 
-
 import lightning as L
-import torch
 from torch.utils.data import Dataset
 
 from datamodules.beir import BEIRDataModule
@@ -27,7 +25,6 @@ class CropPairs(DrawCounters, Dataset):
         self.doc_ids, self.texts = doc_ids, texts
         self.ratio_min, self.ratio_max, self.deletion_prob = ratio_min, ratio_max, deletion_prob
         self.init_draws(len(doc_ids), seed)
-
 
     def __len__(self) -> int:
         return len(self.doc_ids)

@@ -33,6 +33,7 @@ from generation.nli import LMJudge, NLIClassifier, nli_hypothesis, select_answer
 from generation.qa_metrics import exact_match, f1_score
 from generation.rag import read
 from lightning_modules.rng_state import load_rng_state, save_rng_state
+from lightning_modules.rag_eval import merge_records
 from lightning_modules.sharding import full_parameters, is_sharded, shard
 from retrieval.distributed import gather_objects
 
@@ -203,16 +204,14 @@ class RetRobust(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         # every rank's questions, each once (a distributed sampler repeats some to even out the shares)
-        scores = {}
-        for part in gather_objects(self.scores):
-            for qid, row in part.items():
-                scores.setdefault(qid, row)
+        scores = merge_records([[{"id": qid, **row} for qid, row in part.items()]
+                                for part in gather_objects(self.scores)])
         log_dir = Path(self.trainer.log_dir or ".")  # a broadcast: every rank must ask
         if not self.trainer.is_global_zero:
             return
         log_dir.mkdir(parents=True, exist_ok=True)
-        keys = list(next(iter(scores.values()), {}))
-        means = {k: sum(row[k] for row in scores.values()) / len(scores) for k in keys}
+        keys = [k for k in (scores[0] if scores else {}) if k != "id"]
+        means = {k: sum(row[k] for row in scores) / len(scores) for k in keys}
         (log_dir / "retrobust_table.json").write_text(json.dumps(means, indent=1))
         (log_dir / "retrobust_table.md").write_text(table_markdown(means, self.rows())
                                                      + f"{len(scores)} test questions.\n")

@@ -21,7 +21,8 @@ with ``--ckpt_path`` restores weights, optimizer, RNG and step (init_from is the
 
 Checkpoint selection: by training reward, as the paper does: ``train/selection_reward`` is the accuracy of the
 final attempt (attempt 2; attempt 1 for single-turn RL) on the training samples, averaged over the last
-``selection_window`` steps, steps before the first counted as 0 (``rl.score.selection_reward``); the configs' ModelCheckpoint keeps the best by it (no dev split is used).
+``selection_window`` steps, steps before the first counted as 0 (``rl.score.selection_reward``); the configs'
+ModelCheckpoint keeps the best by it (no dev split is used).
 """
 
 from __future__ import annotations

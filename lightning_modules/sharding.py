@@ -173,10 +173,11 @@ def export_whole(module, path) -> None:
     ``save_pretrained`` nor a merge of LoRA adapters can write: every rank all-gathers the whole state dict
     (collectives, hence every rank), and rank 0 exports a fresh unsharded module of the same class and
     hyperparameters holding it. Ranks wait for rank 0's files before returning."""
-    import torch.distributed as dist
     from torch.distributed.tensor import DTensor
 
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    from retrieval.distributed import world
+
+    rank, size = world()
     if not is_sharded(module):
         if rank == 0:
             module.export(path)
@@ -186,13 +187,10 @@ def export_whole(module, path) -> None:
         if rank == 0:
             whole = type(module)(**init_hparams(module))
             whole.configure_model()
-            missing, unexpected = whole.load_state_dict(state, strict=False)
-            if missing or unexpected:
-                raise RuntimeError(f"export_whole: the gathered state of {type(module).__name__} does not fit a fresh "
-                                   f"copy: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            whole.load_state_dict(state)
             whole.export(path)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    if size > 1:
+        torch.distributed.barrier()
 
 
 def init_hparams(module) -> dict:
@@ -201,5 +199,4 @@ def init_hparams(module) -> dict:
     import inspect
 
     params = inspect.signature(type(module).__init__).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    return {k: v for k, v in module.hparams.items() if k in params or (takes_any and not k.startswith("_"))}
+    return {k: v for k, v in module.hparams.items() if k in params}

@@ -6,8 +6,8 @@ FSDP2 = "tests/test_fsdp2.py"
 
 MUTATIONS = [
     {"name": "retrobust_table_of_rank0s_questions", "file": "lightning_modules/retrobust.py",
-     "old": "        for part in gather_objects(self.scores):",
-     "new": "        for part in [self.scores]:",
+     "old": "for part in gather_objects(self.scores)])",
+     "new": "for part in [self.scores]])",
      "tests": ["tests/test_retrobust.py::test_two_process_fsdp2_run_tables_every_ranks_questions"]},
     {"name": "retrobust_log_dir_on_rank0_only", "file": "lightning_modules/retrobust.py",
      "old": "        log_dir = Path(self.trainer.log_dir or \".\")  # a broadcast: every rank must ask\n        if not self.trainer.is_global_zero:\n            return",
