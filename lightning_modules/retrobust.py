@@ -227,10 +227,8 @@ class RetRobust(L.LightningModule):
         save_rng_state(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "state_dict" not in checkpoint:  # a sharded checkpoint: the strategy has loaded the weights already
-            load_rng_state(checkpoint)
-            return
-        want, have = self.trainable_names(), set(checkpoint["state_dict"])
+        # (no "state_dict" in a sharded checkpoint: the strategy has loaded the weights already)
+        want, have = self.trainable_names(), set(checkpoint.get("state_dict", self.trainable_names()))
         if want != have:
             raise ValueError(f"RetRobust checkpoint: its parameters do not match the model's trainable ones (missing "
                              f"{sorted(want - have)[:3]}, unexpected {sorted(have - want)[:3]}); was it saved with "

@@ -34,7 +34,8 @@ MUTATIONS = [
      "new": "return torch.tensor(combined_reward([self.tokenizer.decode(x, skip_special_tokens=True) for x in r.input_ids], examples,",
      "tests": [STEP]},
     {"name": "token_mean_per_micro_batch", "file": "rl/update.py",
-     "old": 'norm = {"num_tokens": r.loss_mask[idx].sum(), "num_seqs": len(idx), "norm_length": cfg.norm_length}',
+     "old": 'norm = {"num_tokens": mean_over_ranks(r.loss_mask[idx].sum()),\n'
+            '                        "num_seqs": mean_over_ranks(torch.tensor(float(len(idx)))), "norm_length": cfg.norm_length}',
      "new": 'norm = {"norm_length": cfg.norm_length}', "tests": [UPD]},
     {"name": "dr_grpo_padded_width", "file": "rl/losses.py",
      "old": "return per_seq.sum() / (n_seq * norm_length)", "new": "return per_seq.sum() / (n_seq * values.shape[1])",
