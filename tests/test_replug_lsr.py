@@ -178,7 +178,9 @@ def test_cached_lm_scores_equal_fresh_scores_and_are_invalidated_by_lm_or_prompt
     # another LM, another prompt or another target prefix: nothing is reused, and the numbers differ
     for lm_dir, kw in ((other_llama_dir, {}), (tiny_llama_dir, {"prompt": "zero_shot_chat"}),
                        (tiny_llama_dir, {"target_prefix": ""}),
-                       (tiny_llama_dir, {"prompt": PromptFormat(chat=False, answer_prefix="A:")})):
+                       (tiny_llama_dir, {"prompt": PromptFormat(chat=False, answer_prefix="A:")}),
+                       # the per-token mean, and prompts cut to their last 16 tokens, are other numbers too
+                       (tiny_llama_dir, {"lm_reduction": "mean"}), (tiny_llama_dir, {"lm_max_length": 16})):
         other = _module(tiny_bert_dir, lm_dir, score_cache=cache, **kw)
         scores = other.lm_scores(QUERIES, DOCS, TARGETS)
         assert other.score_cache.misses == 6 and other.score_cache.hits == 0, kw
@@ -217,6 +219,58 @@ def test_gradients_reach_the_retriever_and_never_the_lm(tiny_bert_dir, tiny_llam
         q = model.encode_queries(QUERIES)
         p = model.encode_passages([d for docs in DOCS for d in docs]).view(2, 3, -1)
         torch.testing.assert_close(scores.detach(), torch.einsum("bh,bkh->bk", q, p), atol=1e-5, rtol=1e-5)
+
+
+def test_training_step_passes_gamma_beta_and_direction_to_the_loss(tiny_bert_dir, tiny_llama_dir):
+    """The module's step computes KL(Q || P_R) with P_R = softmax(s / gamma), Q = softmax(log P_LM / beta) from its
+    own retrieval, scores and LM scores (gamma != beta and the non-default direction, so that a swap or a dropped
+    option changes the number)."""
+    gamma, beta = 0.02, 0.5
+    model = _module(tiny_bert_dir, tiny_llama_dir, gamma=gamma, beta=beta, direction="q||p_r", top_k=3)
+    model.eval()    # no dropout: the step and the check below encode alike
+    passages = {f"d{i}": d for i, d in enumerate(d for docs in DOCS for d in docs)}
+    model.attach_corpus(passages)
+    model.build_index(passages)
+    batch = {"inputs": QUERIES, "targets": TARGETS, "exclude": [[], []]}
+    loss = model.training_step(batch, 0)
+    hits = model.retrieve(QUERIES, 3)
+    docs = [[passages[d] for d, _ in row] for row in hits]
+    with torch.no_grad():
+        s, ll = model.retriever_scores(QUERIES, docs), model.lm_scores(QUERIES, docs, TARGETS)
+    p_r, q = torch.softmax(s / gamma, -1), torch.softmax(ll / beta, -1)
+    want = (q * (q.log() - p_r.log())).sum(-1).mean()
+    torch.testing.assert_close(loss.detach(), want, atol=1e-5, rtol=1e-4)
+    # the inputs are such that the wrong temperatures or the other direction give another number
+    swapped = (torch.softmax(ll / gamma, -1), torch.softmax(s / beta, -1))
+    others = [(swapped[0] * (swapped[0].log() - swapped[1].log())).sum(-1).mean(),
+              (p_r * (p_r.log() - q.log())).sum(-1).mean()]
+    assert all(abs(o - want) > 1e-3 for o in others), (want, others)   # 100x the tolerance above
+
+
+def test_shared_encoder_gets_gradient_through_both_sides(tiny_bert_dir, tiny_llama_dir):
+    """With one shared encoder (the paper), s(d, x) = E(x) . E(d) is differentiated through E(x) and E(d): the
+    gradient is the sum of the query side's and the passage side's (each computed with the other detached)."""
+    model = _module(tiny_bert_dir, tiny_llama_dir, train_passage_encoder=True)
+    model.eval()
+    params = [p for p in model.passage_encoder.parameters() if p.requires_grad]
+    weights = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+
+    def grads(scores):
+        return torch.autograd.grad((scores * weights).sum(), params, allow_unused=True)
+
+    def tok(texts, n):
+        return model.passage_encoder.tokenize(texts, n)
+
+    full = grads(model.retriever_scores(QUERIES, DOCS))
+    q = model.passage_encoder(**tok(QUERIES, 16))
+    p = model.passage_encoder(**tok([d for docs in DOCS for d in docs], 24)).view(2, 3, -1)
+    query_side = grads(torch.einsum("bh,bkh->bk", q, p.detach()))
+    passage_side = grads(torch.einsum("bh,bkh->bk", q.detach(), p))
+    zero = torch.zeros(())
+    assert sum(float(g.abs().sum()) for g in passage_side if g is not None) > 0
+    for f, a, b in zip(full, query_side, passage_side):
+        torch.testing.assert_close(f if f is not None else zero, (a if a is not None else zero) + (b if b is not None else zero),
+                                   atol=1e-6, rtol=1e-4)
 
 
 # -- data ----------------------------------------------------------------------------------------------------

@@ -206,6 +206,20 @@ def test_random_context_is_never_the_questions_own_passage():
     assert seen[3] == {"a", "b", "c"}
 
 
+def test_low_rank_draw_covers_its_whole_range():
+    """The low rank is uniform over low_rank_range, both ends included (the paper's 11..20: ten ranks): over 3,000
+    draws each rank holds ~1/10 (binomial std 0.0055; 0.025 is > 4 std), and the passage is the one at that rank."""
+    from datamodules.retrobust import choose_contexts
+
+    hits = [[f"q{i}d{r}" for r in range(1, 21)] for i in range(3000)]
+    out = choose_contexts(hits, ["low_rank"] * len(hits), (11, 20), random.Random(0))
+    counts = Counter(rank for _, rank in out)
+    assert sorted(counts) == list(range(11, 21))
+    for rank in range(11, 21):
+        assert counts[rank] / len(hits) == pytest.approx(0.1, abs=0.025), counts
+    assert all(pid == f"q{i}d{rank}" for i, (pid, rank) in enumerate(out))
+
+
 def test_bad_mix_settings_are_rejected(pool_dir, tiny_llama64_dir):
     with pytest.raises(ValueError, match="proportions"):
         datamodule(pool_dir, tiny_llama64_dir, proportions=(0.5, 0.5, 0.5))
