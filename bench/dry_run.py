@@ -139,6 +139,37 @@ class Report:
         return self.peak <= HEADROOM * self.gpu_mem
 
 
+def state_bytes(model, weight_bytes: int, four_bit: bool) -> tuple[float, float, int]:
+    """(trainable bytes, frozen bytes, trainable count): NF4 with double quantisation for the frozen 2-D weights of
+    the blocks of a 4-bit base (0.5 byte + an 8-bit absmax per 64 + an fp32 one per 256 blocks of 64)."""
+    from lightning_modules.sharding import transformer_blocks
+
+    in_blocks = {id(p) for b in transformer_blocks(model) for p in b.parameters()}
+    trainable = frozen = 0.0
+    for p in model.parameters():
+        if p.requires_grad:
+            trainable += p.numel() * weight_bytes
+        elif four_bit and p.ndim == 2 and id(p) in in_blocks:
+            frozen += p.numel() * (0.5 + 1 / 64 + 4 / (64 * 256))
+        else:
+            frozen += p.numel() * weight_bytes
+    return trainable, frozen, sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def activation_bytes(cfg, b: int, seq: int, scored: int, checkpointing: bool) -> float:
+    """One micro-batch: each block's input (checkpointing) or inner tensors (10 h + 4 i values a token, bf16),
+    plus the logits over the scored tokens (bf16, their fp32 copy and its gradient: ~10 bytes a value)."""
+    inner = b * seq * (10 * cfg.hidden_size + 4 * cfg.intermediate_size) * 2
+    blocks = (cfg.num_hidden_layers * b * seq * cfg.hidden_size * 2 + inner) if checkpointing else cfg.num_hidden_layers * inner
+    return blocks + b * scored * cfg.vocab_size * 10
+
+
+def kv_cache_bytes(cfg, rows: int, seq: int) -> float:
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return rows * seq * cfg.num_hidden_layers * 2 * kv_heads * head_dim * 2
+
+
 def estimate(config: dict, gpus: int, gpu_mem: float, prompt_tokens: int = 256, name: str = "config") -> Report:
     """The per-GPU memory of ``config`` (a resolved config dict) on ``gpus`` cards of ``gpu_mem`` GiB."""
     from lightning_modules.sharding import transformer_blocks
@@ -148,50 +179,34 @@ def estimate(config: dict, gpus: int, gpu_mem: float, prompt_tokens: int = 256, 
     if "model_name_or_path" not in hp:
         raise DryRunError(f"{name}: {method} is not covered by the dry run (causal-LM methods: RetRobust, SearchR1, SCoRe)")
     strategy = trainer.get("strategy")
-    strategy_path = strategy.get("class_path", "") if isinstance(strategy, dict) else str(strategy)
-    sharded = strategy_path.endswith("FSDP2Strategy")
+    sharded = isinstance(strategy, dict) and strategy.get("class_path", "").endswith("FSDP2Strategy")
     shard_opts = strategy.get("init_args", {}) if sharded else {}
     n = gpus if sharded else 1
-    report = Report(name, gpus, gpu_mem, sharded)
-    model, cfg = meta_model(hp["model_name_or_path"], hp.get("lora"))
-    weight_bytes = dtype_bytes(hp.get("dtype"))
-    compute = 2 if (shard_opts.get("param_dtype") in ("bfloat16", "float16")
-                    or "bf16" in str(trainer.get("precision")) or "16" in str(trainer.get("precision"))) else weight_bytes
     four_bit = bool(hp.get("load_in_4bit"))
     if four_bit and sharded:
         raise DryRunError(f"{name}: load_in_4bit with FSDP2: a 4-bit base cannot be sharded "
                           "(lightning_modules.sharding.refuse_quantized)")
-    block_ids = {id(p) for b in transformer_blocks(model) for p in b.parameters()}
-    if four_bit:    # peft's k-bit preparation keeps what is not quantised (and the adapters) in fp32
-        weight_bytes = 4
-    trainable = frozen = 0.0
-    for p in model.parameters():
-        if p.requires_grad:
-            trainable += p.numel() * weight_bytes
-        elif four_bit and p.ndim == 2 and id(p) in block_ids:
-            frozen += p.numel() * (0.5 + 1 / 64 + 4 / (64 * 256))   # nf4 + 8-bit absmax per 64 + fp32 per 256 blocks
-        else:
-            frozen += p.numel() * weight_bytes
-    trainable_count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    report = Report(name, gpus, gpu_mem, sharded)
+    model, cfg = meta_model(hp["model_name_or_path"], hp.get("lora"))
+    # peft's k-bit preparation keeps what is not quantised (and the adapters) in fp32
+    weight_bytes = 4 if four_bit else dtype_bytes(hp.get("dtype"))
+    compute = 2 if (shard_opts.get("param_dtype") in ("bfloat16", "float16")
+                    or "16" in str(trainer.get("precision"))) else weight_bytes
+    trainable, frozen, trainable_count = state_bytes(model, weight_bytes, four_bit)
     if trainable_count == 0:
         raise DryRunError(f"{name}: no trainable parameter (check model.init_args.lora)")
-    reference = 0.0
+    reference = search = 0.0
     uses_kl = (hp.get("beta1", 0) or hp.get("beta2", 0)) if method == "SCoRe" else hp.get("kl_coef", 0)
     if method in RL_METHODS and uses_kl and hp.get("lora") is None:
         reference = trainable + frozen            # a frozen copy of the policy (rl.policy.ReferencePolicy "copy")
         report.notes.append("KL reference: a frozen copy of the policy")
-    search = 0.0
-    search_cfg = (hp.get("search") or {}).get("init_args", {}) if isinstance(hp.get("search"), dict) else {}
+    search_cfg = hp["search"].get("init_args", {}) if isinstance(hp.get("search"), dict) else {}
     if search_cfg.get("model_name_or_path"):
         encoder, _ = meta_model(search_cfg["model_name_or_path"], None, encoder=True)
         search = sum(p.numel() for p in encoder.parameters()) * 4      # fp32, whole on every GPU
         report.notes.append(f"search encoder {search_cfg['model_name_or_path']} whole on each GPU (corpus "
                             "embeddings not counted)")
-    h, i, layers, vocab = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
-    kv_heads = getattr(cfg, "num_key_value_heads", cfg.num_attention_heads)
-    head_dim = getattr(cfg, "head_dim", None) or h // cfg.num_attention_heads
-    b = int(hp.get("micro_batch_size") or 1)
-    data = config.get("data", {}).get("init_args", {})
+    b, data = int(hp.get("micro_batch_size") or 1), config.get("data", {}).get("init_args", {})
     if method in RL_METHODS:
         response = int(hp.get("max_response_tokens") or 1024)
         seq, scored = prompt_tokens + response, response
@@ -200,19 +215,17 @@ def estimate(config: dict, gpus: int, gpu_mem: float, prompt_tokens: int = 256, 
     else:
         seq, scored, rows = int(data.get("max_length") or 1024), 64, 0   # the answer's tokens carry the loss
     checkpointing = bool(shard_opts.get("activation_checkpointing") or hp.get("gradient_checkpointing"))
-    inner = b * seq * (10 * h + 4 * i) * 2
-    acts = (layers * b * seq * h * 2 + inner) if checkpointing else layers * inner
-    acts += b * scored * vocab * 10
     blocks = transformer_blocks(model)
     block_bytes = max((sum(p.numel() for p in blk.parameters()) for blk in blocks), default=0) * compute
     total_params = sum(p.numel() for p in model.parameters())
-    rollout = (total_params * compute + rows * seq * layers * 2 * kv_heads * head_dim * 2) if method in RL_METHODS else 0
+    rollout = total_params * compute + kv_cache_bytes(cfg, rows, seq) if method in RL_METHODS else 0.0
+    optimizer = hp.get("optimizer", {}).get("class_path", "torch.optim.AdamW")
     report.lines = {"params": (trainable + frozen + reference) / n / GIB + search / GIB,
                     "grads": trainable / n / GIB,
-                    "optimizer": trainable_count * optimizer_bytes(hp.get("optimizer", {}).get("class_path", "torch.optim.AdamW"),
-                                                                   weight_bytes) / n / GIB,
+                    "optimizer": trainable_count * optimizer_bytes(optimizer, weight_bytes) / n / GIB,
                     "gathered": 2 * block_bytes / GIB if sharded else 0.0,
-                    "activations": acts / GIB, "rollout": rollout / GIB}
+                    "activations": activation_bytes(cfg, b, seq, scored, checkpointing) / GIB,
+                    "rollout": rollout / GIB}
     report.notes.insert(0, f"{hp['model_name_or_path']}: {total_params / 1e9:.2f}B parameters, {trainable_count / 1e6:.1f}M "
                            f"trainable{', 4-bit base' if four_bit else ''}; {len(blocks)} blocks; micro-batch "
                            f"{b} x {seq} tokens, activation checkpointing {'on' if checkpointing else 'off'}"
@@ -238,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report.text())
     if not report.fits:
         print(f"dry run: {report.config} needs {report.peak:.1f} GiB per GPU, more than {HEADROOM:.0%} of "
-              f"{args.gpu_mem:g} GiB: use more GPUs, a smaller micro_batch_size, or activation checkpointing",
+              f"{args.gpu_mem:g} GiB: use more GPUs or a smaller micro_batch_size (and activation checkpointing, if off)",
               file=sys.stderr)
         return 1
     return 0
