@@ -25,8 +25,9 @@ from retrieval.beir import DataFormatError, load_corpus, passage_text, read_json
 
 def read_qa_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
     """Rows ``{"question": str, "answers": [str, ...]}`` (NQ-open's ``"answer"`` is accepted as well);
-    optional ``"id"`` (default ``<file stem>-<line>``) and ``"gold_id"``. Errors name file, line, field."""
-    out = []
+    optional ``"id"`` (default ``<file stem>-<line>``) and ``"gold_id"``. Errors name file, line, field; an id
+    seen before in the file is one (results and training draws are keyed by id)."""
+    out, first = [], {}
     for line, row in read_jsonl(path, {"question": str}):
         field = "answers" if "answers" in row else "answer" if "answer" in row else None
         if field is None:
@@ -36,8 +37,11 @@ def read_qa_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
             raise DataFormatError(path, line, field, f"expected a non-empty list of non-empty strings, got {answers!r}")
         if not row["question"].strip():
             raise DataFormatError(path, line, "question", "empty")
-        out.append({"id": str(row.get("id", f"{Path(path).name.split('.')[0]}-{line}")), "question": row["question"],
-                    "answers": answers, "gold_id": row.get("gold_id")})
+        qid = str(row.get("id", f"{Path(path).name.split('.')[0]}-{line}"))
+        if qid in first:
+            raise DataFormatError(path, line, "id", f"duplicate id {qid!r} (first at line {first[qid]})")
+        first[qid] = line
+        out.append({"id": qid, "question": row["question"], "answers": answers, "gold_id": row.get("gold_id")})
         if limit is not None and len(out) >= limit:
             break
     return out
