@@ -302,6 +302,12 @@ def main(args: list[str] | None = None) -> None:
     try:
         cli_main(args)
     except Exception as err:  # noqa: BLE001
+        from training.disk_full import describe_disk_full
+
+        full = describe_disk_full(err)  # a full disk is the user's to fix, wherever it was found
+        if full is not None and not os.environ.get(TRACEBACK_ENV):
+            sys.stderr.write(f"({TRACEBACK_ENV}=1 shows the traceback)\nerror: OSError: {full}\n")
+            sys.exit(1)
         deliberate = isinstance(err, (ValueError, OSError, RuntimeError)) and _raised_by_project(err)
         if os.environ.get(TRACEBACK_ENV) or not deliberate:
             raise
