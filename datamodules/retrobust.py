@@ -111,8 +111,8 @@ class RetRobustDataModule(QADataModule):
         self.hparams.limit = None  # read by QADataModule.setup; the splits are limited per split here
         if (len(proportions) != len(KINDS) or not all(math.isfinite(p) and p >= 0 for p in proportions)
                 or abs(sum(proportions) - 1) > 1e-6):
-            raise ValueError(f"RetRobustDataModule.proportions: expected {len(KINDS)} finite non-negative probabilities of "
-                             f"{KINDS} summing to 1, got {list(proportions)}")
+            raise ValueError(f"RetRobustDataModule.proportions: expected {len(KINDS)} finite non-negative "
+                             f"probabilities of {KINDS} summing to 1, got {list(proportions)}")
         lo, hi = low_rank_range
         if not 2 <= lo <= hi:
             raise ValueError(f"RetRobustDataModule.low_rank_range: expected 2 <= start <= end, got {list(low_rank_range)}")

@@ -209,8 +209,8 @@ class SearchR1(PolicyGradientModule):
             rank_zero_warn(f"SearchR1: EVERY search of this run failed ({failed} of {searches}): the policy trained "
                            "on error messages, not on search results")
         elif failed:
-            rank_zero_warn(f"SearchR1: {failed} of {searches} searches of this run failed ({100 * failed / searches:.1f}%); "
-                           "those rollouts read an error message instead of passages (the console's search warnings "
+            rank_zero_warn(f"SearchR1: {failed} of {searches} searches of this run failed "
+                           f"({100 * failed / searches:.1f}%); those rollouts read an error message instead of passages (the console's search warnings "
                            "name the errors)")
 
     def log_text(self, tag: str, r: Rollouts, rewards: list[float], answers: list) -> None:

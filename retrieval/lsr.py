@@ -148,7 +148,8 @@ class LMScoreCache:
         for start in range(0, len(keys), 500):   # SQLite's limit on bound parameters
             part = keys[start:start + 500]
             query = f"SELECT key, value FROM scores WHERE namespace = ? AND key IN ({','.join('?' * len(part))})"
-            out.update(self._sql("read", lambda: self.db.execute(query, [self.namespace, *part]).fetchall()))  # noqa: B023
+            args = [self.namespace, *part]
+            out.update(self._sql("read", lambda: self.db.execute(query, args).fetchall()))  # noqa: B023
         return out
 
     def put(self, values: dict[str, float]) -> None:

@@ -6,7 +6,8 @@ The engines are thin adapters over the one search layer, :mod:`retrieval.search`
 the tool sees the index that ``callbacks.IndexRefresh`` swaps in). :class:`HTTPSearch` is a client of a
 retrieval server with Search-R1's ``/retrieve`` interface (:func:`serve` runs one over any engine, so that
 at scale the retriever lives on its own machine; it accepts a rollout batch of connections at once, and the
-client retries with backoff when a connection is refused or reset). :class:`SafeSearch` wraps an engine for the rollout: an
+client retries with backoff when a connection is refused or reset). :class:`SafeSearch` wraps an engine for
+the rollout: an
 exception or a timeout becomes an ``<information>`` message, is counted, and is reported on the console
 (a rate-limited warning), never a crash.
 """

@@ -177,7 +177,8 @@ def _mbpp_row(path, where, row: dict, sanitized: bool) -> dict:
     if entry is None:
         raise TaskDataError(f"{path}:{where}: field 'test_list' first assert calls no function")
     split = next((name for name, ids in MBPP_SPLITS.items() if task_id in ids), "extra")
-    return {"where": where, "id": f"mbpp/{task_id}", "task": "mbpp", "task_id": task_id, "split": split, "problem": text,
+    return {"where": where, "id": f"mbpp/{task_id}", "task": "mbpp", "task_id": task_id, "split": split,
+            "problem": text,
             "code": code.replace("\r\n", "\n"), "test_list": tests, "entry_point": entry,
             "test_setup_code": "" if sanitized else _field(path, where, row, "test_setup_code"),
             "test_imports": _field(path, where, row, "test_imports", list) if sanitized else [],

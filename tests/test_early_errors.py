@@ -67,8 +67,8 @@ def _qa_files(root: Path) -> tuple[Path, Path, Path]:
                                         "gold_id": f"d{i}"}) + "\n" for i in range(3)))
     bad = root / "train.jsonl"
     bad.write_text('{"question": "q", "answers": ["a"]}\n{"question": \n')
-    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": f"passage word{i} topic{i % 3}"})
-                                               + "\n" for i in range(30)))
+    corpus = [{"_id": f"d{i}", "title": "", "text": f"passage word{i} topic{i % 3}"} for i in range(30)]
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus))
     return good, bad, root
 
 
@@ -125,7 +125,8 @@ def test_non_finite_proportions_name_the_field(proportions):
 def test_negative_score_coefficients_are_refused(option, tiny_llama_dir):
     from lightning_modules.score import SCoRe
 
-    with pytest.raises(ValueError, match=rf"SCoRe: alpha, beta1 and beta2 must be finite and >= 0, got .*{option}=-0.1"):
+    message = rf"SCoRe: alpha, beta1 and beta2 must be finite and >= 0, got .*{option}=-0.1"
+    with pytest.raises(ValueError, match=message):
         SCoRe(tiny_llama_dir, **{option: -0.1})
     SCoRe(tiny_llama_dir, alpha=0.0, beta1=0.0, beta2=0.0)  # zero is an ablation ("no shaping", no KL)
 

@@ -21,10 +21,12 @@ def jsonl(path: Path, rows: list[dict], gz: bool = False) -> Path:
 
 
 def test_math_duplicate_unique_id_names_file_line_and_id(tmp_path):
-    rows = [{"problem": f"p{i}", "solution": f"\\boxed{{{i}}}", "unique_id": f"test/algebra/{i}.json"} for i in range(6)]
+    rows = [{"problem": f"p{i}", "solution": f"\\boxed{{{i}}}", "unique_id": f"test/algebra/{i}.json"}
+            for i in range(6)]
     rows[4]["unique_id"] = rows[1]["unique_id"]
     path = jsonl(tmp_path / "math.jsonl", rows)
-    with pytest.raises(TaskDataError, match=rf"^{path}:5: duplicate unique_id 'test/algebra/1.json' \(first at line 2\)"):
+    with pytest.raises(TaskDataError,
+                       match=rf"^{path}:5: duplicate unique_id 'test/algebra/1.json' \(first at line 2\)"):
         load_math(path)
     rows[4]["unique_id"] = "test/algebra/9.json"
     assert len(load_math(jsonl(path, rows))) == 6
@@ -83,7 +85,8 @@ def test_qa_duplicate_id_is_refused_for_retrobust_training(tmp_path, tiny_llama_
 @pytest.mark.parametrize("loader, rows, message", [
     (load_gsm8k, [{"question": "q", "answer": "1 + 1 = 2\n#### 2"}, {"question": "q", "answer": "so\n####  "}],
      r"g\.jsonl:2: field 'answer': the gold answer is empty"),
-    (load_math, [{"problem": "p", "solution": "s", "answer": " "}], r"g\.jsonl:1: field 'answer': the gold answer is empty"),
+    (load_math, [{"problem": "p", "solution": "s", "answer": " "}],
+     r"g\.jsonl:1: field 'answer': the gold answer is empty"),
     (load_math, [{"problem": "p", "solution": "\\boxed{3}"}, {"problem": "p", "solution": "so \\boxed{}"}],
      r"g\.jsonl:2: field 'solution': the gold answer is empty"),
 ])
