@@ -184,6 +184,14 @@ class CLI(LightningCLI):
             trainer.callbacks.append(LogProgress())
         return trainer
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning replaces the config's model (class and options) by the checkpoint's hyperparameters, so a
+        changed option was dropped silently and another method's checkpoint swapped the class. Here the config
+        wins, each option it changes is named with both values, and another method's checkpoint is refused;
+        a missing, empty, truncated or folder checkpoint (``--ckpt_path``, ``init_from``) is named before
+        anything is built."""
+        check_start_files(self.config)
+
     def _run_subcommand(self, subcommand: str) -> None:
         if not self.default_run:
             super()._run_subcommand(subcommand)
@@ -218,6 +226,28 @@ class CLI(LightningCLI):
             raise RuntimeError(
                 f"no training step ran: the training dataloader gave {trainer.num_training_batches} batches "
                 "(a batch size larger than the training set, with drop_last?); nothing was tested or exported")
+
+
+def check_start_files(config) -> None:
+    """The checkpoints a run starts from, checked before the model is built (training.checkpoint_checks)."""
+    from lightning.pytorch.utilities import rank_zero_warn
+
+    from training.checkpoint_checks import LIGHTNING_NAMES, check_checkpoint_path, read_hyperparameters, reconcile
+
+    sub = config.get("subcommand")
+    section = config[sub] if sub else config
+    model = section.get("model")
+    model = model.as_dict() if hasattr(model, "as_dict") else dict(model or {})
+    ckpt_path = section.get("ckpt_path")
+    if ckpt_path and str(ckpt_path) not in LIGHTNING_NAMES:
+        path = check_checkpoint_path(ckpt_path, "--ckpt_path")
+        changed = reconcile(model, read_hyperparameters(path, "--ckpt_path"), ckpt_path)
+        if changed:
+            rank_zero_warn(f"--ckpt_path {ckpt_path}: the config sets {len(changed)} model option(s) differently from "
+                           "the checkpoint; the config's values are used:\n  " + "\n  ".join(changed))
+    elif (model.get("init_args") or {}).get("init_from"):
+        # a resumed run takes its weights from --ckpt_path, not init_from
+        check_checkpoint_path(model["init_args"]["init_from"], "model.init_args.init_from", sharded_ok=False)
 
 
 def _configure_logging() -> None:
@@ -272,6 +302,12 @@ def main(args: list[str] | None = None) -> None:
     try:
         cli_main(args)
     except Exception as err:  # noqa: BLE001
+        from training.disk_full import describe_disk_full
+
+        full = describe_disk_full(err)  # a full disk is the user's to fix, wherever it was found
+        if full is not None and not os.environ.get(TRACEBACK_ENV):
+            sys.stderr.write(f"({TRACEBACK_ENV}=1 shows the traceback)\nerror: OSError: {full}\n")
+            sys.exit(1)
         deliberate = isinstance(err, (ValueError, OSError, RuntimeError)) and _raised_by_project(err)
         if os.environ.get(TRACEBACK_ENV) or not deliberate:
             raise

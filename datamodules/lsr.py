@@ -20,7 +20,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from datamodules.beir import resolve_data_dir
-from datamodules.qa import QADataset, _corpus_file, read_qa_jsonl
+from datamodules.qa import QADataset, _corpus_file, needs_split, read_qa_jsonl
 from datamodules.resumable import StatefulDataLoader, train_loader
 from retrieval.beir import load_corpus, passage_text
 
@@ -98,13 +98,12 @@ class LSRQADataModule(_LSRData):
         self.save_hyperparameters()
 
     def setup(self, stage: str | None = None) -> None:
-        if self.passages:
-            return
         hp = self.hparams
-        self._load_corpus()
+        if not self.passages:
+            self._load_corpus()
         for name, file, limit in (("train", hp.train_file, hp.train_limit), ("val", hp.val_file, hp.val_limit),
                                   ("test", hp.test_file, hp.test_limit)):
-            if not file:
+            if not file or name in self.splits or not needs_split(name, stage):
                 continue
             path = resolve_data_dir(file)
             rows = read_qa_jsonl(path, limit)

@@ -23,10 +23,18 @@ from datamodules.resumable import StatefulDataLoader, train_loader
 from retrieval.beir import DataFormatError, load_corpus, passage_text, read_jsonl
 
 
+def needs_split(split: str, stage: str | None) -> bool:
+    """Whether ``stage`` reads ``split``: only fit trains, so an evaluation-only run never reads (nor fails on)
+    the training file; every stage reads the evaluation files (fit tests after training: a broken test
+    file stops it before training)."""
+    return split != "train" or stage in (None, "fit")
+
+
 def read_qa_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
     """Rows ``{"question": str, "answers": [str, ...]}`` (NQ-open's ``"answer"`` is accepted as well);
-    optional ``"id"`` (default ``<file stem>-<line>``) and ``"gold_id"``. Errors name file, line, field."""
-    out = []
+    optional ``"id"`` (default ``<file stem>-<line>``) and ``"gold_id"``. Errors name file, line, field; an id
+    seen before in the file is one (results and training draws are keyed by id)."""
+    out, first = [], {}
     for line, row in read_jsonl(path, {"question": str}):
         field = "answers" if "answers" in row else "answer" if "answer" in row else None
         if field is None:
@@ -36,8 +44,11 @@ def read_qa_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
             raise DataFormatError(path, line, field, f"expected a non-empty list of non-empty strings, got {answers!r}")
         if not row["question"].strip():
             raise DataFormatError(path, line, "question", "empty")
-        out.append({"id": str(row.get("id", f"{Path(path).name.split('.')[0]}-{line}")), "question": row["question"],
-                    "answers": answers, "gold_id": row.get("gold_id")})
+        qid = str(row.get("id", f"{Path(path).name.split('.')[0]}-{line}"))
+        if qid in first:
+            raise DataFormatError(path, line, "id", f"duplicate id {qid!r} (first at line {first[qid]})")
+        first[qid] = line
+        out.append({"id": qid, "question": row["question"], "answers": answers, "gold_id": row.get("gold_id")})
         if limit is not None and len(out) >= limit:
             break
     return out
@@ -82,13 +93,11 @@ class QADataModule(L.LightningDataModule):
         self.passages: dict[str, str] = {}
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
         hp = self.hparams
         for name, file in (("train", hp.train_file), ("val", hp.val_file), ("test", hp.test_file)):
-            if file:
+            if file and name not in self.splits and needs_split(name, stage):
                 self.splits[name] = read_qa_jsonl(resolve_data_dir(file), hp.limit)
-        if hp.corpus:
+        if hp.corpus and not self.corpus:
             self.corpus = load_corpus(_corpus_file(resolve_data_dir(hp.corpus)))
             # the same title + text rule as the BEIR DataModule and the search layer
             self.passages = {pid: passage_text(doc) for pid, doc in self.corpus.items()}

@@ -17,6 +17,7 @@ pass can read each question with each kind, and closed-book.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 
@@ -108,9 +109,10 @@ class RetRobustDataModule(QADataModule):
                          batch_size=batch_size, num_workers=num_workers, seed=seed)
         self.save_hyperparameters(ignore=["prompt"])
         self.hparams.limit = None  # read by QADataModule.setup; the splits are limited per split here
-        if len(proportions) != len(KINDS) or any(p < 0 for p in proportions) or abs(sum(proportions) - 1) > 1e-6:
-            raise ValueError(f"RetRobustDataModule.proportions: expected {len(KINDS)} non-negative probabilities of "
-                             f"{KINDS} summing to 1, got {list(proportions)}")
+        if (len(proportions) != len(KINDS) or not all(math.isfinite(p) and p >= 0 for p in proportions)
+                or abs(sum(proportions) - 1) > 1e-6):
+            raise ValueError(f"RetRobustDataModule.proportions: expected {len(KINDS)} finite non-negative "
+                             f"probabilities of {KINDS} summing to 1, got {list(proportions)}")
         lo, hi = low_rank_range
         if not 2 <= lo <= hi:
             raise ValueError(f"RetRobustDataModule.low_rank_range: expected 2 <= start <= end, got {list(low_rank_range)}")
@@ -124,19 +126,20 @@ class RetRobustDataModule(QADataModule):
 
     # -- building the sets --------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        if self.examples:
-            return
-        super().setup(stage)
+        super().setup(stage)   # the splits this stage reads (datamodules.qa.needs_split)
         hp = self.hparams
-        self.tokenizer = load_tokenizer(hp.tokenizer)
-        encoder = None
-        if hp.retriever == "dense":
-            from retrieval.encoders import DEFAULT_ENCODER, Encoder
+        if self.retriever is None:
+            self.tokenizer = load_tokenizer(hp.tokenizer)
+            encoder = None
+            if hp.retriever == "dense":
+                from retrieval.encoders import DEFAULT_ENCODER, Encoder
 
-            encoder = Encoder(hp.encoder or DEFAULT_ENCODER, normalize=True, max_length=hp.encoder_max_length)
-        self.retriever = make_retriever(hp.retriever, self.corpus, encoder=encoder)
+                encoder = Encoder(hp.encoder or DEFAULT_ENCODER, normalize=True, max_length=hp.encoder_max_length)
+            self.retriever = make_retriever(hp.retriever, self.corpus, encoder=encoder)
         limits = {"train": None, "val": hp.limit_val, "test": hp.limit_test}
         for split, rows in self.splits.items():
+            if split in self.examples:
+                continue
             rng = random.Random(f"{hp.seed}-{split}")
             if split == "train" and hp.num_train is not None:
                 if hp.num_train > len(rows):

@@ -15,7 +15,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from datamodules.beir import resolve_data_dir
-from datamodules.qa import read_qa_jsonl
+from datamodules.qa import needs_split, read_qa_jsonl
 from datamodules.resumable import StatefulDataLoader, train_loader
 
 
@@ -46,7 +46,7 @@ class RLPromptDataModule(L.LightningDataModule):
         hp = self.hparams
         for split, file, limit in (("train", hp.train_file, hp.limit_train), ("val", hp.val_file, hp.limit_val),
                                    ("test", hp.test_file, hp.limit_test)):
-            if file and split not in self.rows:
+            if file and split not in self.rows and needs_split(split, stage):
                 self.rows[split] = read_qa_jsonl(resolve_data_dir(file), limit)
                 if split == "train":
                     random.Random(hp.seed).shuffle(self.rows[split])

@@ -19,6 +19,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from datamodules.beir import resolve_data_dir
+from datamodules.qa import needs_split
 from datamodules.resumable import StatefulDataLoader, train_loader
 from rl.self_correction import MATH_SHOTS, ProblemFormat, arithmetic_problems, task_kind
 from rl.tasks import load_gsm8k, load_humaneval, load_math, load_mbpp
@@ -83,6 +84,9 @@ class SelfCorrectionDataModule(L.LightningDataModule):
             raise ValueError(f"unknown slice {slice!r}; expected one of {sorted(SLICES)} or null")
         if num_shots < 0:
             raise ValueError(f"num_shots must be >= 0, got {num_shots}")
+        if task == "arithmetic" and num_problems < 1:
+            raise ValueError(f"SelfCorrectionDataModule.num_problems must be >= 1 (problems per generated arithmetic "
+                             f"split), got {num_problems}")
         self.save_hyperparameters()
         self.rows: dict[str, list[dict]] = {}
         self.shots: list[dict] = []
@@ -124,18 +128,21 @@ class SelfCorrectionDataModule(L.LightningDataModule):
             pool = [dict(s, id=f"minerva/{i}") for i, s in enumerate(MATH_SHOTS)]
         else:
             raise ValueError(f"task {hp.task!r} has no few-shot pool; set shots_file or num_shots: 0")
-        pool = self._keep(pool) if "demonstration" not in pool[0] else pool
+        pool = self._keep(pool) if pool and "demonstration" not in pool[0] else pool
         if len(pool) < hp.num_shots:
             raise ValueError(f"num_shots={hp.num_shots} but the shot pool has {len(pool)} problems")
         return pool[:hp.num_shots]
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
-        if self.rows:
-            return
         default_train, default_test = ("train", "test") if hp.task == "arithmetic" else DEFAULT_FILES[hp.task]
         train_file, test_file = hp.train_file or default_train, hp.test_file or default_test
-        self.shots = self._load_shots()
+        if not needs_split("train", stage) or "train" in self.rows:
+            train_file = None   # an evaluation-only run never reads (nor fails on) the training file
+        if "test" in self.rows:
+            test_file = None
+        if not self.shots:
+            self.shots = self._load_shots()
         shot_ids = {s["id"] for s in self.shots}
         if test_file:
             # a demonstration is never a test problem (it can be, when shots and test share a file)

@@ -64,6 +64,23 @@ class FrozenLM:
         return self
 
 
+def check_depths(hp, stage: str, corpus_size: int, splits: dict, corpus: str | None) -> None:
+    """Every depth the run retrieves at (``top_k`` in training; ``eval_k``, ``replug_k`` and answer-recall@5
+    in evaluation), plus the passages excluded per query (the LM task's own passage), fits in the corpus."""
+    rows = [r for split in splits.values() for r in split]
+    extra = max((len(r.get("exclude") or []) for r in rows), default=0)
+    depths = {"eval_k": hp.eval_k, "replug_k": hp.replug_k}
+    if any("answers" in r for r in rows):
+        depths["answer_recall@5 (QA evaluation)"] = 5
+    if stage == "fit":
+        depths["top_k"] = hp.top_k
+    for name, k in depths.items():
+        if k + extra > corpus_size:
+            excluded = f" + {extra} excluded passage(s) per query" if extra else ""
+            raise ValueError(f"ReplugLSR.{name}={k}{excluded} is more than the {corpus_size} passages of the corpus "
+                             f"{corpus}; set it to {corpus_size - extra} or less")
+
+
 class ReplugLSR(L.LightningModule):
     """Args:
         retriever: the bi-encoder's initial weights (``all-MiniLM-L6-v2`` or a folder, e.g. a DPR export).
@@ -216,6 +233,12 @@ class ReplugLSR(L.LightningModule):
             self.attach_corpus(self.trainer.datamodule.passages)
         if self.retrieval_index is None or (rebuild_index and self.hparams.train_passage_encoder):
             self.build_index()
+
+    def setup(self, stage: str) -> None:
+        """A retrieval depth deeper than the corpus fails here, before fit, not at the first test batch after it."""
+        dm = self.trainer.datamodule
+        if dm is not None and getattr(dm, "passages", None):
+            check_depths(self.hparams, stage, len(dm.passages), getattr(dm, "splits", {}), dm.hparams.get("corpus"))
 
     def on_fit_start(self) -> None:
         weights, self._resume_index_weights = self._resume_index_weights, None

@@ -106,6 +106,10 @@ class SCoRe(PolicyGradientModule):
         super().__init__(max_grad_norm)
         self.save_hyperparameters(ignore=["reward", "optimizer", "generation_kwargs"])
         check_stage(stage)
+        # a negative bonus rewards making attempt 2 worse; a negative KL coefficient pushes away from the reference
+        if not all(c >= 0 and c != float("inf") for c in (alpha, beta1, beta2)):
+            raise ValueError(f"SCoRe: alpha, beta1 and beta2 must be finite and >= 0, got alpha={alpha}, "
+                             f"beta1={beta1}, beta2={beta2}")
         if baseline not in BASELINES:
             raise ValueError(f"unknown baseline {baseline!r}; expected one of {BASELINES}")
         if group_size < 2:

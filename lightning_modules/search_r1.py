@@ -198,10 +198,20 @@ class SearchR1(PolicyGradientModule):
                 f"{prefix}/search_errors": r.search_errors.float().mean()}
 
     def on_fit_end(self) -> None:
-        searches, failed = self.search_totals.tolist()
+        """The run's failed searches, every process's: a counter in the logger and one warning."""
+        totals = self.search_totals.to(self.device)
+        if self.trainer.world_size > 1:
+            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        searches, failed = (int(v) for v in totals.tolist())
+        if self.logger is not None:
+            self.logger.log_metrics({"fit/searches": searches, "fit/failed_searches": failed}, step=self.global_step)
         if searches and failed == searches:
             rank_zero_warn(f"SearchR1: EVERY search of this run failed ({failed} of {searches}): the policy trained "
                            "on error messages, not on search results")
+        elif failed:
+            rank_zero_warn(f"SearchR1: {failed} of {searches} searches of this run failed "
+                           f"({100 * failed / searches:.1f}%); those rollouts read an error message instead of passages (the console's search warnings "
+                           "name the errors)")
 
     def log_text(self, tag: str, r: Rollouts, rewards: list[float], answers: list) -> None:
         experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None

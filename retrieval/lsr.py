@@ -102,6 +102,10 @@ def settings_fingerprint(*settings) -> str:
 
 
 # -- the cache -----------------------------------------------------------------------------------------
+class ScoreCacheError(RuntimeError):
+    """The score cache's SQLite file cannot be used; the message names the file."""
+
+
 class LMScoreCache:
     """LM log-likelihoods on disk (SQLite), keyed by (LM identity, prompt identity, x, d, y).
 
@@ -109,18 +113,30 @@ class LMScoreCache:
     everything else that changes the number (prompt format, target prefix, reduction, truncation): a
     different LM or prompt finds nothing of the other's (its entries stay, for when it comes back).
     Each :meth:`put` is committed, so an interrupted run keeps what it scored. Several processes may
-    share one file (SQLite locks it).
+    share one file (SQLite locks it). Any SQLite error (not a database, a folder, a full disk, a lock held
+    too long) is a :class:`ScoreCacheError` naming the file.
     """
 
     def __init__(self, path: str | Path, lm_id: str, prompt_id: str):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.namespace = settings_fingerprint(lm_id, prompt_id)
-        self.db = sqlite3.connect(str(self.path), timeout=120, check_same_thread=False)
-        self.db.execute("CREATE TABLE IF NOT EXISTS scores (namespace TEXT NOT NULL, key TEXT NOT NULL, "
-                        "value REAL NOT NULL, PRIMARY KEY (namespace, key)) WITHOUT ROWID")
-        self.db.commit()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ScoreCacheError(f"LM score cache {self.path}: cannot create its folder ({err})") from None
+        self.db = self._sql("open", lambda: sqlite3.connect(str(self.path), timeout=120, check_same_thread=False))
+        self._sql("create the table", lambda: (self.db.execute(
+            "CREATE TABLE IF NOT EXISTS scores (namespace TEXT NOT NULL, key TEXT NOT NULL, "
+            "value REAL NOT NULL, PRIMARY KEY (namespace, key)) WITHOUT ROWID"), self.db.commit()))
         self.hits = self.misses = 0
+
+    def _sql(self, doing: str, run: Callable):
+        try:
+            return run()
+        except sqlite3.Error as err:
+            raise ScoreCacheError(f"LM score cache {self.path}: cannot {doing} ({type(err).__name__}: {err}); "
+                                  "set model.init_args.score_cache to another file, or null to score without a "
+                                  "cache") from None
 
     @staticmethod
     def key(x: str, d: str, y: str) -> str:
@@ -131,15 +147,15 @@ class LMScoreCache:
         keys = list(dict.fromkeys(keys))
         for start in range(0, len(keys), 500):   # SQLite's limit on bound parameters
             part = keys[start:start + 500]
-            rows = self.db.execute(f"SELECT key, value FROM scores WHERE namespace = ? AND key IN "
-                                   f"({','.join('?' * len(part))})", [self.namespace, *part])
-            out.update(rows.fetchall())
+            query = f"SELECT key, value FROM scores WHERE namespace = ? AND key IN ({','.join('?' * len(part))})"
+            args = [self.namespace, *part]
+            out.update(self._sql("read", lambda: self.db.execute(query, args).fetchall()))  # noqa: B023
         return out
 
     def put(self, values: dict[str, float]) -> None:
-        self.db.executemany("INSERT OR REPLACE INTO scores (namespace, key, value) VALUES (?, ?, ?)",
-                            [(self.namespace, k, float(v)) for k, v in values.items()])
-        self.db.commit()
+        rows = [(self.namespace, k, float(v)) for k, v in values.items()]
+        self._sql("write", lambda: (self.db.executemany(
+            "INSERT OR REPLACE INTO scores (namespace, key, value) VALUES (?, ?, ?)", rows), self.db.commit()))
 
     def __len__(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM scores WHERE namespace = ?", [self.namespace]).fetchone()[0]

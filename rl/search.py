@@ -5,7 +5,9 @@ The engines are thin adapters over the one search layer, :mod:`retrieval.search`
 :class:`RetrieverSearch` wraps any retriever already built (e.g. the one a training module searches, so
 the tool sees the index that ``callbacks.IndexRefresh`` swaps in). :class:`HTTPSearch` is a client of a
 retrieval server with Search-R1's ``/retrieve`` interface (:func:`serve` runs one over any engine, so that
-at scale the retriever lives on its own machine). :class:`SafeSearch` wraps an engine for the rollout: an
+at scale the retriever lives on its own machine; it accepts a rollout batch of connections at once, and the
+client retries with backoff when a connection is refused or reset). :class:`SafeSearch` wraps an engine for
+the rollout: an
 exception or a timeout becomes an ``<information>`` message, is counted, and is reported on the console
 (a rate-limited warning), never a crash.
 """
@@ -13,10 +15,12 @@ exception or a timeout becomes an ``<information>`` message, is counted, and is 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import http.client
 import json
 import logging
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +29,7 @@ from pathlib import Path
 from retrieval.search import BM25Retriever, DenseRetriever, Passage, Retriever
 
 __all__ = ["Passage", "SearchFn", "SearchEngine", "RetrieverSearch", "BM25Search", "DenseSearch", "HTTPSearch",
-           "SafeSearch", "serve", "format_information"]
+           "SafeSearch", "SearchServer", "serve", "format_information", "transient"]
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +119,20 @@ def parse_request(raw: bytes) -> tuple[list[str], int]:
     return queries, topk
 
 
+class SearchServer(ThreadingHTTPServer):
+    """One thread per connection (as many as the rollout sends at once), and a listen backlog of
+    ``request_queue_size`` connections: socketserver's default of 5 reset half of 100 simultaneous clients."""
+
+    daemon_threads = True
+    request_queue_size = 1024
+
+
 def serve(search: SearchFn | Retriever, host: str = "127.0.0.1", port: int = 8000, block: bool = True,
-          max_request_bytes: int = 1 << 20, read_timeout: float = 30.0) -> ThreadingHTTPServer:
+          max_request_bytes: int = 1 << 20, read_timeout: float = 30.0, backlog: int = 1024) -> ThreadingHTTPServer:
     """Serve ``search`` at ``POST http://host:port/retrieve``. With ``block=False`` it runs in a daemon
     thread and the server is returned (call ``.shutdown()``); port 0 picks a free port
-    (``server.server_address``).
+    (``server.server_address``). ``backlog``: connections the kernel queues before the server accepts them
+    (at least a rollout batch's searches; the kernel caps it at ``net.core.somaxconn``).
 
     Every answer is JSON: 200 ``{"result": ...}``; errors ``{"error": ...}`` with 400 (malformed body or
     fields), 404 (another path), 408 (the body did not arrive within ``read_timeout`` seconds), 411 (no
@@ -187,8 +200,14 @@ def serve(search: SearchFn | Retriever, host: str = "127.0.0.1", port: int = 800
         def log_message(self, *args):  # keep the training log clean
             pass
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+    server = SearchServer((host, port), Handler, bind_and_activate=False)
+    server.request_queue_size = backlog
+    try:
+        server.server_bind()
+        server.server_activate()
+    except BaseException:
+        server.server_close()
+        raise
     if block:
         server.serve_forever()
     else:
@@ -196,17 +215,54 @@ def serve(search: SearchFn | Retriever, host: str = "127.0.0.1", port: int = 800
     return server
 
 
-class HTTPSearch(SearchEngine):
-    """Client of a Search-R1-style ``/retrieve`` server (ours from :func:`serve`, or Search-R1's own)."""
+RETRY_STATUS = (502, 503, 504)  # a proxy or a server restarting: worth another try
 
-    def __init__(self, url: str = "http://127.0.0.1:8000/retrieve", timeout: float = 30.0):
+
+def transient(err: BaseException) -> bool:
+    """Whether a request failed in a way another try may not: the connection refused (server not up yet),
+    reset or closed (server overloaded or restarting), or a 502/503/504. A timeout is not retried (the wait
+    would multiply), nor a 4xx/500 (the request or the engine is wrong)."""
+    if isinstance(err, urllib.error.HTTPError):
+        return err.code in RETRY_STATUS
+    if isinstance(err, urllib.error.URLError):
+        err = err.reason
+    return isinstance(err, (ConnectionError, http.client.IncompleteRead, http.client.BadStatusLine))
+
+
+class HTTPSearch(SearchEngine):
+    """Client of a Search-R1-style ``/retrieve`` server (ours from :func:`serve`, or Search-R1's own).
+
+    A request that fails transiently (:func:`transient`) is sent again up to ``retries`` times, after
+    ``backoff * 2**i`` seconds (at most ``max_backoff``); then the last error is raised, with the tries named."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8000/retrieve", timeout: float = 30.0, retries: int = 5,
+                 backoff: float = 0.5, max_backoff: float = 8.0):
+        if retries < 0 or backoff < 0:
+            raise ValueError(f"HTTPSearch: retries and backoff must be >= 0, got {retries}, {backoff}")
         self.url, self.timeout = url, timeout
+        self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
+        self.retried = 0  # requests sent again (all calls)
+
+    def _post(self, data: bytes) -> bytes:
+        request = urllib.request.Request(self.url, data=data, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            return response.read()
 
     def __call__(self, queries: Sequence[str], k: int = 3) -> list[list[Passage]]:
         data = json.dumps({"queries": list(queries), "topk": k, "return_scores": True}).encode()
-        request = urllib.request.Request(self.url, data=data, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            result = json.loads(response.read())["result"]
+        for attempt in range(self.retries + 1):
+            try:
+                body = self._post(data)
+                break
+            except Exception as err:
+                if not transient(err):
+                    raise
+                if attempt == self.retries:
+                    raise ConnectionError(f"{self.url}: {attempt + 1} tries failed, the last with "
+                                          f"{type(err).__name__}: {err}") from err
+                self.retried += 1
+                time.sleep(min(self.backoff * 2 ** attempt, self.max_backoff))
+        result = json.loads(body)["result"]
         return [[_from_contents(h["document"].get("id", ""), h["document"]["contents"], float(h.get("score", 0.0)))
                  for h in row] for row in result]
 

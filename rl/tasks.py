@@ -8,7 +8,9 @@ Every loader returns plain dicts with a uniform core so rewards and prompts can 
   reads: HumanEval ``prompt``/``test``; MBPP ``test_list`` (+ ``test_setup_code``, ``test_imports``).
 
 A malformed row is an error naming the file, the line (1-based; for a JSON array file, the item index) and
-the field: invalid JSON, a missing field, a wrong type, a truncated gzip file, invalid UTF-8.
+the field: invalid JSON, a missing field, a wrong type, a truncated gzip file, invalid UTF-8, an empty gold
+answer (a problem nobody could get right), and an id seen before in the file (MATH's ``unique_id``,
+HumanEval's and MBPP's ``task_id``): results are keyed by id, so a repeat would silently replace a problem.
 """
 
 from __future__ import annotations
@@ -88,6 +90,28 @@ def _field(path, lineno, row: dict, name: str, kind=str, required: bool = True):
     return value
 
 
+class _Ids:
+    """The ids of one file so far, to refuse a repeat with both places."""
+
+    def __init__(self, path, field: str):
+        self.path, self.field, self.first = path, field, {}
+
+    def add(self, where, value: str) -> str:
+        if value in self.first:
+            first = self.first[value]
+            raise TaskDataError(f"{self.path}:{where}: duplicate {self.field} {value!r} (first at "
+                                f"{'line ' if isinstance(first, int) else ''}{first}); every problem needs its own id")
+        self.first[value] = where
+        return value
+
+
+def _gold(path, lineno, answer: str, field: str) -> str:
+    if not answer.strip():
+        raise TaskDataError(f"{path}:{lineno}: field {field!r}: the gold answer is empty (no response could be "
+                            "graded right)")
+    return answer
+
+
 def gsm8k_answer(solution: str) -> str:
     """The final answer of a GSM8K solution: the text after ``####``, thousands separators removed."""
     return solution.split("####")[-1].strip().replace(",", "")
@@ -102,14 +126,14 @@ def load_gsm8k(path: str | Path) -> list[dict]:
         if "####" not in solution:
             raise TaskDataError(f"{path}:{lineno}: field 'answer' has no '#### <final answer>'")
         out.append({"id": f"{Path(path).stem}/{lineno}", "task": "gsm8k", "problem": question,
-                    "answer": gsm8k_answer(solution), "solution": solution})
+                    "answer": _gold(path, lineno, gsm8k_answer(solution), "answer"), "solution": solution})
     return out
 
 
 def load_math(path: str | Path, task: str = "math") -> list[dict]:
     """MATH-format JSONL (MATH-500 or a user's file): ``problem``, ``solution``, optional ``answer`` (derived
     from the solution's last ``\\boxed{}`` when absent), optional ``unique_id``/``subject``/``level``."""
-    out = []
+    out, ids = [], _Ids(path, "unique_id")
     for lineno, row in read_jsonl(path):
         problem = _field(path, lineno, row, "problem")
         solution = _field(path, lineno, row, "solution")
@@ -118,8 +142,9 @@ def load_math(path: str | Path, task: str = "math") -> list[dict]:
             answer = last_boxed(solution)
             if answer is None:
                 raise TaskDataError(f"{path}:{lineno}: no field 'answer' and field 'solution' has no \\boxed{{}}")
+        _gold(path, lineno, answer, "answer" if "answer" in row else "solution")
         level = row.get("level")
-        out.append({"id": str(row.get("unique_id") or f"{Path(path).stem}/{lineno}"), "task": task,
+        out.append({"id": ids.add(lineno, str(row.get("unique_id") or f"{Path(path).stem}/{lineno}")), "task": task,
                     "problem": problem, "answer": answer, "solution": solution,
                     "subject": row.get("subject") or row.get("type"), "level": level})
     return out
@@ -127,11 +152,11 @@ def load_math(path: str | Path, task: str = "math") -> list[dict]:
 
 def load_humaneval(path: str | Path) -> list[dict]:
     """HumanEval ``{task_id, prompt, canonical_solution, test, entry_point}`` (jsonl or jsonl.gz)."""
-    out = []
+    out, ids = [], _Ids(path, "task_id")
     for lineno, row in read_jsonl(path):
         fields = {k: _field(path, lineno, row, k) for k in ("task_id", "prompt", "canonical_solution", "test",
                                                              "entry_point")}
-        out.append({"id": fields["task_id"], "task": "humaneval", "problem": fields["prompt"],
+        out.append({"id": ids.add(lineno, fields["task_id"]), "task": "humaneval", "problem": fields["prompt"],
                     "prompt": fields["prompt"], "test": fields["test"], "entry_point": fields["entry_point"],
                     "canonical_solution": fields["canonical_solution"]})
     return out
@@ -152,7 +177,8 @@ def _mbpp_row(path, where, row: dict, sanitized: bool) -> dict:
     if entry is None:
         raise TaskDataError(f"{path}:{where}: field 'test_list' first assert calls no function")
     split = next((name for name, ids in MBPP_SPLITS.items() if task_id in ids), "extra")
-    return {"id": f"mbpp/{task_id}", "task": "mbpp", "task_id": task_id, "split": split, "problem": text,
+    return {"where": where, "id": f"mbpp/{task_id}", "task": "mbpp", "task_id": task_id, "split": split,
+            "problem": text,
             "code": code.replace("\r\n", "\n"), "test_list": tests, "entry_point": entry,
             "test_setup_code": "" if sanitized else _field(path, where, row, "test_setup_code"),
             "test_imports": _field(path, where, row, "test_imports", list) if sanitized else [],
@@ -180,4 +206,7 @@ def load_mbpp(path: str | Path, split: str | None = None) -> list[dict]:
             rows.append(_mbpp_row(path, f"item {k}", item, sanitized=True))
     else:
         rows = [_mbpp_row(path, lineno, row, sanitized=False) for lineno, row in read_jsonl(path)]
+    ids = _Ids(path, "task_id")
+    for row in rows:
+        ids.add(row.pop("where"), row["task_id"])
     return [r for r in rows if split is None or r["split"] == split]
