@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONUNBUFFERED ?= 1
 
-.PHONY: setup demo test test-all bench clean-runs
+.PHONY: setup demo test test-all
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)

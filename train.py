@@ -27,24 +27,18 @@ ROOT = Path(__file__).resolve().parent
 TRACEBACK_ENV = "RAGKIT_TRACEBACK"
 
 
-class _DropTips(logging.Filter):
-    """Lightning advertises its cloud services ("💡 Tip: ...") on every run."""
+# Start-up noise (bitsandbytes' optional kernel, Lightning's tips and its manual-optimisation checkpoint
+# warning; retrieval/quiet.py says why each is harmless), silenced before the imports that print it.
+from retrieval.quiet import quiet_warnings  # noqa: E402
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
-
-
-# Noise printed on every start: bitsandbytes' AVX512 machines look for an optional kernel package (its
-# fallback works), and Lightning's tips. Set before the imports that trigger them.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-    logging.getLogger(_name).addFilter(_DropTips())
+quiet_warnings()
 
 from jsonargparse import DefaultHelpFormatter, set_parsing_settings  # noqa: E402
 from lightning.pytorch.callbacks import LearningRateMonitor  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
 
+from callbacks.console import readable_console  # noqa: E402
 from callbacks.progress import LogProgress  # noqa: E402
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -182,6 +176,7 @@ class CLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if not any(isinstance(c, LogProgress) for c in trainer.callbacks):
             trainer.callbacks.append(LogProgress())
+        readable_console(trainer)  # a step count when epochs are unbounded; one test table (callbacks/console.py)
         return trainer
 
     def _parse_ckpt_path(self) -> None:

@@ -17,6 +17,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from retrieval.quiet import quiet_warnings  # noqa: E402
+
+quiet_warnings()  # before the imports that print (bitsandbytes logs at import)
 
 from datamodules.qa import QADataModule  # noqa: E402
 from generation.lm import load_causal_lm  # noqa: E402

@@ -41,7 +41,6 @@ class RetrievalEvaluator(L.Callback):
     """Args:
         k: depth of the ranking kept per query (Recall@k needs k at least as large).
         output_dir: where ``<stage>_run.trec`` and ``<stage>_metrics.json`` go (default: the logger's dir).
-        monitor_prefix: metrics are logged as ``<stage>/<name>``, e.g. ``val/ndcg@10``.
     """
 
     def __init__(self, k: int = 100, output_dir: str | None = None):

@@ -151,10 +151,6 @@ def apply_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05, target
                            quantized=quantized)
 
 
-def has_chat_template(tokenizer) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prepare", action="store_true",

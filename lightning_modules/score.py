@@ -1,4 +1,4 @@
-"""SCoRe: training an LLM to correct itself with two-stage multi-turn RL (Kumar et al., 2024; METHODS.md 3.2).
+"""SCoRe: training an LLM to correct itself with two-stage multi-turn RL (Kumar et al., 2024; docs/methods/score.md).
 The objective (returns, KL coefficients and baselines per attempt) is rl.score; the rollout, reference and
 update are the RL core's.
 

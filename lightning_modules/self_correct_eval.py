@@ -1,4 +1,4 @@
-"""SelfCorrectEvaluator: two-attempt evaluation (SCoRe's protocol, METHODS.md 3.2) as the test loop of an
+"""SelfCorrectEvaluator: two-attempt evaluation (SCoRe's protocol, docs/methods/score.md) as the test loop of an
 evaluation-only module.
 
 Methods (``method``):

@@ -1,4 +1,4 @@
-"""PageRank as a query-independent prior for ranking (METHODS.md 1.2).
+"""PageRank as a query-independent prior for ranking (docs/methods/bm25_hybrid.md).
 
     PR(A) = (1 - d) / N + d * sum_{B -> A} PR(B) / L(B)
 

@@ -1,4 +1,4 @@
-"""Self-correction (SCoRe, Kumar et al. 2024; METHODS.md 3.2): first-attempt prompts per task, the fixed
+"""Self-correction (SCoRe, Kumar et al. 2024; docs/methods/score.md): first-attempt prompts per task, the fixed
 self-correction instruction, the two-attempt environment, the metrics, and a greedy two-attempt evaluation
 on ``rl.rollout``. Also the Self-Refine baseline (Madaan et al. 2023): the model critiques its attempt, then
 revises it, as a three-turn environment built from the same chat-template pieces.

@@ -65,7 +65,7 @@ MUTATIONS = [
      "old": "    check_yaml_files(args)\n",
      "new": "",
      "tests": [f"{CLI}::test_yaml_syntax_error_names_the_file_and_line"]},
-    {"name": "tips_not_filtered", "file": "train.py",
+    {"name": "tips_not_filtered", "file": "retrieval/quiet.py",
      "old": 'return not str(record.msg).startswith("💡 Tip")',
      "new": "return True",
      "tests": [f"{CLI}::test_start_prints_no_bitsandbytes_kernel_noise_nor_tips"]},
