@@ -45,6 +45,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
 
+from callbacks.divergence import DivergenceGuard  # noqa: E402
 from callbacks.progress import LogProgress  # noqa: E402
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -182,6 +183,9 @@ class CLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if not any(isinstance(c, LogProgress) for c in trainer.callbacks):
             trainer.callbacks.append(LogProgress())
+        # a NaN / infinite loss or gradient stops the run before it is applied, tested or exported
+        if not any(isinstance(c, DivergenceGuard) for c in trainer.callbacks):
+            trainer.callbacks.append(DivergenceGuard())
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:
