@@ -45,6 +45,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
 
+from callbacks.atomic_checkpoint import install as atomic_checkpoints  # noqa: E402
 from callbacks.divergence import DivergenceGuard  # noqa: E402
 from callbacks.progress import LogProgress  # noqa: E402
 
@@ -186,6 +187,7 @@ class CLI(LightningCLI):
         # a NaN / infinite loss or gradient stops the run before it is applied, tested or exported
         if not any(isinstance(c, DivergenceGuard) for c in trainer.callbacks):
             trainer.callbacks.append(DivergenceGuard())
+        atomic_checkpoints(trainer)  # written beside the final name, fsync'ed, renamed
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -205,10 +207,12 @@ class CLI(LightningCLI):
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
         if hasattr(self.model, "export"):
             from lightning_modules.sharding import export_whole
+            from retrieval.atomic_files import export_atomically
 
             # every rank: log_dir is a broadcast, and a sharded model is gathered before rank 0 writes it
             target = Path(self.trainer.log_dir or ".") / "export"
-            export_whole(self.model, target)
+            target = export_atomically(target, lambda folder: export_whole(self.model, folder),
+                                       writer=self.trainer.is_global_zero)
             rank_zero_info(f"Exported the trained model to {target}")
 
     def _check_trained(self) -> None:

@@ -42,3 +42,148 @@ def test_the_first_non_finite_gradient_is_named():
     net[0].bias.grad[0] = float("nan")
     name, norm = first_non_finite_grad(net)
     assert name == "0.bias" and norm != norm
+
+
+# -- atomic checkpoints --------------------------------------------------------------------------------------
+MIB = 1 << 20
+
+
+class _FullDisk:
+    """Where a tmpfs cannot be mounted (not root): files opened for writing under ``folder`` fail with ENOSPC
+    once the folder would hold more than ``capacity`` bytes (shutil's sendfile copy is switched off so that every
+    byte goes through ``write``)."""
+
+    def __init__(self, folder: Path, capacity: int, monkeypatch):
+        import builtins
+        import shutil
+
+        self.folder, self.capacity, self._open = folder.resolve(), capacity, builtins.open
+        monkeypatch.setattr(builtins, "open", self.open)
+        monkeypatch.setattr(shutil, "_USE_CP_SENDFILE", False)
+
+    def open(self, file, mode="r", *args, **kwargs):
+        f = self._open(file, mode, *args, **kwargs)
+        if isinstance(file, (str, Path)) and any(c in mode for c in "wa") and \
+                Path(file).resolve().is_relative_to(self.folder):
+            return _Limited(f, self)
+        return f
+
+
+class _Limited:
+    def __init__(self, f, disk):
+        self._f, self._disk = f, disk
+
+    def write(self, data):
+        import errno
+
+        used = sum(p.stat().st_size for p in self._disk.folder.rglob("*") if p.is_file())
+        room = self._disk.capacity - used
+        if len(data) > room:
+            self._f.write(bytes(memoryview(data)[:max(room, 0)]))
+            self._f.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self._f.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+@pytest.fixture
+def small_fs(tmp_path, monkeypatch):
+    """A 1 MiB filesystem (a tmpfs; else a simulated full disk, see _FullDisk), and ``$TMPDIR`` on another
+    filesystem (the pytest folder), empty: a cluster's scratch or NFS checkpoint folder."""
+    import subprocess
+    import tempfile
+
+    folder, tmpdir = tmp_path / "small", tmp_path / "tmpdir"
+    folder.mkdir()
+    tmpdir.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmpdir))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+                             capture_output=True).returncode == 0
+    if not mounted:
+        _FullDisk(folder, MIB, monkeypatch)
+    yield folder, tmpdir
+    if mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def _checkpoint_io(dpr_args):
+    from train import cli_main
+
+    return cli_main([*dpr_args, "--trainer.logger", "false"], run=False).trainer.strategy.checkpoint_io
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_whole(dpr_args, small_fs):  # noqa: F811
+    """last.ckpt of 256 KiB, then one of 1 MiB on the 1 MiB filesystem: the save fails, and the previous
+    last.ckpt is whole, nothing else is left in the folder nor in $TMPDIR."""
+    folder, tmpdir = small_fs
+    io = _checkpoint_io(dpr_args)
+    io.save_checkpoint({"w": torch.zeros(64 * 1024)}, folder / "last.ckpt")
+    with pytest.raises(OSError, match="No space left"):  # Lightning's own save: a RuntimeError of torch's
+        io.save_checkpoint({"w": torch.ones(256 * 1024)}, folder / "last.ckpt")
+    assert torch.equal(torch.load(folder / "last.ckpt")["w"], torch.zeros(64 * 1024))
+    assert [p.name for p in folder.iterdir()] == ["last.ckpt"] and not list(tmpdir.iterdir())
+
+
+KILL_AT_WRITE = """
+import builtins, json, os, shutil, signal, sys
+from pathlib import Path
+sys.path[:0] = [{root!r}, {tests!r}]
+from train import cli_main
+folder, limit = Path({folder!r}).resolve(), {limit}
+io = cli_main(json.loads({args!r}), run=False).trainer.strategy.checkpoint_io
+import torch
+io.save_checkpoint({{"w": torch.zeros(64 * 1024)}}, folder / "last.ckpt")
+shutil._USE_CP_SENDFILE = False  # every byte through write()
+real_open, written = builtins.open, [0]
+class Killed:
+    def __init__(self, f): self._f = f
+    def write(self, data):
+        written[0] += len(data)
+        if written[0] > limit:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self._f.write(data)
+    def __enter__(self): return self
+    def __exit__(self, *a): self._f.close()
+    def __getattr__(self, n): return getattr(self._f, n)
+def killing_open(file, mode="r", *a, **k):
+    f = real_open(file, mode, *a, **k)
+    inside = isinstance(file, (str, Path)) and Path(file).resolve().is_relative_to(folder)
+    return Killed(f) if inside and "w" in mode else f
+builtins.open = killing_open
+io.save_checkpoint({{"w": torch.ones(128 * 1024)}}, folder / "last.ckpt")
+"""
+
+
+def test_a_kill_during_a_checkpoint_write_keeps_the_previous_one(dpr_args, small_fs, tmp_path):  # noqa: F811
+    """A process SIGKILLed after writing 200 KiB of its second last.ckpt (512 KiB) into the checkpoint folder:
+    the first last.ckpt is whole; the killed write's temporary file is not under a final name, and the next
+    save removes it; $TMPDIR holds nothing."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    folder, tmpdir = small_fs
+    root = Path(__file__).resolve().parent.parent
+    script = KILL_AT_WRITE.format(root=str(root), tests=str(root / "tests"), folder=str(folder),
+                                  limit=200 * 1024, args=json.dumps([*dpr_args, "--trainer.logger", "false"]))
+    child = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True,
+                           env={**os.environ, "TMPDIR": str(tmpdir), "OMP_NUM_THREADS": "1"})
+    assert child.returncode == -9, child.stderr[-2000:]
+    assert torch.equal(torch.load(folder / "last.ckpt")["w"], torch.zeros(64 * 1024))
+    assert not list(tmpdir.iterdir())
+    leftovers = [p.name for p in folder.iterdir() if p.name != "last.ckpt"]
+    assert all(n.startswith(".last.ckpt.tmp-") for n in leftovers)
+    from callbacks.atomic_checkpoint import AtomicCheckpointIO
+
+    AtomicCheckpointIO().save_checkpoint({"w": torch.ones(3)}, folder / "last.ckpt")
+    assert [p.name for p in folder.iterdir()] == ["last.ckpt"]
