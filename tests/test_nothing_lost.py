@@ -187,3 +187,51 @@ def test_a_kill_during_a_checkpoint_write_keeps_the_previous_one(dpr_args, small
 
     AtomicCheckpointIO().save_checkpoint({"w": torch.ones(3)}, folder / "last.ckpt")
     assert [p.name for p in folder.iterdir()] == ["last.ckpt"]
+
+
+# -- atomic exports, file modes -------------------------------------------------------------------------------
+def test_an_export_interrupted_after_the_weights_leaves_no_folder_that_loads(dpr_args, tmp_path, monkeypatch):  # noqa: F811
+    """The tokenizer's save fails after model.safetensors was written: the run fails, no ``export`` folder
+    exists; with the clean-up skipped too (a kill), the only folder left is the partial one, which holds the
+    weights and which our loader refuses, naming it."""
+    import shutil
+
+    from transformers import PreTrainedTokenizerBase
+
+    from retrieval.encoders import Encoder
+    from train import cli_main
+
+    def killed(self, path, *args, **kwargs):
+        assert (Path(path) / "model.safetensors").is_file()
+        raise KeyboardInterrupt("killed during the export")
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", killed)
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: None)  # a kill runs no clean-up
+    with pytest.raises(KeyboardInterrupt):
+        cli_main(dpr_args)
+    runs = tmp_path / "runs"
+    assert not [p for p in runs.rglob("*export*") if not p.name.startswith(".export.partial-")]
+    (partial,) = runs.rglob(".export.partial-*")
+    assert (partial / "model.safetensors").is_file()
+    with pytest.raises(OSError, match="interrupted before it was complete"):
+        Encoder(str(partial))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_an_export_is_complete_marked_and_readable_as_the_umask_allows(dpr_args, tmp_path, umask):  # noqa: F811
+    """transformers writes model.safetensors with mode 0600: exported files get 0666 less the umask."""
+    import os
+
+    from retrieval.encoders import Encoder
+    from train import cli_main
+
+    old = os.umask(umask)
+    try:
+        cli_main(dpr_args)
+    finally:
+        os.umask(old)
+    (export,) = (tmp_path / "runs").rglob("export")
+    assert (export / "ragkit_export.json").is_file() and not (export / "RAGKIT_EXPORT_INCOMPLETE").exists()
+    modes = {p.name: p.stat().st_mode & 0o777 for p in export.rglob("*") if p.is_file()}
+    assert modes["model.safetensors"] == 0o666 & ~umask and set(modes.values()) == {0o666 & ~umask}
+    assert Encoder(str(export)).model is not None
