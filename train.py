@@ -48,6 +48,7 @@ from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
 from callbacks.atomic_checkpoint import install as atomic_checkpoints  # noqa: E402
 from callbacks.divergence import DivergenceGuard  # noqa: E402
 from callbacks.progress import LogProgress  # noqa: E402
+from callbacks.run_folders import RunFolders  # noqa: E402
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 PACKAGES = ("retrieval", "generation", "rl", "datamodules", "callbacks", "lightning_modules")
@@ -188,6 +189,8 @@ class CLI(LightningCLI):
         if not any(isinstance(c, DivergenceGuard) for c in trainer.callbacks):
             trainer.callbacks.append(DivergenceGuard())
         atomic_checkpoints(trainer)  # written beside the final name, fsync'ed, renamed
+        if not any(isinstance(c, RunFolders) for c in trainer.callbacks):
+            trainer.callbacks.append(RunFolders())  # no empty version folder from a failed run; <name>/latest
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:

@@ -235,3 +235,58 @@ def test_an_export_is_complete_marked_and_readable_as_the_umask_allows(dpr_args,
     modes = {p.name: p.stat().st_mode & 0o777 for p in export.rglob("*") if p.is_file()}
     assert modes["model.safetensors"] == 0o666 & ~umask and set(modes.values()) == {0o666 & ~umask}
     assert Encoder(str(export)).model is not None
+
+
+# -- run folders --------------------------------------------------------------------------------------------------
+def test_a_failed_run_leaves_no_version_folder(dpr_args, tmp_path):  # noqa: F811
+    """A run that stops before training (a batch larger than the training set) leaves no runs/<name>/version_N
+    holding only its start files (config.yaml, an empty TensorBoard file)."""
+    with pytest.raises(SystemExit):
+        main([*dpr_args, "--data.init_args.batch_size", "32"])
+    assert not list((tmp_path / "runs").rglob("version_*"))
+
+
+def _score_stage1_args(tiny_llama_dir, root):
+    return ["--config", "configs/score_stage1_arithmetic.yaml", "--model.init_args.model_name_or_path",
+            tiny_llama_dir, "--model.init_args.group_size", "2", "--model.init_args.max_turn_tokens", "4",
+            "--model.init_args.max_response_tokens", "60", "--model.init_args.log_pairs", "0",
+            "--data.init_args.num_problems", "8", "--data.init_args.batch_size", "2",
+            "--trainer.max_steps", "2", "--trainer.logger.init_args.save_dir", str(root),
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def test_two_runs_of_a_score_config_keep_their_own_folders_and_stage2_finds_the_latest(tiny_llama_dir, tmp_path):
+    """SCoRe Stage I twice: version_0 and version_1, each with its own best.ckpt, last.ckpt and config.yaml;
+    ``latest`` points at the second, which is where the shipped Stage II config's init_from leads."""
+    import yaml
+
+    from train import cli_main
+
+    root = tmp_path / "runs"
+    for _ in range(2):
+        cli_main(["fit", *_score_stage1_args(tiny_llama_dir, root)])
+    base = root / "score_stage1_arithmetic"
+    versions = sorted(p.name for p in base.glob("version_*"))
+    assert versions == ["version_0", "version_1"]
+    for v in versions:
+        assert {"best.ckpt", "last.ckpt"} <= {p.name for p in (base / v / "checkpoints").iterdir()}
+        assert (base / v / "config.yaml").is_file()
+    assert (base / "latest").resolve() == (base / "version_1").resolve()
+    stage2 = yaml.safe_load(Path("configs/score_stage2_arithmetic.yaml").read_text())
+    init_from = Path(stage2["model.init_args.init_from"])
+    assert init_from.parts[:3] == ("runs", "score_stage1_arithmetic", "latest")
+    assert (base / Path(*init_from.parts[2:])).resolve() == (base / "version_1/checkpoints/best.ckpt").resolve()
+
+
+def test_an_export_never_replaces_another(tmp_path):
+    """With ``--trainer.logger false`` every default run exports beside ./ : the second gets export-1."""
+    from retrieval.atomic_files import export_atomically
+
+    def write(text):
+        return lambda folder: (folder / "model.txt").write_text(text)
+
+    assert export_atomically(tmp_path / "export", write("first")) == tmp_path / "export"
+    assert export_atomically(tmp_path / "export", write("second")) == tmp_path / "export-1"
+    assert (tmp_path / "export" / "model.txt").read_text() == "first"
+    assert (tmp_path / "export-1" / "model.txt").read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "export-1"]
