@@ -290,5 +290,22 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(1)
 
 
+def die_with_launcher() -> None:
+    """A rank started by Lightning's launcher (rank 0 runs this script again with ``LOCAL_RANK`` 1, 2...) is
+    killed by the kernel when its parent exits (Linux ``PR_SET_PDEATHSIG``): otherwise a rank 0 that fails (a
+    ``MASTER_PORT`` already taken by another run) leaves rank 1 waiting on that port, re-parented to init."""
+    if os.environ.get("LOCAL_RANK", "0") == "0" or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # 1: PR_SET_PDEATHSIG
+        return
+    if parent == 1 or os.getppid() != parent:  # the launcher is already gone
+        sys.exit(1)
+
+
 if __name__ == "__main__":
+    die_with_launcher()
     main()

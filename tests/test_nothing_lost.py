@@ -290,3 +290,56 @@ def test_an_export_never_replaces_another(tmp_path):
     assert (tmp_path / "export" / "model.txt").read_text() == "first"
     assert (tmp_path / "export-1" / "model.txt").read_text() == "second"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "export-1"]
+
+
+# -- a port clash ---------------------------------------------------------------------------------------------------
+def _tagged(tag: str) -> list[int]:
+    """Pids of live processes whose environment holds ``tag``."""
+    pids = []
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if tag.encode() in env.read_bytes():
+                pids.append(int(env.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_a_port_clash_fails_fast_and_leaves_no_rank_behind(tiny_bert_dir, tiny_beir_dir, tmp_path):
+    """A 2-process DDP run whose MASTER_PORT another process holds: rank 0 cannot listen and fails; rank 1,
+    started by Lightning's launcher, would wait on that port for the 30-minute store timeout, re-parented to
+    init. It must be gone with rank 0."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen(8)
+    tag = f"RAGKIT_PORT_CLASH_TEST={uuid.uuid4().hex}"
+    key, value = tag.split("=")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(held.getsockname()[1]), key: value}
+    args = ["fit", "--config", "configs/dpr_scifact.yaml", "--model.init_args.model_name_or_path", tiny_bert_dir,
+            "--data.init_args.data_dir", str(tiny_beir_dir), "--data.init_args.batch_size", "2",
+            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+            "--trainer.max_steps", "1", "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]
+    root = Path(__file__).resolve().parent.parent
+    try:
+        proc = subprocess.run([sys.executable, "train.py", *args], cwd=root, env=env, capture_output=True, text=True,
+                              timeout=240)
+        assert proc.returncode != 0
+        assert "EADDRINUSE" in proc.stderr or "address already in use" in proc.stderr.lower(), proc.stderr[-3000:]
+        deadline = time.monotonic() + 10
+        while _tagged(tag) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _tagged(tag), "a rank outlived the failed run"
+    finally:
+        for pid in _tagged(tag):
+            os.kill(pid, signal.SIGKILL)
+        held.close()
