@@ -7,6 +7,7 @@ tests/test_resume.py. The other methods' own resume tests use ``max_epochs -1`` 
 import json
 
 import pytest
+import torch
 
 from test_replug_lsr import _qa_args
 from test_resume import assert_same_weights, full_and_resumed
@@ -44,3 +45,32 @@ def test_retrobust_resume_under_the_shipped_schedule(pool_dir, tiny_llama64_dir,
     full, resumed = full_and_resumed(args, total=3, stop=2, tmp_path=tmp_path)
     assert any(v.abs().sum() > 0 for n, v in full.model.state_dict().items() if "lora_B" in n)
     assert_same_weights(full, resumed)
+
+
+@pytest.mark.parametrize("stop", [4, 3], ids=["mid_epoch", "epoch_boundary"])
+def test_the_readme_recipe_resumes_dpr_exactly(tiny_bert_dir, tiny_beir_dir, stop, tmp_path):
+    """README's recipe as written: the shipped config (3 epochs, no max_steps), ``ModelCheckpoint`` every N steps
+    with ``save_last``, the run stopped after step ``stop`` and resumed from ``last.ckpt``: all 9 steps' weights
+    equal the uninterrupted run's."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from test_resume import _dpr_args
+    from train import cli_main
+
+    args = _dpr_args(tiny_bert_dir, tiny_beir_dir, tmp_path)
+
+    def run(name, *extra):
+        torch.manual_seed(0)
+        return cli_main(["fit", *args, "--trainer.default_root_dir", str(tmp_path / name), *extra])
+
+    full = run("full")
+    ckpt_dir = tmp_path / "dpr_ckpt"
+    half = run("half", "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+               f"--trainer.callbacks.every_n_train_steps={stop}", "--trainer.callbacks.save_last=true",
+               f"--trainer.callbacks.dirpath={ckpt_dir}",
+               "--trainer.callbacks+=test_resume.StopAt", f"--trainer.callbacks.step={stop}")
+    assert half.trainer.global_step == stop and any(isinstance(c, ModelCheckpoint) for c in half.trainer.callbacks)
+    resumed = run("resumed", "--ckpt_path", str(ckpt_dir / "last.ckpt"))
+    assert full.trainer.max_steps == -1 and full.trainer.global_step == resumed.trainer.global_step == 9
+    assert_same_weights(full, resumed)
+    assert full.datamodule.train_dataset.draws == resumed.datamodule.train_dataset.draws
