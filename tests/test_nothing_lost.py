@@ -94,10 +94,11 @@ class _Limited:
         return getattr(self._f, name)
 
 
-@pytest.fixture
-def small_fs(tmp_path, monkeypatch):
-    """A 1 MiB filesystem (a tmpfs; else a simulated full disk, see _FullDisk), and ``$TMPDIR`` on another
-    filesystem (the pytest folder), empty: a cluster's scratch or NFS checkpoint folder."""
+@pytest.fixture(params=["tmpfs", "simulated"])
+def small_fs(request, tmp_path, monkeypatch):
+    """A 1 MiB filesystem (a tmpfs where it can be mounted; else, and for the "simulated" parameter, a simulated
+    full disk, see _FullDisk, so that path is checked on every machine), and ``$TMPDIR`` on another filesystem
+    (the pytest folder), empty: a cluster's scratch or NFS checkpoint folder."""
     import subprocess
     import tempfile
 
@@ -106,8 +107,8 @@ def small_fs(tmp_path, monkeypatch):
     tmpdir.mkdir()
     monkeypatch.setenv("TMPDIR", str(tmpdir))
     monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
-                             capture_output=True).returncode == 0
+    mounted = request.param == "tmpfs" and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True).returncode == 0
     if not mounted:
         _FullDisk(folder, MIB, monkeypatch)
     yield folder, tmpdir
@@ -163,6 +164,7 @@ io.save_checkpoint({{"w": torch.ones(128 * 1024)}}, folder / "last.ckpt")
 """
 
 
+@pytest.mark.parametrize("small_fs", ["tmpfs"], indirect=True)
 def test_a_kill_during_a_checkpoint_write_keeps_the_previous_one(dpr_args, small_fs, tmp_path):  # noqa: F811
     """A process SIGKILLed after writing 200 KiB of its second last.ckpt (512 KiB) into the checkpoint folder:
     the first last.ckpt is whole; the killed write's temporary file is not under a final name, and the next
