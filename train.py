@@ -39,7 +39,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa:
 from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
 
 from callbacks.console import readable_console  # noqa: E402
+from callbacks.atomic_checkpoint import install as atomic_checkpoints  # noqa: E402
+from callbacks.divergence import DivergenceGuard  # noqa: E402
 from callbacks.progress import LogProgress  # noqa: E402
+from callbacks.run_folders import RunFolders  # noqa: E402
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 PACKAGES = ("retrieval", "generation", "rl", "datamodules", "callbacks", "lightning_modules")
@@ -177,6 +180,12 @@ class CLI(LightningCLI):
         if not any(isinstance(c, LogProgress) for c in trainer.callbacks):
             trainer.callbacks.append(LogProgress())
         readable_console(trainer)  # a step count when epochs are unbounded; one test table (callbacks/console.py)
+        # a NaN / infinite loss or gradient stops the run before it is applied, tested or exported
+        if not any(isinstance(c, DivergenceGuard) for c in trainer.callbacks):
+            trainer.callbacks.append(DivergenceGuard())
+        atomic_checkpoints(trainer)  # written beside the final name, fsync'ed, renamed
+        if not any(isinstance(c, RunFolders) for c in trainer.callbacks):
+            trainer.callbacks.append(RunFolders())  # no empty version folder from a failed run; <name>/latest
         return trainer
 
     def _parse_ckpt_path(self) -> None:
@@ -204,10 +213,12 @@ class CLI(LightningCLI):
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
         if hasattr(self.model, "export"):
             from lightning_modules.sharding import export_whole
+            from retrieval.atomic_files import export_atomically
 
             # every rank: log_dir is a broadcast, and a sharded model is gathered before rank 0 writes it
             target = Path(self.trainer.log_dir or ".") / "export"
-            export_whole(self.model, target)
+            target = export_atomically(target, lambda folder: export_whole(self.model, folder),
+                                       writer=self.trainer.is_global_zero)
             rank_zero_info(f"Exported the trained model to {target}")
 
     def _check_trained(self) -> None:
@@ -310,5 +321,22 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(1)
 
 
+def die_with_launcher() -> None:
+    """A rank started by Lightning's launcher (rank 0 runs this script again with ``LOCAL_RANK`` 1, 2...) is
+    killed by the kernel when its parent exits (Linux ``PR_SET_PDEATHSIG``): otherwise a rank 0 that fails (a
+    ``MASTER_PORT`` already taken by another run) leaves rank 1 waiting on that port, re-parented to init."""
+    if os.environ.get("LOCAL_RANK", "0") == "0" or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # 1: PR_SET_PDEATHSIG
+        return
+    if parent == 1 or os.getppid() != parent:  # the launcher is already gone
+        sys.exit(1)
+
+
 if __name__ == "__main__":
+    die_with_launcher()
     main()

@@ -29,6 +29,7 @@ from transformers import get_linear_schedule_with_warmup
 from callbacks.retrieval_eval import RetrievalEvaluator
 from generation.lora import apply_lora, merged
 from lightning_modules.rng_state import load_rng_state, save_rng_state
+from lightning_modules.schedule import planned_steps
 from lightning_modules.sharding import full_parameters, shard
 from retrieval.distributed import gather_no_grad, global_exclude, global_scores
 from retrieval.encoders import DEFAULT_ENCODER, Encoder
@@ -58,7 +59,7 @@ def warmup_then_decay(module: L.LightningModule, optimizer_factory, warmup: floa
     learning rate warmed up linearly over ``warmup`` (a fraction of the training steps if < 1, else a
     number of steps), then decayed linearly to 0."""
     optimizer = optimizer_factory(decay_groups(module))
-    total = module.trainer.estimated_stepping_batches
+    total = planned_steps(module.trainer)
     warmup_steps = int(warmup * total) if warmup < 1 else int(warmup)
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -33,6 +33,7 @@ from generation.nli import LMJudge, NLIClassifier, nli_hypothesis, select_answer
 from generation.qa_metrics import exact_match, f1_score
 from generation.rag import read
 from lightning_modules.rng_state import load_rng_state, save_rng_state
+from lightning_modules.schedule import planned_steps
 from lightning_modules.rag_eval import merge_records
 from lightning_modules.sharding import full_parameters, is_sharded, shard
 from retrieval.distributed import gather_objects
@@ -139,7 +140,7 @@ class RetRobust(L.LightningModule):
         from transformers import get_linear_schedule_with_warmup
 
         optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
-        total = int(self.trainer.estimated_stepping_batches)
+        total = int(planned_steps(self.trainer))
         scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(self.hparams.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -85,6 +85,10 @@ def from_pretrained(cls, name_or_path: str, **kwargs):
         # tracebacks say nothing more.
         absolute = Path(path).expanduser().resolve()
         raise FileNotFoundError(f"model folder not found: {path}" + (f" ({absolute})" if str(absolute) != path else ""))
+    if Path(path).expanduser().is_dir():
+        from retrieval.atomic_files import refuse_incomplete
+
+        refuse_incomplete(Path(path).expanduser())
     try:
         return cls.from_pretrained(path, **kwargs)
     except OSError as err:
