@@ -294,7 +294,7 @@ def code_reward(responses: Sequence[str], examples: Sequence[dict], sandbox: San
     jobs, where = [], []
     for k, (r, ex) in enumerate(zip(responses, examples)):
         try:
-            jobs.append(build_job(extract_code(r) if isinstance(r, str) else "", ex))
+            jobs.append(build_job(extract_code(r), ex))
             where.append(k)
         except KeyError as e:
             raise ValueError(f"code_reward: example {k} is malformed: {e}") from None

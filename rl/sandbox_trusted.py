@@ -146,16 +146,23 @@ def program_names(tests: Sequence[str], trusted: dict, shadow: Sequence[str]) ->
                   if n in shadow or (n not in trusted and not hasattr(builtins, n)))
 
 
-def _alarm(signum, frame):
-    raise Deadline("wall time exceeded while testing")
+WATCH_S = 0.05  # how often the job's deadline and its tree's CPU time are checked while tests run
 
 
-def run_tests(fd: int, job: dict, deadline: float, reply_limit: int) -> tuple[list[bool], str]:
+def run_tests(fd: int, job: dict, deadline: float, reply_limit: int,
+              over_cpu=lambda: False) -> tuple[list[bool], str]:
     """Send the program, build the trusted namespace, run each test; (per-test pass, first failure)."""
     ch = Channel(fd, deadline, reply_limit)
     fail = [False] * len(job["tests"])
-    old = signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, max(deadline - time.monotonic(), 0.001))
+
+    def watch(signum, frame):
+        if time.monotonic() >= deadline:
+            raise Deadline("wall time exceeded while testing")
+        if over_cpu():
+            raise Deadline("CPU time of the job's processes exceeded while testing")
+
+    old = signal.signal(signal.SIGALRM, watch)
+    signal.setitimer(signal.ITIMER_REAL, WATCH_S, WATCH_S)
     try:
         codec.send(fd, {"program": job["program"]})
         hello = ch.receive()

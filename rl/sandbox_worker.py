@@ -124,7 +124,8 @@ def run_job(job: dict, limits: dict, zyg: Zygote, cgroup, uid, workdir: str) -> 
     try:
         zyg.spawn(theirs, {"limits": limits, "uid": uid, "dir": workdir})
         theirs.close()
-        tests, detail = sandbox_trusted.run_tests(ours.fileno(), job, deadline, limits["reply_kb"] << 10)
+        tests, detail = sandbox_trusted.run_tests(ours.fileno(), job, deadline, limits["reply_kb"] << 10,
+                                                 over_cpu)
         ours.close()
         how = zyg.wait_exit(deadline, over_cpu)
         status = zyg.exit_status
