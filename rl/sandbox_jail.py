@@ -160,17 +160,21 @@ def _bpf_program() -> list[tuple[int, int, int, int]]:
     return prog
 
 
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+# Built once when the zygote imports this file, so a fork only pays for the two prctl calls.
+_FILTER = _bpf_program()
+_FILTER_BUF = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *ins) for ins in _FILTER))
+_FPROG = _SockFprog(len(_FILTER), ctypes.cast(_FILTER_BUF, ctypes.c_void_p))
+_X86_64 = platform.machine() == "x86_64"
+
+
 def install_filter() -> bool:
     """no_new_privs, then the seccomp filter on this thread and every process it later starts."""
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
-    if platform.machine() != "x86_64":
+    if not _X86_64:
         return False
-    prog = _bpf_program()
-    buf = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *ins) for ins in prog))
-
-    class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-    fprog = SockFprog(len(prog), ctypes.cast(buf, ctypes.c_void_p))
-    _check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp filter")
+    _check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(_FPROG), 0, 0), "seccomp filter")
     return True

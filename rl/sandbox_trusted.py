@@ -65,10 +65,16 @@ class Channel:
         except OSError as e:
             self.dead = f"{type(e).__name__}: {e}"
             raise RemoteError(f"program is gone ({self.dead})") from None
-        reply = self.receive()
+        return self.unpack(self.receive())
+
+    def unpack(self, reply):
+        """The value of a reply ``{"ok": value}``, or the program's exception ``{"err": [type, message]}``."""
+        if type(reply) is not dict:
+            raise RemoteError("malformed reply")
         if "err" in reply:
-            name, msg = (list(reply["err"]) + ["", ""])[:2]
-            raise _BUILTIN_EXC.get(str(name), RemoteError)(str(msg)[:1000])
+            err = reply["err"] if type(reply["err"]) is list else []
+            name, msg = (err + ["", ""])[:2]
+            raise _BUILTIN_EXC.get(str(name)[:100], RemoteError)(str(msg)[:1000])
         try:
             return codec.decode(reply.get("ok"), self.ref)
         except Exception as e:  # noqa: BLE001 - malformed or hostile value
@@ -164,18 +170,22 @@ def run_tests(fd: int, job: dict, deadline: float, reply_limit: int,
     old = signal.signal(signal.SIGALRM, watch)
     signal.setitimer(signal.ITIMER_REAL, WATCH_S, WATCH_S)
     try:
-        codec.send(fd, {"program": job["program"]})
-        hello = ch.receive()
-        if hello.get("loaded") is not True:
-            return fail, f"program failed to load: {str(hello.get('error'))[:500]}"
         ns: dict = {"__name__": "__test__"}
         exec(compile(job.get("prelude", ""), "<prelude>", "exec"), ns)
         exec(compile(job.get("trusted", ""), "<trusted>", "exec"), ns)
-        for name in program_names(job["tests"], ns, job.get("shadow", ())):
+        names = program_names(job["tests"], ns, job.get("shadow", ()))
+        codec.send(fd, {"program": job["program"], "get": names})  # one round trip: load + the names
+        hello = ch.receive()
+        if hello.get("loaded") is not True:
+            return fail, f"program failed to load: {str(hello.get('error'))[:500]}"
+        got = hello.get("got")
+        for name in names:
             try:
-                ns[name] = ch.request("get", name=name)
+                ns[name] = ch.unpack(got.get(name) if type(got) is dict else None)
             except NameError:
                 ns.pop(name, None)  # the test that uses it fails with NameError
+            except Exception as e:  # noqa: BLE001 - the program's own error while looking the name up
+                return fail, f"getting {name!r}: {type(e).__name__}: {str(e)[:300]}"
         results, detail = [], ""
         for i, test in enumerate(job["tests"]):
             try:

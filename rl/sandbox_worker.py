@@ -42,7 +42,10 @@ class ZygoteGone(Exception):
 
 
 class Zygote:
-    def __init__(self, python: str, script: str, jailed: bool, cgroup):
+    """The job loop's handle on its zygote: program processes come forked ahead, one per job, each with its
+    socket; the zygote reports each job's end once, after it killed and reaped the job's processes."""
+
+    def __init__(self, python: str, script: str, jailed: bool, cgroup, config: dict):
         self.ctl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:  # becomes PID 1 of the jail's PID namespace
@@ -53,42 +56,57 @@ class Zygote:
                 for fd in (0, 1, 2):
                     os.dup2(devnull, fd)
                 jail.libc.prctl(jail.PR_SET_PDEATHSIG, signal.SIGKILL)
-                os.execve(python, [python, "-I", "-S", script, "jail" if jailed else "plain"],
+                os.execve(python, [python, "-I", "-S", script, "jail" if jailed else "plain", json.dumps(config)],
                           {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"})
             finally:
                 os._exit(70)
         theirs.close()
-        self.pid, self.exit_status = pid, None
         if cgroup is not None:
             cgroup.add(pid)
-        if not self._recv(time.monotonic() + 30).get("ready"):
-            raise ZygoteGone("zygote did not start")
+        self.pid, self.seq, self.exit_status, self.cleaned = pid, 0, None, True
+        self.next = None  # (seq, socket, limits) of the program process waiting for the next job
+        self._recv(time.monotonic() + 30, want_next=True)
 
-    def _recv(self, deadline: float) -> dict:
+    def _recv(self, deadline: float, want_next: bool = False) -> None:
+        """Read messages until one about the current job arrives (or, with ``want_next``, until a program
+        process for the next job is ready). Raises TimeoutError at the deadline."""
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([self.ctl], [], [], left)[0]:
                 raise TimeoutError
-            data = self.ctl.recv(1 << 16)
+            data, fds, _, _ = socket.recv_fds(self.ctl, 1 << 16, 1)
             if not data:
                 raise ZygoteGone("zygote closed its socket")
             msg = json.loads(data)
-            if "exit" not in msg:
-                return msg
-            self.exit_status = msg["exit"]
-            return msg
+            if msg.get("spawned"):
+                if self.next is not None:
+                    self.next[1].close()
+                self.next = (msg["job"], socket.socket(fileno=fds[0]), msg["limits"])
+                if want_next:
+                    return
+            elif msg.get("job") == self.seq and msg.get("cleaned") and not want_next:
+                self.cleaned, self.exit_status = True, msg["exit"]
+                return
 
-    def spawn(self, sock: socket.socket, req: dict) -> int:
-        self.exit_status = None
-        socket.send_fds(self.ctl, [json.dumps({"op": "spawn", **req}).encode()], [sock.fileno()])
-        msg = self._recv(time.monotonic() + 10)
-        if "pid" not in msg:
-            raise ZygoteGone(f"unexpected answer to spawn: {msg}")
-        return msg["pid"]
+    def take(self, limits: dict) -> socket.socket:
+        """The socket of a program process with ``limits`` for the job about to start."""
+        deadline = time.monotonic() + 10
+        if self.next is None:
+            self._recv(deadline, want_next=True)
+        if self.next[2] != limits:  # forked with other limits: replace it
+            self.ctl.send(json.dumps({"op": "respawn", "job": self.next[0], "limits": limits}).encode())
+            self.next[1].close()
+            self.next = None
+            while self.next is None or self.next[2] != limits:
+                self._recv(deadline, want_next=True)
+        self.seq, sock, _ = self.next
+        self.next, self.exit_status, self.cleaned = None, None, False
+        return sock
 
     def wait_exit(self, deadline: float, over_cpu) -> str | None:
-        """"exited", "cpu" (tree over its CPU time) or None (wall time): whichever comes first."""
-        while self.exit_status is None:
+        """"exited", "cpu" (tree over its CPU time) or None (wall time): whichever comes first. The zygote
+        kills and reaps the rest of the job as soon as the program exits."""
+        while not self.cleaned:
             if over_cpu():
                 return "cpu"
             try:
@@ -98,17 +116,20 @@ class Zygote:
                     return None
         return "exited"
 
-    def clean(self, workdir: str) -> None:
+    def clean(self) -> None:
+        """Kill and reap every process of the job now (when it did not end by itself)."""
+        if self.cleaned:
+            return
         try:
-            self.ctl.send(json.dumps({"op": "clean", "dir": workdir}).encode())
+            self.ctl.send(json.dumps({"op": "clean", "job": self.seq}).encode())
             deadline = time.monotonic() + 10
-            while not self._recv(deadline).get("cleaned"):
-                pass
+            while not self.cleaned:
+                self._recv(deadline)
         except (OSError, TimeoutError, ValueError) as e:
             raise ZygoteGone(f"cleanup failed: {type(e).__name__}: {e}") from None
 
 
-def run_job(job: dict, limits: dict, zyg: Zygote, cgroup, uid, workdir: str) -> dict:
+def run_job(job: dict, limits: dict, zyg: Zygote, cgroup) -> dict:
     """{"status", "tests", "detail"} of one job; every process of it is gone when this returns."""
     deadline = time.monotonic() + limits["wall_s"]
     cpu0 = cgroup.cpu_ns() if cgroup is not None else 0
@@ -116,23 +137,16 @@ def run_job(job: dict, limits: dict, zyg: Zygote, cgroup, uid, workdir: str) -> 
     def over_cpu() -> bool:
         return cgroup is not None and cgroup.cpu_ns() - cpu0 > limits["cpu_s"] * 1e9
 
-    os.mkdir(workdir, 0o700)
-    if uid is not None:
-        os.chown(workdir, uid, uid)
-    ours, theirs = socket.socketpair()
     how = None
     try:
-        zyg.spawn(theirs, {"limits": limits, "uid": uid, "dir": workdir})
-        theirs.close()
-        tests, detail = sandbox_trusted.run_tests(ours.fileno(), job, deadline, limits["reply_kb"] << 10,
-                                                 over_cpu)
-        ours.close()
+        sock = zyg.take(limits)
+        with sock:
+            tests, detail = sandbox_trusted.run_tests(sock.fileno(), job, deadline, limits["reply_kb"] << 10,
+                                                     over_cpu)
         how = zyg.wait_exit(deadline, over_cpu)
         status = zyg.exit_status
     finally:
-        ours.close()
-        theirs.close()
-        zyg.clean(workdir)
+        zyg.clean()
     if how == "cpu" or over_cpu():
         return {"status": "timeout", "tests": tests, "detail": f"CPU time {limits['cpu_s']} s of the job exceeded"}
     if how is None:
@@ -164,7 +178,7 @@ def main(config: dict) -> None:
         return
     root = "/tmp" if jailed else tempfile.mkdtemp(prefix="ragkit-sandbox-")
     script = f"{jail.SANDBOX_DIR}/sandbox_zygote.py" if jailed else os.path.join(HERE, "sandbox_zygote.py")
-    zyg = Zygote(python, script, jailed, cgroup)
+    zyg = Zygote(python, script, jailed, cgroup, {"uid": uid, "limits": limits, "root": root})
     mb = limits["trusted_memory_mb"] << 20
     resource.setrlimit(resource.RLIMIT_AS, (mb, mb))  # the job loop itself: a reply cannot grow it unbounded
     codec.send(1, {"ready": True, "mode": "namespaces" if jailed else "rlimits", "uid": uid,
@@ -180,7 +194,7 @@ def main(config: dict) -> None:
         start = time.monotonic()
         job_limits = {**limits, **job.get("limits", {})}
         try:
-            result = run_job(job, job_limits, zyg, cgroup, uid, os.path.join(root, f"job-{seq}"))
+            result = run_job(job, job_limits, zyg, cgroup)
         except ZygoteGone as e:
             codec.send(1, {"status": "error", "tests": [False] * len(job["tests"]), "detail": str(e)[:200]})
             os._exit(1)  # the kernel kills the jail's PID namespace with the zygote; the pool starts anew

@@ -41,71 +41,136 @@ CONTROL_FD = 3
 def main() -> None:
     import importlib
 
-    jailed = sys.argv[1] == "jail"
+    jailed, config = sys.argv[1] == "jail", json.loads(sys.argv[2])
     if jailed:  # PID 1 of the worker's PID namespace: its own /proc, no other process of the host in it
         jail.mount("proc", "/proc", "proc", jail.MS_NOSUID | jail.MS_NODEV | jail.MS_NOEXEC, "hidepid=2")
     _oom_score_adj("-1000")  # the OOM killer of the job's cgroup takes the program, not the zygote
     for name in PRELOAD:
         importlib.import_module(name)
+    wake_r, wake_w = os.pipe()  # SIGCHLD wakes the loop at once: the job ends when its program exits
+    os.set_blocking(wake_w, False)
+    signal.signal(signal.SIGCHLD, lambda *a: None)
+    signal.set_wakeup_fd(wake_w)
     gc.freeze()  # fewer copy-on-write page faults in the forks
     ctl = socket.socket(fileno=CONTROL_FD)  # SOCK_SEQPACKET: one record per message, fds beside it
-    tell({"ready": True})
-    child, exited = None, True
+    job = Job(jailed, config, ctl)
+    job.prespawn(config["limits"])
     while True:
-        if select.select([ctl], [], [], 0.005)[0]:
+        ready = select.select([ctl, wake_r], [], [], 1.0)[0]
+        if wake_r in ready:
+            os.read(wake_r, 512)
+        if ctl in ready:
             msg, fds, _, _ = socket.recv_fds(ctl, 1 << 16, 1)
+            for fd in fds:
+                os.close(fd)
             if not msg:
                 os._exit(0)  # the job loop is gone
             req = json.loads(msg)
-            if req["op"] == "spawn":
-                child, exited = _spawn(fds[0], req, jailed), False
-                tell({"pid": child})
+            if req["op"] == "respawn":  # the next job wants other limits
+                job.discard(req["job"])
+                job.prespawn(req["limits"])
             elif req["op"] == "clean":
-                exited = _clean(child, exited, jailed)
-                if req.get("dir"):
-                    shutil.rmtree(req["dir"], ignore_errors=True)
-                tell({"cleaned": True})
-            for fd in fds:
-                if fd >= 0 and req["op"] != "spawn":
-                    os.close(fd)
-        exited = _reap(child, exited)
+                job.clean(req["job"])
+        job.reap()
 
 
 def tell(obj) -> None:
     os.write(CONTROL_FD, json.dumps(obj).encode())
 
 
-def _reap(child, exited: bool, block: bool = False) -> bool:
-    """Reap every finished child (orphans of the programs land here); report the program's own exit once."""
-    while True:
-        try:
-            pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
-        except ChildProcessError:
-            return exited
+class Job:
+    """The program process of the current job, forked AHEAD of the job (its setup is off the job's critical
+    path; it holds nothing but its limits until the job loop sends the program). When it exits, or when the
+    job loop says ``clean``, every process of the job is killed and reaped and its directory removed; ONE
+    message reports the exit status; then the next program process is forked with the default limits."""
+
+    def __init__(self, jailed: bool, config: dict, ctl: socket.socket):
+        self.jailed, self.config, self.ctl = jailed, config, ctl
+        self.pid, self.seq, self.dir = None, 0, None
+
+    def prespawn(self, limits: dict) -> None:
+        self.seq += 1
+        self.dir = os.path.join(self.config["root"], f"job-{self.seq}")
+        os.mkdir(self.dir, 0o700)
+        if self.config["uid"] is not None:
+            os.chown(self.dir, self.config["uid"], self.config["uid"])
+        ours, theirs = socket.socketpair()
+        req = {"limits": limits, "uid": self.config["uid"], "dir": self.dir}
+        pid = os.fork()
         if pid == 0:
-            return exited
-        if pid == child and not exited:
-            tell({"exit": status})
-            exited = True
-
-
-def _clean(child, exited: bool, jailed: bool) -> bool:
-    """Kill everything the program started and wait until none of it is left."""
-    if jailed:
-        try:
-            os.kill(-1, signal.SIGKILL)  # as PID 1 of the namespace: everyone but this process
-        except ProcessLookupError:
-            pass
-        return _reap(child, exited, block=True)
-    if child is not None and not exited:
-        for kill in (lambda: os.killpg(child, signal.SIGKILL), lambda: os.kill(child, signal.SIGKILL)):
             try:
-                kill()
-            except OSError:
-                pass
-        _, status = os.waitpid(child, 0)
-        tell({"exit": status})
-    return True
+                ours.close()
+                _program_process(theirs.detach(), req, self.jailed)
+            finally:
+                os._exit(70)
+        theirs.close()
+        self.pid = pid
+        socket.send_fds(self.ctl, [json.dumps({"job": self.seq, "spawned": True, "limits": limits}).encode()],
+                        [ours.fileno()])
+        ours.close()
+
+    def reap(self) -> None:
+        """Finish the job if its program exited; reap orphans (in a jail they all land here)."""
+        if self.pid is not None and os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+            self._kill_all()  # before reaping: while the zombie holds its pid, the group id cannot be reused
+            self._finish(os.waitpid(self.pid, 0)[1])
+        while self.jailed:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.pid:
+                self._finish(status)
+
+    def clean(self, seq: int) -> None:
+        if self.pid is None or seq != self.seq:
+            tell({"job": seq, "exit": None, "cleaned": True})  # already finished and reported
+            return
+        self._stop()
+        self._finish(os.waitpid(self.pid, 0)[1])
+
+    def discard(self, seq: int) -> None:
+        """Drop the waiting program process unused (no report)."""
+        if self.pid is not None and seq == self.seq:
+            self._stop()
+            os.waitpid(self.pid, 0)
+            self._reap_all()
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.pid = None
+
+    def _stop(self) -> None:
+        self._kill_all()
+        os.kill(self.pid, signal.SIGKILL)  # not reaped yet: the pid is still this job's
+
+    def _kill_all(self) -> None:
+        """Jailed: as PID 1 of the namespace, ``kill(-1)`` reaches everyone but this process. Otherwise only
+        the program's process group (a child that called setsid escapes: docs/security.md)."""
+        try:
+            if self.jailed:
+                os.kill(-1, signal.SIGKILL)
+            else:
+                os.killpg(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    def _reap_all(self) -> None:
+        if self.jailed:  # every process of the namespace is this one's child or orphan: wait for all
+            self._kill_all()
+            while True:
+                try:
+                    os.waitpid(-1, 0)
+                except ChildProcessError:
+                    break
+
+    def _finish(self, status: int) -> None:
+        """The program process is reaped; kill and reap what is left of the job, report, fork the next."""
+        self._reap_all()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        tell({"job": self.seq, "exit": status, "cleaned": True})
+        self.pid = None
+        self.prespawn(self.config["limits"])
 
 
 def _oom_score_adj(value: str) -> None:
@@ -116,22 +181,12 @@ def _oom_score_adj(value: str) -> None:
         pass
 
 
-def _spawn(sock_fd: int, req: dict, jailed: bool) -> int:
-    pid = os.fork()
-    if pid:
-        os.close(sock_fd)
-        return pid
-    try:
-        _program_process(sock_fd, req, jailed)
-    finally:
-        os._exit(70)
-
-
 def _program_process(sock_fd: int, req: dict, jailed: bool) -> None:
     import resource
 
     limits, uid, workdir = req["limits"], req["uid"], req["dir"]
     parent = os.getppid()
+    jail.libc.prctl(jail.PR_SET_PDEATHSIG, signal.SIGKILL)
     os.setsid()
     if jailed:
         jail.unshare(jail.CLONE_NEWIPC)
@@ -150,6 +205,9 @@ def _program_process(sock_fd: int, req: dict, jailed: bool) -> None:
                        (resource.RLIMIT_NOFILE, (limits["nofile"],) * 2),
                        (resource.RLIMIT_CORE, (0, 0))):
         resource.setrlimit(res, value)
+    # Forked ahead of its job, the process waits here as root, holding nothing, until the program arrives;
+    # only then does it become the program's: uid, parent-death signal, no_new_privs and seccomp.
+    first = codec.recv(3)
     if uid is not None:
         os.setgroups([])
         os.setgid(uid)
@@ -172,11 +230,12 @@ def _program_process(sock_fd: int, req: dict, jailed: bool) -> None:
                 raise PermissionError("network access is disabled in the sandbox")
 
         socket.socket = _socket.socket = _NoNetwork  # type: ignore[misc]
-    _serve(codec.recv(3)["program"])
+    _serve(first["program"], first.get("get", []))
 
 
-def _serve(program: str) -> None:
-    """Run the program, then answer the job loop's requests until it says ``finish``."""
+def _serve(program: str, names: list) -> None:
+    """Run the program, send the values of ``names`` with the news that it loaded, then answer the job loop's
+    requests until it says ``finish``."""
     handles: list = []
 
     def handle(v):
@@ -188,21 +247,7 @@ def _serve(program: str) -> None:
     def resolve(tag, key):
         return g[key] if tag == "g" else handles[key]
 
-    try:
-        exec(compile(program, "<program>", "exec"), g)
-        hello = {"loaded": True}
-    except BaseException as e:  # noqa: BLE001 - SystemExit before the tests is a failed program too
-        hello = {"loaded": False, "error": f"{type(e).__name__}: {str(e)[:500]}"}
-    codec.send(3, hello)
-    if not hello["loaded"]:
-        return
-    while True:
-        try:
-            req = codec.recv(3)
-        except (EOFError, OSError):
-            os._exit(72)
-        if req.get("op") == "finish":
-            break
+    def answer(req: dict) -> dict:
         try:
             if req["op"] == "get":
                 value = g[req["name"]]
@@ -215,12 +260,34 @@ def _serve(program: str) -> None:
                     value = getattr(target, req["name"])
                 else:
                     raise ValueError(f"unknown op {req['op']!r}")
-            reply = {"ok": codec.encode(value, handle)}
+            return {"ok": codec.encode(value, handle)}
         except KeyError as e:
-            reply = {"err": ["NameError", f"name {e} is not defined"]} if req.get("op") == "get" else \
+            return {"err": ["NameError", f"name {e} is not defined"]} if req.get("op") == "get" else \
                 {"err": ["KeyError", str(e)]}
         except BaseException as e:  # noqa: BLE001
-            reply = {"err": [type(e).__name__, str(e)[:1000]]}
+            return {"err": [type(e).__name__, str(e)[:1000]]}
+
+    try:
+        exec(compile(program, "<program>", "exec"), g)
+        hello = {"loaded": True}
+    except BaseException as e:  # noqa: BLE001 - SystemExit before the tests is a failed program too
+        hello = {"loaded": False, "error": f"{type(e).__name__}: {str(e)[:500]}"}
+    if hello["loaded"]:
+        hello["got"] = {name: answer({"op": "get", "name": name}) for name in names}
+    try:
+        codec.send(3, hello)
+    except BaseException:  # noqa: BLE001 - unencodable or huge: the job loop sees the end
+        os._exit(73)
+    if not hello["loaded"]:
+        return
+    while True:
+        try:
+            req = codec.recv(3)
+        except (EOFError, OSError):
+            os._exit(72)
+        if req.get("op") == "finish":
+            break
+        reply = answer(req)
         try:
             codec.send(3, reply)
         except BaseException:  # noqa: BLE001 - an unencodable or huge reply: the job loop sees the end
