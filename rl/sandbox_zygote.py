@@ -230,12 +230,13 @@ def _program_process(sock_fd: int, req: dict, jailed: bool) -> None:
                 raise PermissionError("network access is disabled in the sandbox")
 
         socket.socket = _socket.socket = _NoNetwork  # type: ignore[misc]
-    _serve(first["program"], first.get("get", []))
+    _serve(first["program"], first.get("get", []), first.get("calls", []))
 
 
-def _serve(program: str, names: list) -> None:
-    """Run the program, send the values of ``names`` with the news that it loaded, then answer the job loop's
-    requests until it says ``finish``."""
+def _serve(program: str, names: list, calls: list) -> None:
+    """Run the program, send the values of ``names`` and the answers to the prefetched ``calls`` (see
+    ``sandbox_prefetch``) with the news that it loaded, then answer the job loop's requests until it says
+    ``finish``."""
     handles: list = []
 
     def handle(v):
@@ -274,6 +275,8 @@ def _serve(program: str, names: list) -> None:
         hello = {"loaded": False, "error": f"{type(e).__name__}: {str(e)[:500]}"}
     if hello["loaded"]:
         hello["got"] = {name: answer({"op": "get", "name": name}) for name in names}
+        hello["calls"] = [answer({"op": "call", "target": {"g": c["name"]}, "args": c["args"],
+                                  "kwargs": c["kwargs"]}) for c in calls]
     try:
         codec.send(3, hello)
     except BaseException:  # noqa: BLE001 - unencodable or huge: the job loop sees the end

@@ -137,18 +137,21 @@ def test_cpu_limit_covers_a_fork_chain(sb):
     assert uid_processes(uids(sb)) == []  # nothing burns CPU after the reward returned
 
 
-def forge_second_write(action: str) -> str:
-    """Patch os.write in the program's process so its second message (the answer to the trusted side's first
-    request, ``get add``) becomes ``action``."""
-    return ("import os, json, struct\n_w, _n = os.write, [0]\ndef _write(fd, data):\n    _n[0] += 1\n"
-            f"    if _n[0] == 2:\n        {action}\n    return _w(fd, data)\nos.write = _write\n" + GOOD)
+def forge_get_answer(action: str) -> str:
+    """Patch os.write in the program's process so that its answer to the trusted side's ``get add`` (a reply
+    ``{"ok": ...}``, or the ``"got"`` of the "loaded" message that carries it) becomes ``action``, which may
+    use ``got`` (True when the answer rides in the "loaded" message)."""
+    return ("import os, json, struct\n_w = os.write\ndef _write(fd, data):\n"
+            "    got = b'\"got\"' in data\n    if got or b'\"ok\"' in data:\n"
+            f"        {action}\n    return _w(fd, data)\nos.write = _write\n" + GOOD)
 
 
 ERROR_PATHS = {  # each makes the trusted side see something other than a clean answer
     "deep_nesting": "x = []\nfor _ in range(100000):\n    x = [x]\nadd = x\n",
-    "unhashable_reply": forge_second_write("m = json.dumps({'ok': {'d': [[[1], 2]]}}).encode(); "
-                                           "data = struct.pack('>I', len(m)) + m"),
-    "dies_during_get": forge_second_write("os._exit(3)"),
+    "unhashable_reply": forge_get_answer("v = {'ok': {'d': [[[1], 2]]}}; "
+                                         "m = json.dumps({'loaded': True, 'got': {'add': v}} if got else v).encode(); "
+                                         "data = struct.pack('>I', len(m)) + m"),
+    "dies_during_get": forge_get_answer("os._exit(3)"),
     "huge_reply": "def add(a, b):\n    return 'x' * (63 << 20)\n",
 }
 
