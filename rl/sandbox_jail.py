@@ -82,7 +82,9 @@ def build_root(new: str, files: dict[str, bytes], tmpfs_mb: int) -> None:
     for p in _interpreter_paths():
         if not p.startswith("/usr/"):
             _bind_ro(p, new + p)
-    for purelib in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
+    base = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}
+    for purelib in {sysconfig.get_paths()[k] for k in ("purelib", "platlib")} | \
+            {sysconfig.get_paths(vars=base)[k] for k in ("purelib", "platlib")}:
         hidden = new + os.path.realpath(purelib)
         if os.path.isdir(hidden):
             mount("tmpfs", hidden, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=0555")

