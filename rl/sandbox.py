@@ -27,6 +27,7 @@ import logging
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,6 +113,7 @@ class Sandbox:
         self.base_uid, self._uid_lock = _lock_uid_range(base_uid)
         self.python = python or sys.executable
         self._procs: list[subprocess.Popen | None] = [None] * workers
+        self._scratch: list[str | None] = [None] * workers
         self.isolation: list[dict] = [{} for _ in range(workers)]
         self._lock = threading.Lock()
         for i in range(workers):  # start now: a refused mode is an error at construction, not mid-training
@@ -121,8 +123,10 @@ class Sandbox:
         return f"uid{self.base_uid + i}"
 
     def _start(self, i: int) -> subprocess.Popen:
+        self._scratch[i] = tempfile.mkdtemp(prefix="ragkit-sandbox-")  # job directories without a jail
+        os.chmod(self._scratch[i], 0o711)
         config = {"limits": asdict(self.limits), "uid": self.base_uid + i, "mode": self.mode,
-                  "cgroup": self._cgroup(i)}
+                  "cgroup": self._cgroup(i), "scratch": self._scratch[i]}
         stderr = tempfile.TemporaryFile()  # a worker's (and its zygote's) last words, shown if it fails to start
         proc = subprocess.Popen([self.python, "-I", WORKER, "--worker", json.dumps(config)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
@@ -154,6 +158,9 @@ class Sandbox:
             for f in (proc.stdin, proc.stdout):
                 f.close()
             sandbox_cgroup.remove(self._cgroup(i))
+        if self._scratch[i] is not None:
+            shutil.rmtree(self._scratch[i], ignore_errors=True)
+            self._scratch[i] = None
 
     def _run_one(self, i: int, job: dict) -> ExecResult:
         if self._procs[i] is None or self._procs[i].poll() is not None:

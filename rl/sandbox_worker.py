@@ -25,7 +25,6 @@ import resource  # noqa: E402
 import select  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import sandbox_cgroup  # noqa: E402
@@ -196,7 +195,7 @@ def start(config: dict):
     jailed = scratch is not None
     if mode == "namespaces" and not jailed:
         raise OSError("namespaces refused (needs root / CAP_SYS_ADMIN)")
-    root = scratch if jailed else tempfile.mkdtemp(prefix="ragkit-sandbox-")
+    root = scratch if jailed else config["scratch"]  # made (and removed) by the pool
     script = f"{jail.SANDBOX_DIR}/sandbox_zygote.py" if jailed else os.path.join(HERE, "sandbox_zygote.py")
     zyg = Zygote(python, script, jailed, cgroup, {"uid": uid, "limits": limits, "root": root})
     mb = limits["trusted_memory_mb"] << 20

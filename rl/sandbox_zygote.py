@@ -36,6 +36,7 @@ import sandbox_jail as jail  # noqa: E402
 PRELOAD = ("resource", "tempfile", "typing", "math", "re", "collections", "itertools", "functools", "heapq",
            "bisect", "string", "hashlib", "random", "operator", "copy", "fractions", "statistics", "datetime")
 CONTROL_FD = 3
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def main() -> None:
@@ -45,6 +46,7 @@ def main() -> None:
     if jailed:  # PID 1 of the worker's PID namespace: its own /proc, no other process of the host in it
         jail.mount("proc", "/proc", "proc", jail.MS_NOSUID | jail.MS_NODEV | jail.MS_NOEXEC, "hidepid=2")
     _oom_score_adj("-1000")  # the OOM killer of the job's cgroup takes the program, not the zygote
+    jail.libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # the job's orphans come here, also without a jail
     for name in PRELOAD:
         importlib.import_module(name)
     wake_r, wake_w = os.pipe()  # SIGCHLD wakes the loop at once: the job ends when its program exits
@@ -114,7 +116,7 @@ class Job:
         if self.pid is not None and os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
             self._kill_all()  # before reaping: while the zombie holds its pid, the group id cannot be reused
             self._finish(os.waitpid(self.pid, 0)[1])
-        while self.jailed:
+        while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -145,24 +147,35 @@ class Job:
         os.kill(self.pid, signal.SIGKILL)  # not reaped yet: the pid is still this job's
 
     def _kill_all(self) -> None:
-        """Jailed: as PID 1 of the namespace, ``kill(-1)`` reaches everyone but this process. Otherwise only
-        the program's process group (a child that called setsid escapes: docs/security.md)."""
-        try:
-            if self.jailed:
+        """Jailed: as PID 1 of the namespace, ``kill(-1)`` reaches everyone but this process. Otherwise every
+        child of this process (a child subreaper: the job's orphans, setsid'd or not, land here)."""
+        if self.jailed:
+            try:
                 os.kill(-1, signal.SIGKILL)
-            else:
-                os.killpg(self.pid, signal.SIGKILL)
-        except OSError:
-            pass
+            except OSError:
+                pass
+            return
+        for pid in _children():
+            try:
+                os.kill(pid, signal.SIGKILL)  # a child, reaped only by this process: its pid cannot be reused
+            except OSError:
+                pass
 
     def _reap_all(self) -> None:
-        if self.jailed:  # every process of the namespace is this one's child or orphan: wait for all
+        """Kill and reap until no process of the job is left (killing a process hands its children to this
+        one, which kills them in the next round)."""
+        while True:
             self._kill_all()
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                return
             while True:
                 try:
-                    os.waitpid(-1, 0)
+                    if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                        break
                 except ChildProcessError:
-                    break
+                    return
 
     def _finish(self, status: int) -> None:
         """The program process is reaped; kill and reap what is left of the job, report, fork the next."""
@@ -171,6 +184,19 @@ class Job:
         tell({"job": self.seq, "exit": status, "cleaned": True})
         self.pid = None
         self.prespawn(self.config["limits"])
+
+
+def _children() -> list[int]:
+    me, out = str(os.getpid()), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[1] == me:
+                        out.append(int(entry))
+            except (OSError, IndexError):
+                pass
+    return out
 
 
 def _oom_score_adj(value: str) -> None:

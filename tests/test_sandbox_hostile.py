@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -329,9 +330,29 @@ def test_hostile_batch_with_correct_samples(sb):
     assert uid_processes(uids(sb)) == []
 
 
+def test_fallback_mode_also_kills_detached_processes():
+    # Without a jail (mode rlimits) a setsid'd grandchild used to survive: the zygote is a child subreaper.
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    d.chmod(0o777)  # the program's uid writes its pid here (no jail in this mode)
+    pidfile = d / "pid"
+    prog = ("import os\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+            f"        open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n        while True:\n            pass\n"
+            "    os._exit(0)\nimport time\ntime.sleep(0.3)\n" + GOOD)
+    with Sandbox(workers=1, limits=LIMITS, mode="rlimits") as s:
+        r = s.run([{"program": prog, "tests": ADD}])[0]
+    time.sleep(0.3)
+    pid = int(pidfile.read_text())
+    shutil.rmtree(d)
+    alive = Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    if alive:
+        os.kill(pid, 9)  # this test's own leftover
+    assert r.passed and not alive, r
+
+
 def test_pool_starts_from_a_checkout_under_tmp(tmp_path_factory):
     # Red team F1: CI clones the repository under /tmp, which the jail used to stage its root on.
-    import shutil
     import tempfile
 
     d = Path(tempfile.mkdtemp(prefix="sandbox-checkout-"))  # /tmp, not pytest's basetemp
@@ -358,6 +379,28 @@ def test_a_worker_that_cannot_start_says_why(tmp_path):
     fake.chmod(0o755)
     with pytest.raises(RuntimeError, match="(?s)refused to start.*Operation not permitted"):
         Sandbox(workers=1, python=str(fake))
+
+
+@pytest.mark.slow
+def test_fifty_hostile_and_fifty_correct_samples():
+    # Issue 20's measure: every correct sample gets 1, every hostile one 0, nothing left after.
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_sandbox import hostile_programs
+
+    pool = list(hostile_programs(Path("/nonexistent"), 9).values()) + [SPINNER + p for p in ERROR_PATHS.values()]
+    hostile = (pool * 3)[:50]
+    jobs = [j for p in hostile for j in ({"program": p, "tests": ADD}, {"program": GOOD, "tests": ADD})]
+    with Sandbox(workers=2, limits=LIMITS) as s:
+        start = time.monotonic()
+        r = s.run(jobs)
+        took = time.monotonic() - start
+        time.sleep(0.3)
+        left = uid_processes(uids(s))
+    owners = [line.split()[2] for line in subprocess.run(["ipcs"], capture_output=True, text=True).stdout
+              .splitlines() if line.startswith("0x")]
+    print(f"50 hostile + 50 correct in {took:.1f} s")
+    assert [x.passed for x in r] == [False, True] * 50, [(i, x) for i, x in enumerate(r) if x.passed != (i % 2)]
+    assert left == [] and not [o for o in owners if o.isdigit() and 200_000 <= int(o) < 200_000 + 256 * 4096]
 
 
 def _logic_free(examples, sb) -> list[str]:
