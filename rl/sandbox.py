@@ -20,6 +20,7 @@ that sample, counted in :data:`REWARD_STATS` and logged; only malformed *example
 from __future__ import annotations
 
 import ast
+import atexit
 import collections
 import fcntl
 import json
@@ -293,6 +294,7 @@ def default_sandbox() -> Sandbox:
     global _DEFAULT
     if _DEFAULT is None:
         _DEFAULT = Sandbox(workers=max(1, min(4, os.cpu_count() or 1)))
+        atexit.register(_DEFAULT.close)  # workers, cgroups and scratch directories go with the trainer
     return _DEFAULT
 
 

@@ -1,15 +1,16 @@
 """The zygote and the untrusted program of the code sandbox.
 
 The **zygote** is a fresh interpreter (``python -I -S``, exec'd by the job loop when the worker starts) that
-never receives a job: it only hears "spawn a program process for uid U in directory D" and "clean", so no
-test, gold answer or checker helper is ever in its memory, nor in the memory of the processes it forks. In a
-jail it is PID 1 of the worker's PID namespace: ``kill(-1)`` from it reaches every process a program left
-(also ones that called ``setsid``), it reaps them all, and the kernel shields it from the programs' signals.
+never receives a job: it forks one program process ahead of each job and otherwise only hears "clean" or
+"respawn with these limits", so no test, gold answer or checker helper is ever in its memory, nor in the
+memory of the processes it forks. In a jail it is PID 1 of the worker's PID namespace: ``kill(-1)`` from it
+reaches every process a program left (also ones that called ``setsid``), it reaps them all, and the kernel
+shields it from the programs' signals. Without a jail it is a child subreaper and kills its children.
 
-The **program process** (forked per job) enters a new IPC namespace (its SysV/POSIX IPC objects die with its
-last process), drops to the worker's uid with rlimits, no_new_privs and the seccomp filter
-(``sandbox_jail.install_filter``), then receives the program text from the job loop, runs it and answers
-``get`` / ``call`` / ``getattr`` requests with plain data (``sandbox_codec``).
+The **program process** enters a new IPC namespace (its SysV/POSIX IPC objects die with its last process)
+and takes its rlimits, then waits, as root and holding nothing, for the program text from the job loop; only
+then does it drop to the worker's uid with no_new_privs and the seccomp filter (``sandbox_jail``), run the
+program and answer ``get`` / ``call`` / ``getattr`` requests with plain data (``sandbox_codec``).
 """
 
 from __future__ import annotations
