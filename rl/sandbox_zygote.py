@@ -257,10 +257,10 @@ def _program_process(sock_fd: int, req: dict, jailed: bool) -> None:
                 raise PermissionError("network access is disabled in the sandbox")
 
         socket.socket = _socket.socket = _NoNetwork  # type: ignore[misc]
-    _serve(first["program"], first.get("get", []), first.get("calls", []))
+    _serve(first["program"], first.get("get", []), first.get("calls", []), first.get("budget", 0))
 
 
-def _serve(program: str, names: list, calls: list) -> None:
+def _serve(program: str, names: list, calls: list, budget: int) -> None:
     """Run the program, send the values of ``names`` and the answers to the prefetched ``calls`` (see
     ``sandbox_prefetch``) with the news that it loaded, then answer the job loop's requests until it says
     ``finish``."""
@@ -302,8 +302,13 @@ def _serve(program: str, names: list, calls: list) -> None:
         hello = {"loaded": False, "error": f"{type(e).__name__}: {str(e)[:500]}"}
     if hello["loaded"]:
         hello["got"] = {name: answer({"op": "get", "name": name}) for name in names}
-        hello["calls"] = [answer({"op": "call", "target": {"g": c["name"]}, "args": c["args"],
-                                  "kwargs": c["kwargs"]}) for c in calls]
+        hello["calls"], size = [], 0
+        for c in calls:  # answers beyond the job loop's budget are dropped: those calls are made live later
+            a = answer({"op": "call", "target": {"g": c["name"]}, "args": c["args"], "kwargs": c["kwargs"]})
+            size += len(json.dumps(a))
+            if size > budget:
+                break
+            hello["calls"].append(a)
     try:
         codec.send(3, hello)
     except BaseException:  # noqa: BLE001 - unencodable or huge: the job loop sees the end

