@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import json
 import signal
 import time
@@ -164,10 +165,25 @@ def free_names(codes: Sequence[str]) -> set[str]:
     return loads - stores
 
 
+@functools.lru_cache(maxsize=1024)
+def _compiled(code: str, name: str):
+    return compile(code, name, "exec")
+
+
+@functools.lru_cache(maxsize=1024)
+def _free_names(tests: tuple) -> frozenset:
+    return frozenset(free_names(tests))
+
+
+@functools.lru_cache(maxsize=1024)
+def _literal_calls(tests: tuple, names: tuple) -> str:
+    return json.dumps(sandbox_prefetch.literal_calls(tests, names))
+
+
 def program_names(tests: Sequence[str], trusted: dict, shadow: Sequence[str]) -> list[str]:
     """The names the tests take from the program: the entry point(s) in ``shadow``, and free names that
     neither the trusted namespace nor the builtins define."""
-    return sorted(n for n in free_names(tests)
+    return sorted(n for n in _free_names(tuple(tests))
                   if n in shadow or (n not in trusted and not hasattr(builtins, n)))
 
 
@@ -190,10 +206,11 @@ def run_tests(fd: int, job: dict, deadline: float, reply_limit: int,
     signal.setitimer(signal.ITIMER_REAL, WATCH_S, WATCH_S)
     try:
         ns: dict = {"__name__": "__test__"}
-        exec(compile(job.get("prelude", ""), "<prelude>", "exec"), ns)
-        exec(compile(job.get("trusted", ""), "<trusted>", "exec"), ns)
+        # The same task comes back for every sample of a group: its code is compiled and parsed once.
+        exec(_compiled(job.get("prelude", ""), "<prelude>"), ns)
+        exec(_compiled(job.get("trusted", ""), "<trusted>"), ns)
         names = program_names(job["tests"], ns, job.get("shadow", ()))
-        calls = sandbox_prefetch.literal_calls(job["tests"], names)
+        calls = json.loads(_literal_calls(tuple(job["tests"]), tuple(names)))
         # one round trip: load the program, get the names, make the literal calls
         codec.send(fd, {"program": job["program"], "get": names, "calls": calls, "budget": reply_limit // 2})
         hello = ch.receive()
@@ -213,7 +230,7 @@ def run_tests(fd: int, job: dict, deadline: float, reply_limit: int,
         results, detail = [], ""
         for i, test in enumerate(job["tests"]):
             try:
-                exec(compile(test, f"<test {i}>", "exec"), ns)
+                exec(_compiled(test, f"<test {i}>"), ns)
                 results.append(True)
             except Exception as e:  # noqa: BLE001 - any failure of a test is a failed test
                 results.append(False)

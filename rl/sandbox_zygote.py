@@ -244,7 +244,7 @@ def _program_process(sock_fd: int, req: dict, jailed: bool) -> None:
     if os.getppid() != parent:
         os._exit(71)
     jail.install_filter()
-    gc.unfreeze()
+    # the zygote's objects stay frozen: a full collection in the program would otherwise touch (and copy) them all
     sys.modules["random"].seed()  # do not hand every sample the zygote's random state
     os.environ.clear()
     os.environ.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
