@@ -161,7 +161,8 @@ def test_hostile_programs_all_fail_within_limits_and_leave_everything_untouched(
     assert by_name["thread_spin"].status == "timeout"
     assert "UntrustedValue" in by_name["eq_always_true"].detail
     assert "UntrustedValue" in by_name["int_subclass_liar"].detail
-    assert "Read-only file system" in by_name["write_outside"].detail
+    # the host's tree is not in the jail at all (it used to be there read-only)
+    assert "No such file or directory" in by_name["write_outside"].detail
     # the test process, the machine and the pool are untouched
     assert received == []
     assert (outside / "keep.txt").read_text() == "precious" and not (outside / "pwned.txt").exists()
