@@ -1,0 +1,194 @@
+"""The math reward against a policy that games it (issues 20 and 21): answers that are Python, answers that
+crash or stall the grader, grading errors in both directions, and the documented rule (docs/math_grading.md),
+each example of which is a test here."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+import rl.math_grading as mg
+from rl.math_grading import GRADING_ERRORS, is_equiv, last_boxed, math_reward
+from rl.math_pool import MathPool
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _doc_examples() -> list[tuple[str, str, bool]]:
+    text = (ROOT / "docs/math_grading.md").read_text()
+    table = text.split("<!-- examples -->")[1].split("<!-- /examples -->")[0]
+    rows = re.findall(r"^\| `(.*?)` \| `(.*?)` \| (yes|no) \|", table, re.MULTILINE)
+    return [(a, b, eq == "yes") for a, b, eq in rows]
+
+
+def _warm(p: MathPool) -> None:
+    """Start every worker now (FIFO: one call each), so a timed check does not include starts."""
+    for _ in range(p.size):
+        assert p.equal(["sym", "w"], ["sym", "w"], ["exact"], timeout=60.0) is True
+
+
+@pytest.fixture(scope="module")
+def pool():
+    p = MathPool(size=3)
+    _warm(p)
+    yield p
+    p.close()
+
+
+@pytest.mark.parametrize("pred,gold,equal", _doc_examples())
+def test_documented_examples(pred, gold, equal):
+    assert is_equiv(pred, gold) is equal
+
+
+def test_the_documented_examples_cover_the_issues_grading_errors():
+    # issue 20 (accepted though wrong; rejected though right) and issue 21 item 5, each both ways
+    required = [("0", "\\frac{1}{2^{40}}", False), ("2^{100}+1", "2^{100}", False),
+                ("1000000000001", "10^{12}", False), ("\u22125", "-5", True), ("\u22125", "5", False),
+                ("10\u2009000", "10000", True), ("10\u2009000", "1000", False), ("1e3", "1000", True),
+                ("1e3", "13", False), ("\u221e", "\\infty", True), ("\u221e", "-\\infty", False),
+                ("\\{1,2\\}", "1, 2", True), ("\\{1,3\\}", "1, 2", False), ("\\cos(\\pi)", "-1", True),
+                ("\\sin(\\frac{\\pi}{6})", "\\frac12", True), ("1.4142135623", "\\sqrt{2}", False),
+                ("0.3333333333", "1/3", False), ("1.41", "\\sqrt{2}", False), ("\\sqrt{2}", "1.41", True)]
+    examples = _doc_examples()
+    assert len(examples) >= 40
+    assert [r for r in required if r not in examples] == []
+
+
+def test_exact_rules_where_the_old_tolerance_accepted_wrong_answers():
+    assert not is_equiv("0", "\\frac{1}{2^{40}}") and is_equiv("\\frac{1}{2^{40}}", "2^{-40}")
+    assert not is_equiv("2^{100}+1", "2^{100}") and is_equiv("2^{100}", "1267650600228229401496703205376")
+    assert not is_equiv("1000000000001", "10^{12}") and is_equiv("1000000000000", "10^{12}")
+
+
+PAYLOADS = [
+    "__import__('builtins').open({path!r},'w').write('pwned')",
+    "__import__('os').system('touch {path}')",
+    "(lambda: __import__('os').system('touch {path}'))()",
+    "[open({path!r},'w') for _ in 'a']",
+    "exec(\"open({path!r},'w')\")",
+    "().__class__.__base__.__subclasses__()",
+    "type('Z',(),{{'__sub__':lambda s,o:0,'__rsub__':lambda s,o:0,'__eq__':lambda s,o:True}})()",
+    "Symbol('x').__class__",
+]
+
+
+def test_boxed_python_is_never_executed_and_scores_0(tmp_path, pool):
+    path = tmp_path / "pwned"
+    responses = [f"The answer is $\\boxed{{{p.format(path=str(path))}}}$." for p in PAYLOADS]
+    for gold in ("5", "0", "\\frac{1}{2}", "\\sqrt{2}", "x+1"):
+        assert math_reward(responses, [{"answer": gold}] * len(responses), pool=pool) == [0.0] * len(PAYLOADS)
+    assert not path.exists()
+
+
+def _shipped_golds() -> list[str]:
+    gsm = [json.loads(line)["answer"].split("####")[-1].strip().replace(",", "")
+           for line in open(ROOT / "data/gsm8k/test.jsonl")]
+    return gsm + [json.loads(line)["answer"] for line in open(ROOT / "data/math500/test.jsonl")]
+
+
+LOGIC_FREE = [p.format(path="/nonexistent/x") for p in PAYLOADS] + [
+    "\\frac\\1", "9^{9^9}", "0/0", "\\frac{0}{0}", "\\infty-\\infty", "0\\cdot\\infty", "nan", "zoo", "oo",
+    "\\text{}", "{}", "()", "\\boxed{}", "=", "x=x", "0=0", "\\pm", "\\emptyset", "\\mathbb{R}", "1" * 5000]
+
+
+def test_logic_free_answers_score_0_on_every_shipped_problem(pool):
+    golds = _shipped_golds()
+    assert len(golds) == 1319 + 500
+    golds = sorted(set(golds))  # the same gold string grades the same: once is enough
+    examples = [{"answer": g} for g in golds]
+    for answer in LOGIC_FREE:
+        rewards = math_reward([f"So $\\boxed{{{answer}}}$."] * len(golds), examples, pool=pool)
+        assert sum(rewards) == 0, (answer, [g for g, r in zip(golds, rewards) if r])
+
+
+def test_crash_and_size_items_score_0_and_never_reach_the_worker(pool):
+    responses = ["\\boxed{\\frac\\1}", "\\boxed{" + "9" * 5000 + "}", "so 1/3 = 0." + "3" * 5000,
+                 "\\boxed{9^{9^9}}", "\\boxed{2^{2^{2^{2^{2^{2}}}}}}", "\\boxed{(x+1)^{10^{6}}}",
+                 "\\boxed{" + "(" * 500 + "1" + ")" * 500 + "}", "\\boxed{" + "-" * 6000 + "1}",
+                 "\\boxed{10^{10^{10}}}", "\\boxed{(1000!)^{2}}", "\\boxed{1e99999}", "\\boxed{\\sqrt[10^{9}]{2}}",
+                 "\\boxed{2^{12000}\\cdot2^{12000}\\cdot2^{12000}\\cdot x}"]
+    checks = pool.stats["checks"]
+    assert math_reward(responses, [{"answer": "1"}] * len(responses), pool=pool) == [0.0] * len(responses)
+    assert pool.stats["checks"] == checks
+
+
+def test_last_boxed_is_linear():
+    def best_of(text):
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            assert last_boxed(text) is None
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    small, large = best_of("\\boxed{" * 800), best_of("\\boxed{" * 8000)
+    assert large < 30 * small + 0.01, (small, large)  # linear: ~10x; the old quadratic scan: ~100x
+    assert last_boxed("\\boxed{" * 4000 + "\\boxed{7}") == "7"
+
+
+SLOW = [("(x+{k})^{{300}}(x-{k})^{{300}}", "(x^2-{k2})^{{300}}")]  # a true identity whose proof takes long
+
+
+def _slow(k: int) -> tuple[str, str]:
+    a, b = SLOW[0]
+    return a.format(k=k), b.format(k2=k * k)
+
+
+def test_three_slow_items_in_one_response_share_one_deadline(pool):
+    items = [_slow(k) for k in (1, 2, 3)]
+    response = "\\boxed{\\{" + ", ".join(a for a, _ in items) + "\\}}"
+    gold = "\\{" + ", ".join(b for _, b in items) + "\\}"
+    _warm(pool)
+    start = time.monotonic()
+    assert math_reward([response], [{"answer": gold}], timeout=2.0, pool=pool) == [0.0]
+    assert time.monotonic() - start < 4.0  # one deadline of 2 s; items one after another: 6 s or more
+
+
+def test_slow_samples_of_a_batch_are_graded_in_parallel(pool):
+    items = [_slow(k) for k in (4, 5, 6)]
+    _warm(pool)
+    start = time.monotonic()
+    rewards = math_reward([f"\\boxed{{{a}}}" for a, _ in items] + ["\\boxed{2}"],
+                          [{"answer": b} for _, b in items] + [{"answer": "2"}], timeout=2.0, pool=pool)
+    assert rewards == [0.0, 0.0, 0.0, 1.0]
+    assert time.monotonic() - start < 4.0  # 3 workers at once: 2 s; behind one lock: 6 s
+
+
+def test_symbolic_worker_is_limited_and_isolated(pool):
+    w = pool._workers[0]
+    pool.equal(["sym", "v"], ["sym", "v"], ["exact"], timeout=60.0)
+    pid = next(x.proc.pid for x in pool._workers if x.alive())
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    assert re.search(r"Max address space\s+1073741824\s+1073741824", limits), limits
+    assert re.search(r"Max file size\s+0\s+0", limits), limits
+    uid = int(re.search(r"^Uid:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE).group(1))
+    if os.geteuid() == 0:
+        assert 63000 <= uid < 63000 + pool.size
+        assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+        assert all(info and info["netns"] for info in pool.isolation() if info)
+    else:
+        assert uid == os.geteuid()
+    env = Path(f"/proc/{pid}/environ").read_bytes() if os.geteuid() == 0 else b""
+    assert b"PYTHONPATH" not in env and (os.geteuid() != 0 or b"PATH=" in env)
+    assert w is pool._workers[0]
+
+
+def test_an_exception_while_grading_a_sample_is_reward_0_counted_and_alone(monkeypatch, pool):
+    real = mg.extract_answer_math
+
+    def boom(text, **kw):
+        if "BOOM" in text:
+            raise RecursionError("a hostile response")
+        return real(text, **kw)
+
+    monkeypatch.setattr(mg, "extract_answer_math", boom)
+    before = dict(GRADING_ERRORS)
+    rewards = math_reward(["\\boxed{5}", "BOOM", None, "#### 5"], [{"answer": "5"}] * 4, pool=pool)
+    assert rewards == [1.0, 0.0, 0.0, 1.0]
+    assert GRADING_ERRORS["RecursionError"] == before.get("RecursionError", 0) + 1
+    assert sum(GRADING_ERRORS.values()) == sum(before.values()) + 2
