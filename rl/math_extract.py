@@ -96,7 +96,7 @@ _TRAILING_UNIT = re.compile(rf"(?<=[\d}}])\s*(?:{_UNIT_WORDS})(?:\^\{{?[23]\}}?)
 _TEXT = re.compile(r"\\(?:text|textbf|textrm|mbox|mathrm)\s*\{\s*([^{}]*)\}")
 _NO_SOLUTION = {"nosolution", "nosolutions", "none", "\\emptyset", "\\varnothing", "\\{\\}", "{}",
                 "norealsolutions", "therearenosolutions", "nosuch"}
-_SPACES = ("\u2009", "\u202f", "\u00a0", "\u2007", "\\!", "\\,", "\\;", "\\:")
+_SPACES = ("\\!", "\\,", "\\;", "\\:")  # thin spaces (U+2009, U+202F, U+00A0) are whitespace: \s below
 
 
 def normalize(s: str) -> str:
@@ -124,7 +124,7 @@ def normalize(s: str) -> str:
     s = s.replace("\\dots", "").replace("\\ldots", "").replace("\\cdots", "")
     s = re.sub(r"^(?:[a-zA-Z](?:_\d)?|\\[a-z]+)\s*(=|\\in)\s*", "", s)  # x = 5, x \in [1,2]
     s = re.sub(r"_\{(\w+)\}", r"_\1", s)  # 4210_{5} -> 4210_5
-    s = re.sub(r"\s+", "", s)
+    s = re.sub(r"\s+", "", s)  # every Unicode space, so a thin space between thousands joins them
     if re.fullmatch(r"-?\d{1,3}(?:\{?,\}?\d{3})+(?:\.\d+)?", s):
         s = re.sub(r"\{?,\}?", "", s)
     m = re.fullmatch(r"\(?([A-E])\)?", s)

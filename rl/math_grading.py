@@ -165,6 +165,7 @@ def _is_word(s: str) -> bool:
 
 
 _PARSED: dict[str, tuple] = {}
+_CACHED_CHARS = 200
 
 
 def _parsed(s: str) -> tuple:
@@ -176,9 +177,10 @@ def _parsed(s: str) -> tuple:
             out = (tree, value(tree))
         except (ParseError, TooBig, Undefined, RecursionError) as e:
             out = (None, type(e).__name__)
-        if len(_PARSED) > 100_000:
-            _PARSED.clear()
-        _PARSED[s] = out
+        if len(s) <= _CACHED_CHARS:  # only short strings: a flood of long hostile answers must not fill memory
+            if len(_PARSED) > 50_000:
+                _PARSED.clear()
+            _PARSED[s] = out
     return out
 
 
@@ -249,8 +251,8 @@ def is_equiv(pred: str | None, gold: str, timeout: float = 5.0, pool: MathPool |
         result = _equiv_normal(a, b, ctx)
     except _OutOfTime:
         return False
-    if not ctx.timed_out:
-        if len(_CACHE) > 100_000:
+    if not ctx.timed_out and len(a) + len(b) <= 2 * _CACHED_CHARS:
+        if len(_CACHE) > 50_000:
             _CACHE.clear()
         _CACHE[(a, b)] = result
     return result
@@ -263,8 +265,9 @@ def _grade_one(response, example: dict, fallback_last_number: bool, timeout: flo
     except Exception as e:  # noqa: BLE001 - a sample must never raise into the trainer
         with _ERRORS_LOCK:
             GRADING_ERRORS[type(e).__name__] += 1
-        log.warning("math_reward: grading raised %s: %.200s (reward 0; %d so far)", type(e).__name__, e,
-                    sum(GRADING_ERRORS.values()))
+            total = sum(GRADING_ERRORS.values())
+        if total <= 10 or total % 1000 == 0:  # the first ten, then every thousandth: a flood must not drown the log
+            log.warning("math_reward: grading raised %s: %.200s (reward 0; %d so far)", type(e).__name__, e, total)
         return 0.0
 
 

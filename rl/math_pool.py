@@ -14,7 +14,9 @@ holds a lock that other items wait on. Items run in parallel up to the pool's si
 from __future__ import annotations
 
 import atexit
+import collections
 import json
+import logging
 import os
 import queue
 import select
@@ -25,6 +27,7 @@ import threading
 import time
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 WORKER = str(Path(__file__).resolve().with_name("math_worker.py"))
 _MAX_REPLY = 4096
 
@@ -113,6 +116,7 @@ class MathPool:
         for w in self._workers:
             self._free.put(w)
         self.stats = {"checks": 0, "timeouts": 0, "restarts": 0, "start_failures": 0, "errors": 0}
+        self.error_types: collections.Counter = collections.Counter()  # what sympy raised in the workers
         self._stats_lock = threading.Lock()
 
     def _count(self, key: str) -> None:
@@ -129,6 +133,8 @@ class MathPool:
                 self._count("restarts")
                 if not w.start(time.monotonic() + self.start_timeout):
                     self._count("start_failures")
+                    log.error("math grader: symbolic worker %d did not start (it exited, or sent no 'ready' within "
+                              "%.0f s); symbolic checks count as not equal until one does", w.index, self.start_timeout)
                     return None
             self._count("checks")
             reply = w.ask({"a": a, "b": b, "mode": mode, "cpu_s": max(1, int(timeout) + 1)}, timeout)
@@ -137,6 +143,8 @@ class MathPool:
                 return None
             if "error" in reply:
                 self._count("errors")
+                with self._stats_lock:
+                    self.error_types[str(reply["error"])[:200]] += 1
             return bool(reply.get("eq") is True)
         finally:
             self._free.put(w)

@@ -108,7 +108,7 @@ def _numeric(d, sp, point: int):
 
 
 def decide(a, b, mode, sp) -> bool:
-    x, y = build(a, sp), build(b, sp)
+    x = build(a, sp)
     if mode[0] == "round":
         if x.free_symbols:
             return False
@@ -116,6 +116,7 @@ def decide(a, b, mode, sp) -> bool:
         re, im = sp.N(x, k + 30).as_real_imag()
         return bool(re.is_Number and im.is_Number and abs(im) < sp.Rational(1, 10 ** (k + 20))
                     and abs(re - g) <= sp.Rational(1, 2 * 10 ** k))
+    y = build(b, sp)
     d = x - y
     if d == 0:
         return True
@@ -147,6 +148,10 @@ def main() -> None:
     decide(["root", ["num", "8", "1"], ["num", "2", "1"]], ["mul", ["num", "2", "1"], ["root", ["num", "2", "1"],
            ["num", "2", "1"]]], ["exact"], sp)
     decide(["fn", "cos", ["div", ["const", "pi"], ["num", "5", "1"]]], ["num", "1", "3"], ["exact"], sp)
+    x = ["sym", "x"]
+    decide(["add", ["pow", ["fn", "sin", x], ["num", "2", "1"]], ["pow", ["fn", "cos", x], ["num", "2", "1"]]],
+           ["add", ["log", None, ["abs", x]], ["fact", x]], ["exact"], sp)
+    decide(["root", ["num", "2", "1"], ["num", "2", "1"]], None, ["round", 2, "141", "100"], sp)
     done = _drop(config)
     sys.stdout.write(json.dumps({"ready": True, **done}) + "\n")
     sys.stdout.flush()
@@ -158,7 +163,7 @@ def main() -> None:
         try:
             out = {"eq": bool(decide(req["a"], req["b"], req["mode"], sp))}
         except Exception as e:  # noqa: BLE001 - anything sympy raises on a tree means "not equal"
-            out = {"eq": False, "error": type(e).__name__}
+            out = {"eq": False, "error": f"{type(e).__name__}: {e}"[:200]}
         sys.stdout.write(json.dumps(out) + "\n")
         sys.stdout.flush()
 

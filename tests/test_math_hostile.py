@@ -57,6 +57,7 @@ def test_the_documented_examples_cover_the_issues_grading_errors():
     examples = _doc_examples()
     assert len(examples) >= 40
     assert [r for r in required if r not in examples] == []
+    assert [r for r in required if is_equiv(r[0], r[1]) is not r[2]] == []
 
 
 def test_exact_rules_where_the_old_tolerance_accepted_wrong_answers():
@@ -91,7 +92,8 @@ def _shipped_golds() -> list[str]:
     return gsm + [json.loads(line)["answer"] for line in open(ROOT / "data/math500/test.jsonl")]
 
 
-LOGIC_FREE = [p.format(path="/nonexistent/x") for p in PAYLOADS] + [
+# the lying object first: the old grader gave it reward 1 on 457/500 MATH-500 and 1319/1319 GSM8K problems
+LOGIC_FREE = sorted((p.format(path="/nonexistent/x") for p in PAYLOADS), key=lambda p: "__sub__" not in p) + [
     "\\frac\\1", "9^{9^9}", "0/0", "\\frac{0}{0}", "\\infty-\\infty", "0\\cdot\\infty", "nan", "zoo", "oo",
     "\\text{}", "{}", "()", "\\boxed{}", "=", "x=x", "0=0", "\\pm", "\\emptyset", "\\mathbb{R}", "1" * 5000]
 
@@ -111,23 +113,29 @@ def test_crash_and_size_items_score_0_and_never_reach_the_worker(pool):
                  "\\boxed{9^{9^9}}", "\\boxed{2^{2^{2^{2^{2^{2}}}}}}", "\\boxed{(x+1)^{10^{6}}}",
                  "\\boxed{" + "(" * 500 + "1" + ")" * 500 + "}", "\\boxed{" + "-" * 6000 + "1}",
                  "\\boxed{10^{10^{10}}}", "\\boxed{(1000!)^{2}}", "\\boxed{1e99999}", "\\boxed{\\sqrt[10^{9}]{2}}",
-                 "\\boxed{2^{12000}\\cdot2^{12000}\\cdot2^{12000}\\cdot x}"]
+                 "\\boxed{2^{12000}\\cdot2^{12000}\\cdot2^{12000}\\cdot x}", "\\boxed{" + "2x" * 499 + "}",
+                 "\\boxed{" + "1+" * 499 + "1}", "\\boxed{" + "\\sqrt{" * 300 + "2" + "}" * 300 + "}"]
     checks = pool.stats["checks"]
     assert math_reward(responses, [{"answer": "1"}] * len(responses), pool=pool) == [0.0] * len(responses)
     assert pool.stats["checks"] == checks
+    # deep but within the guards: reaches the worker, which may fail on it; still 0 and no exception
+    deep = ["\\boxed{" + "x-" * 499 + "x}", "\\boxed{" + "\\sin(" * 40 + "x" + ")" * 40 + "}"]
+    assert math_reward(deep, [{"answer": "1"}] * len(deep), pool=pool) == [0.0] * len(deep)
 
 
 def test_last_boxed_is_linear():
-    def best_of(text):
+    # 4,000 unclosed boxes against 4,000 closed ones (text of about the same length), measured in the same run:
+    # one pass costs about the same for both; the old rescan from every start was quadratic (7.9 s vs ms).
+    def best_of(text, expected):
         times = []
         for _ in range(5):
             start = time.perf_counter()
-            assert last_boxed(text) is None
+            assert last_boxed(text) == expected
             times.append(time.perf_counter() - start)
         return min(times)
 
-    small, large = best_of("\\boxed{" * 800), best_of("\\boxed{" * 8000)
-    assert large < 30 * small + 0.01, (small, large)  # linear: ~10x; the old quadratic scan: ~100x
+    unclosed, closed = best_of("\\boxed{" * 4000, None), best_of("\\boxed{1}" * 4000, "1")
+    assert unclosed < 10 * closed + 0.005, (unclosed, closed)
     assert last_boxed("\\boxed{" * 4000 + "\\boxed{7}") == "7"
 
 

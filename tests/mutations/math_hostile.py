@@ -36,7 +36,7 @@ MUTATIONS = [
      "new": '_NUM = re.compile(r"(\\d+(?:\\.\\d*)?|\\.\\d+)()")',
      "tests": [DOCS]},
     {"name": "thin_space_not_a_separator", "file": "rl/math_extract.py",
-     "old": '_SPACES = ("\\u2009", ', "new": "_SPACES = (",
+     "old": '    s = re.sub(r"\\s+", "", s)  # every Unicode space', "new": '    s = s.replace(" ", "")  # every Unicode space',
      "tests": [DOCS]},
     {"name": "unicode_minus_not_a_minus", "file": "rl/math_extract.py",
      "old": '.replace("\\u2212", "-")', "new": "",
