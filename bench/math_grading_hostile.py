@@ -10,8 +10,8 @@ Answers (boxed in a response, against MATH-500 golds drawn with a fixed seed):
   near     decimals of irrational golds to 10 and 20 digits, off-by-one integers, 2^{100}+1 style misses;
   junk     random strings over the grammar's alphabet (operators, commands, digits, letters, braces);
   slow     true identities whose proof runs past the timeout ((x+k)^{300}(x-k)^{300} = (x^2-k^2)^{300}): each
-           costs one full timeout on one worker, so the batch is bounded by (slow / workers) x timeout plus
-           the rest.
+           costs one full timeout on one worker plus that worker's restart, so the batch is bounded by
+           (slow / workers) x (timeout + restart) plus the rest.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rl.math_grading import GRADING_ERRORS, math_reward  # noqa: E402
+from rl.math_grading import GRADING_ERRORS, extract_answer_math, last_boxed, math_reward  # noqa: E402
 from rl.math_pool import MathPool  # noqa: E402
 
 PAYLOADS = ["__import__('os').system('id')", "__import__('builtins').open('/tmp/x','w').write('1')",
@@ -62,7 +62,7 @@ def hostile(n: int, slow: int, golds: list[str], rng: random.Random) -> list[tup
             ans = rng.choice(["1.4142135623", "1.41421356237309504880", "3.1415926535", "0.3333333333",
                               "2^{100}+1", "1000000000001", f"{gold}+1", f"2({gold})", f"-({gold})"])
         else:
-            ans = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(1, 60)))
+            ans = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(8, 60)))
         out.append((kind, f"The answer is $\\boxed{{{ans}}}$.", gold))
     return out
 
@@ -91,12 +91,21 @@ def main(argv=None) -> int:
         per_kind.setdefault(kind, []).append(r)
     print(f"{len(items)} adversarial answers, {args.workers} workers, timeout {args.timeout} s per sample")
     print(f"first worker start {started:.1f} s (not counted); batch wall time {wall:.1f} s; "
-          f"bound (slow/workers) x timeout + rest = {args.slow / args.workers * args.timeout:.0f} s + rest")
+          f"slow items alone: (slow / workers) x (timeout + a restart) = {args.slow / args.workers:.0f} x "
+          f"({args.timeout:.0f} s + ~2 s)")
     for kind, rs in sorted(per_kind.items()):
         print(f"  {kind:<8} {len(rs):>4} answers, reward 1 on {int(sum(rs))}")
+    unexplained = 0
+    for (kind, response, gold), r in zip(items, rewards):
+        if r:  # only a junk string whose last number happens to be the gold may pass (the last-number fallback)
+            pred = extract_answer_math(response)
+            fallback = kind == "junk" and last_boxed(response) is None and pred.strip() == gold.strip()
+            unexplained += not fallback
+            print(f"  reward 1 ({'last-number fallback' if fallback else 'UNEXPLAINED'}): {kind} "
+                  f"{response[:100]!r} -> {pred!r} for gold {gold!r}")
     print(f"pool: {pool.stats}; grading errors (reward 0): {dict(GRADING_ERRORS)}")
     pool.close()
-    return 0 if sum(rewards) == 0 else 1
+    return 0 if unexplained == 0 else 1
 
 
 if __name__ == "__main__":

@@ -152,7 +152,10 @@ def _equiv_normal(a: str, b: str, ctx: _Ctx) -> bool:
                 and all(_equiv_normal(x, y, ctx) for x, y in zip(ea, eb))
     ea, eb = _split_top(a), _split_top(b)
     if len(ea) > 1 or len(eb) > 1 or "\\pm" in a or "\\pm" in b:  # "1, -2": a list of solutions, order-free
-        return _unordered_equal(_expand_pm(ea), _expand_pm(eb), ctx)
+        xa, xb = _expand_pm(ea), _expand_pm(eb)
+        if any("\\pm" in x for x in xa + xb):  # two \pm in one item: not read (and no endless re-expansion)
+            return False
+        return _unordered_equal(xa, xb, ctx)
     return _scalar_equal(a, b, ctx)
 
 
