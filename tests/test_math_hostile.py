@@ -114,10 +114,12 @@ def test_crash_and_size_items_score_0_and_never_reach_the_worker(pool):
                  "\\boxed{" + "(" * 500 + "1" + ")" * 500 + "}", "\\boxed{" + "-" * 6000 + "1}",
                  "\\boxed{10^{10^{10}}}", "\\boxed{(1000!)^{2}}", "\\boxed{1e99999}", "\\boxed{\\sqrt[10^{9}]{2}}",
                  "\\boxed{2^{12000}\\cdot2^{12000}\\cdot2^{12000}\\cdot x}", "\\boxed{" + "2x" * 499 + "}",
+                 "\\boxed{1\\pm2\\pm3}", "\\boxed{\\{1\\pm2\\pm3, 4\\}}",
                  "\\boxed{" + "1+" * 499 + "1}", "\\boxed{" + "\\sqrt{" * 300 + "2" + "}" * 300 + "}"]
-    checks = pool.stats["checks"]
+    checks, errors = pool.stats["checks"], sum(GRADING_ERRORS.values())
     assert math_reward(responses, [{"answer": "1"}] * len(responses), pool=pool) == [0.0] * len(responses)
     assert pool.stats["checks"] == checks
+    assert sum(GRADING_ERRORS.values()) == errors  # refused by a guard, not rescued from an exception
     # deep but within the guards: reaches the worker, which may fail on it; still 0 and no exception
     deep = ["\\boxed{" + "x-" * 499 + "x}", "\\boxed{" + "\\sin(" * 40 + "x" + ")" * 40 + "}"]
     assert math_reward(deep, [{"answer": "1"}] * len(deep), pool=pool) == [0.0] * len(deep)
