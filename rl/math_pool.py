@@ -124,8 +124,15 @@ class MathPool:
             self.stats[key] += 1
 
     def equal(self, a: list, b: list, mode: list, timeout: float) -> bool | None:
-        """True/False from a worker; None when no answer came within ``timeout`` (or no worker started)."""
-        w = self._free.get()
+        """True/False from a worker; None when no answer came within ``timeout`` (waiting for a free worker
+        included; a worker's start is not) or no worker started."""
+        start = time.monotonic()
+        try:
+            w = self._free.get(timeout=max(timeout, 0.001))
+        except queue.Empty:  # more callers than workers, all busy for longer than this check may take
+            self._count("timeouts")
+            return None
+        timeout -= time.monotonic() - start
         try:
             if w.alive() and w.served >= self.recycle:
                 w.kill()

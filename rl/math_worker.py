@@ -140,6 +140,10 @@ def decide(a, b, mode, sp) -> bool:
 def main() -> None:
     config = json.loads(sys.argv[1])
     _limit(config)
+    # replies go to a private copy of stdout; anything printed by a library goes to /dev/null, not the protocol
+    reply = os.fdopen(os.dup(1), "w")
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    sys.stdout = open(os.devnull, "w")
     import sympy as sp
 
     FUNCS.update(sin=sp.sin, cos=sp.cos, tan=sp.tan, cot=sp.cot, sec=sp.sec, csc=sp.csc, arcsin=sp.asin,
@@ -153,8 +157,8 @@ def main() -> None:
            ["add", ["log", None, ["abs", x]], ["fact", x]], ["exact"], sp)
     decide(["root", ["num", "2", "1"], ["num", "2", "1"]], None, ["round", 2, "141", "100"], sp)
     done = _drop(config)
-    sys.stdout.write(json.dumps({"ready": True, **done}) + "\n")
-    sys.stdout.flush()
+    reply.write(json.dumps({"ready": True, **done}) + "\n")
+    reply.flush()
     for line in sys.stdin:
         req = json.loads(line)
         used = resource.getrusage(resource.RUSAGE_SELF)
@@ -164,8 +168,8 @@ def main() -> None:
             out = {"eq": bool(decide(req["a"], req["b"], req["mode"], sp))}
         except Exception as e:  # noqa: BLE001 - anything sympy raises on a tree means "not equal"
             out = {"eq": False, "error": f"{type(e).__name__}: {e}"[:200]}
-        sys.stdout.write(json.dumps(out) + "\n")
-        sys.stdout.flush()
+        reply.write(json.dumps(out) + "\n")
+        reply.flush()
 
 
 if __name__ == "__main__":

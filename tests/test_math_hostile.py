@@ -14,7 +14,9 @@ import pytest
 
 import rl.math_grading as mg
 from rl.math_grading import GRADING_ERRORS, is_equiv, last_boxed, math_reward
+from rl.math_parse import parse
 from rl.math_pool import MathPool
+from rl.math_value import to_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -144,6 +146,10 @@ def test_last_boxed_is_linear():
 SLOW = [("(x+{k})^{{300}}(x-{k})^{{300}}", "(x^2-{k2})^{{300}}")]  # a true identity whose proof takes long
 
 
+def to_tree(s: str) -> list:
+    return to_json(parse(s))
+
+
 def _slow(k: int) -> tuple[str, str]:
     a, b = SLOW[0]
     return a.format(k=k), b.format(k2=k * k)
@@ -202,3 +208,23 @@ def test_an_exception_while_grading_a_sample_is_reward_0_counted_and_alone(monke
     assert rewards == [1.0, 0.0, 0.0, 1.0]
     assert GRADING_ERRORS["RecursionError"] == before.get("RecursionError", 0) + 1
     assert sum(GRADING_ERRORS.values()) == sum(before.values()) + 2
+
+
+def test_a_check_waiting_for_a_busy_pool_keeps_its_deadline():
+    # More callers than workers (evaluation grading next to the trainer, say): waiting for a free worker is
+    # part of a check's time, so a short check does not wait out someone else's slow one.
+    import threading
+
+    small = MathPool(size=1)
+    try:
+        _warm(small)
+        slow_a, slow_b = (to_tree(s) for s in _slow(7))
+        busy = threading.Thread(target=small.equal, args=(slow_a, slow_b, ["exact"], 4.0))
+        busy.start()
+        time.sleep(0.5)
+        start = time.monotonic()
+        assert small.equal(["sym", "q"], ["sym", "q"], ["exact"], timeout=0.5) is None
+        assert time.monotonic() - start < 2.0  # waiting for the busy worker: 3.5 s more
+        busy.join()
+    finally:
+        small.close()
