@@ -44,7 +44,7 @@ GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "varepsilon", "zeta", "et
 OTHER = {"frac", "sqrt", "pi", "infty", "cdot", "times", "div", "log"}
 # longest first, so "\cotx" (spaces were removed) reads as \cot x and "\pix" as \pi x
 COMMANDS = sorted(FUNCS | GREEK | OTHER, key=len, reverse=True)
-UNICODE = {"\u03c0": "\\pi", "\u221a": "\\sqrt", "\u00d7": "\\times",
+UNICODE = {"\u00b2": "^2", "\u00b3": "^3", "\u03c0": "\\pi", "\u221a": "\\sqrt", "\u00d7": "\\times",
            "\u00b7": "\\cdot", "\u22c5": "\\cdot", "\u00f7": "\\div"}
 
 _NUM = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(?:[eE]([+-]?\d+))?")
