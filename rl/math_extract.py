@@ -102,9 +102,9 @@ _SPACES = ("\\!", "\\,", "\\;", "\\:")  # thin spaces (U+2009, U+202F, U+00A0) a
 def normalize(s: str) -> str:
     """The MATH grader's normal form, as a string: no spaces (thin spaces and ``\\,``/``\\!`` included),
     ``\\left``/``\\right``, dollars, degrees, percent signs, a trailing unit (``\\text{ cm}^2``, ``inches``);
-    ``\\dfrac``/``\\tfrac`` -> ``\\frac``; ``\\text{X}`` -> X; ``x = 5`` -> 5; U+2212 -> ``-``; thousands
-    separators dropped from a plain number (``10,\\!080`` -> 10080); ``(C)`` -> C; no-solution words ->
-    ``\\emptyset``."""
+    ``\\dfrac``/``\\tfrac`` -> ``\\frac``; ``\\text{X}`` -> X; ``x = 5`` and ``5 = x`` -> 5; U+2212 -> ``-``;
+    thousands separators dropped from a plain number (``10,\\!080`` -> 10080); ``(C)`` -> C; no-solution
+    words -> ``\\emptyset``."""
     s = s.strip().replace("\n", " ").replace("\u2212", "-").replace("\u221e", "\\infty")
     for sp in _SPACES:
         s = s.replace(sp, "")
@@ -123,6 +123,7 @@ def normalize(s: str) -> str:
     s = _TEXT.sub(r"\1", s)
     s = s.replace("\\dots", "").replace("\\ldots", "").replace("\\cdots", "")
     s = re.sub(r"^(?:[a-zA-Z](?:_\d)?|\\[a-z]+)\s*(=|\\in)\s*", "", s)  # x = 5, x \in [1,2]
+    s = re.sub(r"\s*=\s*[a-zA-Z](?:_\d)?\s*$", "", s)  # 5 = x
     s = re.sub(r"_\{(\w+)\}", r"_\1", s)  # 4210_{5} -> 4210_5
     s = re.sub(r"\s+", "", s)  # every Unicode space, so a thin space between thousands joins them
     if re.fullmatch(r"-?\d{1,3}(?:\{?,\}?\d{3})+(?:\.\d+)?", s):

@@ -39,6 +39,10 @@ from rl.math_value import TooBig, Undefined, to_json, value
 
 log = logging.getLogger(__name__)
 GRADING_ERRORS: collections.Counter = collections.Counter()  # exception type -> samples graded 0 because of it
+# samples judged "not equal" because time ran out, by which limit: "sample_deadline" (``timeout``) or
+# "batch_budget" (``math_reward``'s ``budget_s``). Such a reward depends on the machine's load: log these.
+GRADING_TIMEOUTS: collections.Counter = collections.Counter()
+DEFAULT_BUDGET_S = 60.0
 _ERRORS_LOCK = threading.Lock()
 
 
@@ -47,17 +51,31 @@ class _OutOfTime(Exception):
 
 
 class _Ctx:
-    """One comparison's deadline and pool; ``timed_out`` keeps its result out of the cache."""
+    """One comparison's deadline, the batch's deadline (``math_reward``'s ``budget_s``; only symbolic checks use
+    it) and the pool; ``reason`` says which one ran out (the result is then not cached)."""
 
-    def __init__(self, timeout: float, pool: MathPool | None):
-        self.deadline, self.pool, self.timed_out = time.monotonic() + timeout, pool, False
+    def __init__(self, timeout: float, pool: MathPool | None, batch_deadline: float | None = None):
+        self.deadline, self.pool, self.batch_deadline = time.monotonic() + timeout, pool, batch_deadline
+        self.reason: str | None = None
+
+    def _out(self, reason: str):
+        self.reason = reason
+        raise _OutOfTime(reason)
 
     def left(self) -> float:
         left = self.deadline - time.monotonic()
-        if left <= 0:
-            self.timed_out = True
-            raise _OutOfTime
-        return left
+        return left if left > 0 else self._out("sample_deadline")
+
+    def left_for_symbolic(self) -> tuple[float, str]:
+        """Seconds a symbolic check may take now, and which limit that is."""
+        left = self.left()
+        if self.batch_deadline is not None:
+            batch_left = self.batch_deadline - time.monotonic()
+            if batch_left <= 0:
+                self._out("batch_budget")
+            if batch_left < left:
+                return batch_left, "batch_budget"
+        return left, "sample_deadline"
 
 
 # -- structure --------------------------------------------------------------------------------------------------
@@ -222,11 +240,10 @@ def _scalar_equal(a: str, b: str, ctx: _Ctx) -> bool:
 def _symbolic(ta: tuple, tb: tuple, mode: list, ctx: _Ctx) -> bool:
     if ctx.pool is None:
         return False
-    left = ctx.left()
+    left, limit = ctx.left_for_symbolic()
     result = ctx.pool.equal(to_json(ta), to_json(tb), mode, left)
-    if result is None:
-        ctx.timed_out = True
-        raise _OutOfTime
+    if result is None:  # no answer in time
+        ctx._out(limit)
     return result
 
 
@@ -235,10 +252,13 @@ def _symbolic(ta: tuple, tb: tuple, mode: list, ctx: _Ctx) -> bool:
 _CACHE: dict[tuple[str, str], bool] = {}
 
 
-def is_equiv(pred: str | None, gold: str, timeout: float = 5.0, pool: MathPool | None = None) -> bool:
+def is_equiv(pred: str | None, gold: str, timeout: float = 5.0, pool: MathPool | None = None,
+             batch_deadline: float | None = None) -> bool:
     """True when the predicted final answer equals the gold one by the rule of docs/math_grading.md, decided
-    within ``timeout`` seconds (all checks of this pair together; out of time is False). ``pool``: the
-    symbolic workers (default: the process-wide ``rl.math_pool.default_pool()``)."""
+    within ``timeout`` seconds (all checks of this pair together; out of time is False, counted in
+    ``GRADING_TIMEOUTS``). ``pool``: the symbolic workers (default: the process-wide
+    ``rl.math_pool.default_pool()``); ``batch_deadline``: a ``time.monotonic()`` after which no symbolic check
+    starts or runs (``math_reward``'s budget)."""
     if pred is None:
         return False
     if not isinstance(gold, str):
@@ -249,22 +269,25 @@ def is_equiv(pred: str | None, gold: str, timeout: float = 5.0, pool: MathPool |
     a, b = normalize(pred), normalize(gold)
     if (a, b) in _CACHE:
         return _CACHE[(a, b)]
-    ctx = _Ctx(timeout, pool or default_pool())
+    ctx = _Ctx(timeout, pool or default_pool(), batch_deadline)
     try:
         result = _equiv_normal(a, b, ctx)
     except _OutOfTime:
+        with _ERRORS_LOCK:
+            GRADING_TIMEOUTS[ctx.reason] += 1
         return False
-    if not ctx.timed_out and len(a) + len(b) <= 2 * _CACHED_CHARS:
+    if ctx.reason is None and len(a) + len(b) <= 2 * _CACHED_CHARS:
         if len(_CACHE) > 50_000:
             _CACHE.clear()
         _CACHE[(a, b)] = result
     return result
 
 
-def _grade_one(response, example: dict, fallback_last_number: bool, timeout: float, pool: MathPool) -> float:
+def _grade_one(response, example: dict, fallback_last_number: bool, timeout: float, pool: MathPool,
+               batch_deadline: float | None) -> float:
     try:
         pred = extract_answer_math(response, fallback_last_number=fallback_last_number)
-        return 1.0 if is_equiv(pred, example["answer"], timeout=timeout, pool=pool) else 0.0
+        return 1.0 if is_equiv(pred, example["answer"], timeout, pool, batch_deadline) else 0.0
     except Exception as e:  # noqa: BLE001 - a sample must never raise into the trainer
         with _ERRORS_LOCK:
             GRADING_ERRORS[type(e).__name__] += 1
@@ -275,18 +298,28 @@ def _grade_one(response, example: dict, fallback_last_number: bool, timeout: flo
 
 
 def math_reward(responses: Sequence[str], examples: Sequence[dict], fallback_last_number: bool = True,
-                timeout: float = 5.0, pool: MathPool | None = None) -> list[float]:
+                timeout: float = 5.0, pool: MathPool | None = None,
+                budget_s: float | None = DEFAULT_BUDGET_S) -> list[float]:
     """r = 1 if the response's final answer (``extract_answer_math``) is equivalent to ``example["answer"]``
-    (``is_equiv``, at most ``timeout`` seconds per sample), else 0. The same check is the accuracy metric of
-    evaluation. Samples are graded in parallel, one thread per worker of ``pool``."""
+    (``is_equiv``), else 0. The same check is the accuracy metric of evaluation.
+
+    Time: each sample's checks share ``timeout`` seconds; the batch's symbolic checks share ``budget_s``
+    seconds of wall time (None: no batch limit), after which the remaining symbolic checks count as not equal
+    (exact checks still run). So a batch takes at most about ``budget_s`` + ``timeout``, whatever it holds;
+    ``GRADING_TIMEOUTS`` counts the samples either limit decided. Samples are graded in parallel, one thread per
+    worker of ``pool``."""
     if len(responses) != len(examples):
         raise ValueError(f"math_reward: {len(responses)} responses but {len(examples)} examples")
     for i, ex in enumerate(examples):
         if not isinstance(ex, dict) or not isinstance(ex.get("answer"), str):
             raise ValueError(f"math_reward: examples[{i}] needs a string 'answer', got {ex!r:.200}")
     pool = pool or default_pool()
+    batch_deadline = None if budget_s is None else time.monotonic() + budget_s
+
+    def grade(pair):
+        return _grade_one(pair[0], pair[1], fallback_last_number, timeout, pool, batch_deadline)
+
     if len(responses) <= 1:
-        return [_grade_one(r, ex, fallback_last_number, timeout, pool) for r, ex in zip(responses, examples)]
+        return [grade(p) for p in zip(responses, examples)]
     with ThreadPoolExecutor(max_workers=pool.size) as ex_:
-        return list(ex_.map(lambda p: _grade_one(p[0], p[1], fallback_last_number, timeout, pool),
-                            zip(responses, examples)))
+        return list(ex_.map(grade, zip(responses, examples)))

@@ -6,9 +6,10 @@ on /dev/null. It limits itself before reading any request (see ``rl.math_worker`
 CPU per request, no file writes, and as root its own network namespace and the uid ``base_uid + index``
 (one uid per worker, a range apart from the code sandbox's ``64000 + i``).
 
-A request holds one worker for at most its ``timeout``; a worker that does not answer in time is killed
-(SIGKILL to its process group) and restarted on next use, so a slow item costs only its own time and never
-holds a lock that other items wait on. Items run in parallel up to the pool's size.
+A request holds one worker for at most its ``timeout`` (waiting for a free one included); a worker that does
+not answer in time is killed (SIGKILL to its process group) and started again in the background, so a slow
+item costs only its own time and never holds a lock that other items wait on. Items run in parallel up to the
+pool's size.
 """
 
 from __future__ import annotations
@@ -118,14 +119,33 @@ class MathPool:
         self.stats = {"checks": 0, "timeouts": 0, "restarts": 0, "start_failures": 0, "errors": 0}
         self.error_types: collections.Counter = collections.Counter()  # what sympy raised in the workers
         self._stats_lock = threading.Lock()
+        self._closed = False
 
     def _count(self, key: str) -> None:
         with self._stats_lock:
             self.stats[key] += 1
 
+    def _start(self, w: _Worker) -> bool:
+        self._count("restarts")
+        if w.start(time.monotonic() + self.start_timeout):
+            return True
+        self._count("start_failures")
+        log.error("math grader: symbolic worker %d did not start (it exited, or sent no 'ready' within %.0f s); "
+                  "symbolic checks count as not equal until one does", w.index, self.start_timeout)
+        return False
+
+    def _restart_then_free(self, w: _Worker) -> None:
+        """A worker killed on a timeout starts again in the background, so its start (about 2 s) is not paid by
+        the next check; until it is ready, callers wait on the other workers (within their own time)."""
+        if not self._closed:
+            self._start(w)
+        if self._closed:
+            w.kill()
+        self._free.put(w)
+
     def equal(self, a: list, b: list, mode: list, timeout: float) -> bool | None:
         """True/False from a worker; None when no answer came within ``timeout`` (waiting for a free worker
-        included; a worker's start is not) or no worker started."""
+        included; the first start of a worker is not) or no worker started."""
         start = time.monotonic()
         try:
             w = self._free.get(timeout=max(timeout, 0.001))
@@ -133,20 +153,17 @@ class MathPool:
             self._count("timeouts")
             return None
         timeout -= time.monotonic() - start
+        killed = False
         try:
             if w.alive() and w.served >= self.recycle:
                 w.kill()
-            if not w.alive():
-                self._count("restarts")
-                if not w.start(time.monotonic() + self.start_timeout):
-                    self._count("start_failures")
-                    log.error("math grader: symbolic worker %d did not start (it exited, or sent no 'ready' within "
-                              "%.0f s); symbolic checks count as not equal until one does", w.index, self.start_timeout)
-                    return None
+            if not w.alive() and not self._start(w):
+                return None
             self._count("checks")
             reply = w.ask({"a": a, "b": b, "mode": mode, "cpu_s": max(1, int(timeout) + 1)}, timeout)
             if reply is None:
                 self._count("timeouts")
+                killed = True
                 return None
             if "error" in reply:
                 self._count("errors")
@@ -154,7 +171,10 @@ class MathPool:
                     self.error_types[str(reply["error"])[:200]] += 1
             return bool(reply.get("eq") is True)
         finally:
-            self._free.put(w)
+            if killed:
+                threading.Thread(target=self._restart_then_free, args=(w,), daemon=True).start()
+            else:
+                self._free.put(w)
 
     def isolation(self) -> list[dict | None]:
         """What each started worker reported: {"netns": bool, "uid": int} (None: not started yet)."""
@@ -163,6 +183,7 @@ class MathPool:
     def close(self) -> None:
         if os.getpid() != self._pid:  # a forked child's copy: the workers are the parent's
             return
+        self._closed = True
         for w in self._workers:
             w.kill()
 

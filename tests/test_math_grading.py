@@ -204,8 +204,8 @@ def test_symbolic_check_is_killed_on_timeout():
         start = time.monotonic()
         assert is_equiv("(x+1)^{300}(x-1)^{300}", "(x^2-1)^{300}", timeout=1.0, pool=pool) is False
         assert time.monotonic() - start < 5.0
-        assert pool.stats["timeouts"] == 1 and pool.stats["restarts"] == 1
-        assert pool.equal(["sym", "y"], ["sym", "y"], ["exact"], timeout=60.0) is True
+        assert pool.stats["timeouts"] == 1
+        assert pool.equal(["sym", "y"], ["sym", "y"], ["exact"], timeout=60.0) is True  # after the restart
         assert pool.stats["restarts"] == 2
     finally:
         pool.close()

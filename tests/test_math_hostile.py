@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import rl.math_grading as mg
-from rl.math_grading import GRADING_ERRORS, is_equiv, last_boxed, math_reward
+from rl.math_grading import GRADING_ERRORS, GRADING_TIMEOUTS, is_equiv, last_boxed, math_reward
 from rl.math_parse import parse
 from rl.math_pool import MathPool
 from rl.math_value import to_json
@@ -160,9 +160,11 @@ def test_three_slow_items_in_one_response_share_one_deadline(pool):
     response = "\\boxed{\\{" + ", ".join(a for a, _ in items) + "\\}}"
     gold = "\\{" + ", ".join(b for _, b in items) + "\\}"
     _warm(pool)
+    counted = GRADING_TIMEOUTS["sample_deadline"]
     start = time.monotonic()
     assert math_reward([response], [{"answer": gold}], timeout=2.0, pool=pool) == [0.0]
     assert time.monotonic() - start < 4.0  # one deadline of 2 s; items one after another: 6 s or more
+    assert GRADING_TIMEOUTS["sample_deadline"] == counted + 1  # decided by the clock, and counted as such
 
 
 def test_slow_samples_of_a_batch_are_graded_in_parallel(pool):
@@ -173,6 +175,22 @@ def test_slow_samples_of_a_batch_are_graded_in_parallel(pool):
                           [{"answer": b} for _, b in items] + [{"answer": "2"}], timeout=2.0, pool=pool)
     assert rewards == [0.0, 0.0, 0.0, 1.0]
     assert time.monotonic() - start < 4.0  # 3 workers at once: 2 s; behind one lock: 6 s
+
+
+def test_a_batch_is_bounded_by_its_budget_whatever_it_holds(pool):
+    # Nine samples that each need their whole deadline, on three workers: without a batch budget 3 rounds x 2 s
+    # (plus restarts); with budget_s = 2.5 the whole call takes about 2.5 s, the exact samples still get
+    # their reward, and the samples the budget decided are counted.
+    items = [_slow(k) for k in range(10, 19)]
+    _warm(pool)
+    counted = GRADING_TIMEOUTS["batch_budget"]
+    start = time.monotonic()
+    rewards = math_reward([f"\\boxed{{{a}}}" for a, _ in items] + ["\\boxed{2}", "#### 7"],
+                          [{"answer": b} for _, b in items] + [{"answer": "2"}, {"answer": "7"}],
+                          timeout=2.0, pool=pool, budget_s=2.5)
+    assert time.monotonic() - start < 4.0
+    assert rewards == [0.0] * 9 + [1.0, 1.0]
+    assert GRADING_TIMEOUTS["batch_budget"] >= counted + 3
 
 
 def _children() -> set[int]:

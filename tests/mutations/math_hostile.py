@@ -79,6 +79,19 @@ MUTATIONS = [
     {"name": "wait_for_a_free_worker_unbounded", "file": "rl/math_pool.py",
      "old": "            w = self._free.get(timeout=max(timeout, 0.001))", "new": "            w = self._free.get()",
      "tests": [f"{TH}::test_a_check_waiting_for_a_busy_pool_keeps_its_deadline"]},
+    {"name": "batch_budget_ignored", "file": MG,  # red team M1: a batch's time grew with its slow samples
+     "old": "    batch_deadline = None if budget_s is None else time.monotonic() + budget_s",
+     "new": "    batch_deadline = None",
+     "tests": [f"{TH}::test_a_batch_is_bounded_by_its_budget_whatever_it_holds"]},
+    {"name": "timeouts_not_counted", "file": MG,  # red team M2: rewards decided by the clock must be visible
+     "old": "            GRADING_TIMEOUTS[ctx.reason] += 1", "new": "            pass",
+     "tests": [f"{TH}::test_three_slow_items_in_one_response_share_one_deadline"]},
+    {"name": "restart_in_the_foreground", "file": "rl/math_pool.py",
+     "old": "            if killed:\n", "new": "            if False:\n",
+     "tests": [f"{TH}::test_a_batch_is_bounded_by_its_budget_whatever_it_holds"]},
+    {"name": "value_on_the_right_not_read", "file": "rl/math_extract.py",  # red team M3
+     "old": '    s = re.sub(r"\\s*=\\s*[a-zA-Z](?:_\\d)?\\s*$", "", s)  # 5 = x', "new": "",
+     "tests": [DOCS]},
     {"name": "fresh_timeout_per_item", "file": MG,
      "old": "    result = ctx.pool.equal(to_json(ta), to_json(tb), mode, left)",
      "new": "    result = ctx.pool.equal(to_json(ta), to_json(tb), mode, 5.0)",
