@@ -68,24 +68,26 @@ def test_exact_rules_where_the_old_tolerance_accepted_wrong_answers():
     assert not is_equiv("1000000000001", "10^{12}") and is_equiv("1000000000000", "10^{12}")
 
 
+# written without spaces (MATH's normalisation deletes them), so each one runs if the grader evaluates text
 PAYLOADS = [
     "__import__('builtins').open({path!r},'w').write('pwned')",
-    "__import__('os').system('touch {path}')",
-    "(lambda: __import__('os').system('touch {path}'))()",
-    "[open({path!r},'w') for _ in 'a']",
+    "__import__('os').mknod({path!r})",
+    "(lambda:__import__('pathlib').Path({path!r}).touch())()",
+    "[open({path!r},'w')for(_)in'a']",
     "exec(\"open({path!r},'w')\")",
     "().__class__.__base__.__subclasses__()",
-    "type('Z',(),{{'__sub__':lambda s,o:0,'__rsub__':lambda s,o:0,'__eq__':lambda s,o:True}})()",
+    "type('Z',(),{{'__sub__':lambda*a:0,'__rsub__':lambda*a:0,'__eq__':lambda*a:True}})()",
     "Symbol('x').__class__",
 ]
 
 
 def test_boxed_python_is_never_executed_and_scores_0(tmp_path, pool):
-    path = tmp_path / "pwned"
-    responses = [f"The answer is $\\boxed{{{p.format(path=str(path))}}}$." for p in PAYLOADS]
+    # each payload would create its own file if anything evaluated it
+    responses = [f"The answer is $\\boxed{{{p.format(path=str(tmp_path / f'pwned{k}'))}}}$."
+                 for k, p in enumerate(PAYLOADS)]
     for gold in ("5", "0", "\\frac{1}{2}", "\\sqrt{2}", "x+1"):
         assert math_reward(responses, [{"answer": gold}] * len(responses), pool=pool) == [0.0] * len(PAYLOADS)
-    assert not path.exists()
+    assert sorted(tmp_path.iterdir()) == []
 
 
 def _shipped_golds() -> list[str]:
