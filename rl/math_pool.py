@@ -139,6 +139,11 @@ class MathPool:
         the next check; until it is ready, callers wait on the other workers (within their own time)."""
         if not self._closed:
             self._start(w)
+        self._release(w)
+
+    def _release(self, w: _Worker) -> None:
+        """Back to the free queue; killed first if the pool was closed meanwhile (a worker in use by another
+        thread is never killed under it: its pipes' file descriptors could be reused)."""
         if self._closed:
             w.kill()
         self._free.put(w)
@@ -146,6 +151,8 @@ class MathPool:
     def equal(self, a: list, b: list, mode: list, timeout: float) -> bool | None:
         """True/False from a worker; None when no answer came within ``timeout`` (waiting for a free worker
         included; the first start of a worker is not) or no worker started."""
+        if self._closed:
+            return None
         start = time.monotonic()
         try:
             w = self._free.get(timeout=max(timeout, 0.001))
@@ -174,7 +181,7 @@ class MathPool:
             if killed:
                 threading.Thread(target=self._restart_then_free, args=(w,), daemon=True).start()
             else:
-                self._free.put(w)
+                self._release(w)
 
     def isolation(self) -> list[dict | None]:
         """What each started worker reported: {"netns": bool, "uid": int} (None: not started yet)."""
@@ -184,8 +191,14 @@ class MathPool:
         if os.getpid() != self._pid:  # a forked child's copy: the workers are the parent's
             return
         self._closed = True
-        for w in self._workers:
-            w.kill()
+        idle = []
+        while True:  # the idle ones now; those in use are killed when they come back (``_release``)
+            try:
+                idle.append(self._free.get_nowait())
+            except queue.Empty:
+                break
+        for w in idle:
+            self._release(w)
 
 
 _POOL: MathPool | None = None
