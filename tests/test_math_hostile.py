@@ -274,3 +274,24 @@ def test_a_check_waiting_for_a_busy_pool_keeps_its_deadline():
         busy.join()
     finally:
         small.close()
+
+
+def test_closing_the_pool_while_a_worker_restarts_leaves_nothing(monkeypatch):
+    # A check times out, its worker starts again in the background, and the pool is closed during that start:
+    # no thread fails (the starting worker's pipes are not closed under it) and no worker is left running.
+    import threading
+
+    errors = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+    small = MathPool(size=1)
+    _warm(small)
+    slow_a, slow_b = (to_tree(s) for s in _slow(30))
+    assert small.equal(slow_a, slow_b, ["exact"], timeout=1.0) is None  # killed; the restart has begun
+    time.sleep(0.2)
+    small.close()
+    deadline = time.monotonic() + 60
+    while small._free.qsize() < small.size and time.monotonic() < deadline:  # the restart thread gives it back
+        time.sleep(0.1)
+    assert errors == []
+    assert small._free.qsize() == small.size and not any(w.alive() for w in small._workers)
+    assert small.equal(["sym", "q"], ["sym", "q"], ["exact"], timeout=5.0) is None  # closed: no new worker

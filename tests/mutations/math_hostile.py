@@ -92,6 +92,9 @@ MUTATIONS = [
     {"name": "value_on_the_right_not_read", "file": "rl/math_extract.py",  # red team M3
      "old": '    s = re.sub(r"\\s*=\\s*[a-zA-Z](?:_\\d)?\\s*$", "", s)  # 5 = x', "new": "",
      "tests": [DOCS]},
+    {"name": "close_kills_workers_in_use", "file": "rl/math_pool.py",
+     "old": "        for w in idle:\n            self._release(w)", "new": "        for w in self._workers:\n            w.kill()",
+     "tests": [f"{TH}::test_closing_the_pool_while_a_worker_restarts_leaves_nothing"]},
     {"name": "fresh_timeout_per_item", "file": MG,
      "old": "    result = ctx.pool.equal(to_json(ta), to_json(tb), mode, left)",
      "new": "    result = ctx.pool.equal(to_json(ta), to_json(tb), mode, 5.0)",
