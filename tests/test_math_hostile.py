@@ -76,6 +76,8 @@ PAYLOADS = [
     "[open({path!r},'w')for(_)in'a']",
     "exec(\"open({path!r},'w')\")",
     "().__class__.__base__.__subclasses__()",
+    # the lying object the old grader built through sympify: x - gold is 0 for every gold (a universal pass)
+    "__import__('builtins').type('Z',(),{{'__sub__':[].count,'__rsub__':[].count}})()",
     "type('Z',(),{{'__sub__':lambda*a:0,'__rsub__':lambda*a:0,'__eq__':lambda*a:True}})()",
     "Symbol('x').__class__",
 ]
