@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rl.math_grading import _WORKER, extract_answer_math, is_equiv, math_reward, normalize
+from rl.math_grading import extract_answer_math, is_equiv, math_reward, normalize
+from rl.math_pool import MathPool
 
 ROOT = Path(__file__).resolve().parent.parent
 MATH500 = {json.loads(line)["unique_id"]: json.loads(line) for line in open(ROOT / "data/math500/test.jsonl")}
@@ -195,30 +196,37 @@ def test_math_reward_signature_and_values():
 
 
 def test_symbolic_check_is_killed_on_timeout():
-    # A pathological expression whose simplify runs far past the limit: the worker is killed, the pair is
-    # judged not equal, and the next check works (a fresh worker).
-    slow = "(" + "+".join(f"x^{{{k}}}" for k in range(1, 40)) + ")^{30}"
-    assert is_equiv("\\sqrt{12}", "2\\sqrt{3}", timeout=60.0)  # the worker is up (its first start is slow)
-    restarts = _WORKER.restarts
-    start = time.monotonic()
-    assert is_equiv(slow, "x^{2}+1", timeout=0.5) is False
-    assert time.monotonic() - start < 5.0
-    assert _WORKER.restarts == restarts + 1
-    assert is_equiv("2\\sqrt{2}", "\\sqrt{8}", timeout=30.0)
+    # An identity whose proof (simplify of a degree-600 polynomial) runs far past the limit: the worker is
+    # killed, the pair is judged not equal, and the next check works (a fresh worker).
+    pool = MathPool(size=1)
+    try:
+        assert pool.equal(["sym", "x"], ["sym", "x"], ["exact"], timeout=60.0) is True  # the worker is up
+        start = time.monotonic()
+        assert is_equiv("(x+1)^{300}(x-1)^{300}", "(x^2-1)^{300}", timeout=1.0, pool=pool) is False
+        assert time.monotonic() - start < 5.0
+        assert pool.stats["timeouts"] == 1
+        assert pool.equal(["sym", "y"], ["sym", "y"], ["exact"], timeout=60.0) is True  # after the restart
+        assert pool.stats["restarts"] == 2
+    finally:
+        pool.close()
 
 
 def test_a_worker_that_dies_mid_call_counts_as_not_equal_and_is_restarted(monkeypatch):
     # The worker dies between the liveness check and the request (killed by the OOM killer, say): the pipe
-    # breaks or resets. The pair is judged not equal, the trainer never sees the OSError, the next check works.
+    # breaks. The pair is judged not equal, the trainer never sees the OSError, the next check works.
     import os
     import signal
 
-    assert is_equiv("\\sqrt{12}", "2\\sqrt{3}", timeout=60.0)
-    proc = _WORKER._proc
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.join()
-    monkeypatch.setattr(proc, "is_alive", lambda: True)
-    restarts = _WORKER.restarts
-    assert _WORKER.equal("x+1", "1+x", timeout=5.0) is False
-    assert _WORKER.restarts == restarts + 1
-    assert is_equiv("2\\sqrt{2}", "\\sqrt{8}", timeout=60.0)
+    pool = MathPool(size=1)
+    try:
+        assert pool.equal(["sym", "x"], ["sym", "x"], ["exact"], timeout=60.0) is True  # the worker is up
+        worker = pool._workers[0]
+        os.kill(worker.proc.pid, signal.SIGKILL)
+        worker.proc.wait()
+        monkeypatch.setattr(type(worker), "alive", lambda self: True)
+        assert pool.equal(["sym", "x"], ["sym", "x"], ["exact"], timeout=5.0) is None
+        monkeypatch.undo()
+        assert pool.equal(["sym", "y"], ["sym", "y"], ["exact"], timeout=60.0) is True
+        assert pool.stats["restarts"] == 2
+    finally:
+        pool.close()

@@ -1,40 +1,41 @@
 """Mutations of the math grader, the code sandbox and the task loaders (issue 12): each must be caught."""
 
 MG = "rl/math_grading.py"
+MX = "rl/math_extract.py"
+MP = "rl/math_pool.py"
 SB = "rl/sandbox.py"
 TM = "tests/test_math_grading.py"
 TS = "tests/test_sandbox.py"
 HOSTILE = f"{TS}::test_hostile_programs_all_fail_within_limits_and_leave_everything_untouched"
 
 MUTATIONS = [
-    {"name": "dead_sympy_worker_raises", "file": MG,
-     "old": "            except (EOFError, OSError):", "new": "            except EOFError:",
+    {"name": "dead_sympy_worker_raises", "file": MP,
+     "old": "        except OSError:\n            self.kill()\n            return None",
+     "new": "        except ValueError:\n            self.kill()\n            return None",
      "tests": [f"{TM}::test_a_worker_that_dies_mid_call_counts_as_not_equal_and_is_restarted"]},
-    {"name": "final_answer_keeps_sentence_stop", "file": MG,
-     "old": '(\\$.+?\\$|[^\\n]*?)\\s*\\.?\\s*(?:I hope it is correct\\.?)?\\s*$"',
-     "new": '(.*?)\\s*(?:\\.\\s*I hope it is correct|$)"',
+    {"name": "final_answer_keeps_sentence_stop", "file": MX,
+     "old": '    if line.endswith("."):\n        line = line[:-1].strip()',
+     "new": '    if False:\n        line = line[:-1].strip()',
      "tests": [f"{TM}::test_extraction"]},
-    {"name": "boxed_no_nested_braces", "file": MG,
-     "old": "            if c == \"{\":\n                depth += 1\n            elif c == \"}\":\n                depth -= 1\n"
-            "                if depth == 0:\n                    return text[m.end():i].strip()",
-     "new": "            if c == \"{\":\n                depth += 0\n            elif c == \"}\":\n                depth -= 1\n"
-            "                if depth == 0:\n                    return text[m.end():i].strip()",
+    {"name": "boxed_no_nested_braces", "file": MX,
+     "old": '        elif tok == "{":\n            stack.append(None)',
+     "new": '        elif tok == "{":\n            pass',
      "tests": [f"{TM}::test_extraction"]},
-    {"name": "no_thousands_separator_rule", "file": MG,
+    {"name": "no_thousands_separator_rule", "file": MX,
      "old": '        s = re.sub(r"\\{?,\\}?", "", s)', "new": "        s = s",
      "tests": [f"{TM}::test_math500_cases"]},
-    {"name": "fallback_not_switchable", "file": MG,
+    {"name": "fallback_not_switchable", "file": MX,
      "old": "    if fallback_last_number:", "new": "    if True:",
      "tests": [f"{TM}::test_fallback_can_be_switched_off"]},
     {"name": "interval_brackets_ignored", "file": MG,
      "old": "            return (ba[0], ba[2]) == (bb[0], bb[2]) and len(ea) == len(eb) \\",
      "new": "            return len(ea) == len(eb) \\",
      "tests": [f"{TM}::test_math500_cases"]},
-    {"name": "mixed_number_as_product", "file": MG,
-     "old": "        v = int(m.group(2)) + Fraction(int(m.group(3)), int(m.group(4)))",
-     "new": "        v = int(m.group(2)) * Fraction(int(m.group(3)), int(m.group(4)))",
+    {"name": "mixed_number_as_product", "file": "rl/math_parse.py",
+     "old": '            return ("num", num[1] + a[1] / b[1], False)',
+     "new": '            return ("num", num[1] * a[1] / b[1], False)',
      "tests": [f"{TM}::test_math500_cases"]},
-    {"name": "degrees_not_removed", "file": MG,
+    {"name": "degrees_not_removed", "file": MX,
      "old": '    s = s.replace("^{\\\\circ}", "").replace("^\\\\circ", "").replace("\\\\circ", "").replace("°", "")',
      "new": '    s = s.replace("°", "")',
      "tests": [f"{TM}::test_math500_cases"]},
