@@ -235,13 +235,18 @@ class SCoRe(PolicyGradientModule):
         stats = self.rl_update(self.policy, r, adv, cfg, self.schedule, ref_logprobs=ref)             # 6. update
         self.log_training(r, r1, r2, returns, ref, stats, batch_idx)
 
+    def record_final_accuracy(self, final: torch.Tensor) -> torch.Tensor:
+        """This step's final-attempt accuracy over the samples of EVERY rank (a collective) into the window; returns
+        the selection reward (rl.score.selection_reward). Each rank holds the same window and logs the same value,
+        so ModelCheckpoint's choice does not depend on one rank's rollouts."""
+        total, count = sum_over_ranks(torch.stack([final.sum(), torch.tensor(float(len(final)))]).double()).tolist()
+        self.recent_rewards.copy_(torch.cat([self.recent_rewards[1:], self.recent_rewards.new_tensor([total / count])]))
+        return selection_reward(self.recent_rewards)
+
     def log_training(self, r: Rollouts, r1, r2, returns, ref, stats: dict, batch_idx: int) -> None:
         hp, n = self.hparams, len(r)
         final = r2 if r2 is not None else r1
-        # the accuracy of every rank's samples: each rank holds the same window, so the checkpoint choice is global
-        total, count = sum_over_ranks(torch.stack([final.sum(), torch.tensor(float(n))]).double()).tolist()
-        self.recent_rewards.copy_(torch.cat([self.recent_rewards[1:], self.recent_rewards.new_tensor([total / count])]))
-        logs = {"train/selection_reward": selection_reward(self.recent_rewards), "train/acc_t1": r1.mean(),
+        logs = {"train/selection_reward": self.record_final_accuracy(final), "train/acc_t1": r1.mean(),
                 "train/response_length": r.response_lengths.float().mean(),
                 **{f"train/{k}": v for k, v in stats.items()}}
         for t in range(returns.shape[1]):
