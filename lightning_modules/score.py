@@ -227,13 +227,13 @@ class SCoRe(PolicyGradientModule):
         r1, r2 = attempt_rewards(self.reward_fn, r.turn_texts, examples, num_attempts(hp.stage))      # 2. rewards
         ref = self.reference.logprobs(self.policy, r.tokens, cfg.temperature, hp.micro_batch_size,    # 3. reference
                                       min(r.prompt_lengths))
-        returns = turn_returns(r1, r2, hp.stage, hp.alpha)                                            # 4. bonus
+        returns = task_returns = turn_returns(r1, r2, hp.stage, hp.alpha)                             # 4. bonus
         if cfg.kl_in_reward and ref is not None:                                                      #    (+ KL)
             returns = returns - turn_kl_penalty(r.old_logprobs, ref, r.loss_mask, r.turn_ids, cfg.kl_coef,
                                                 cfg.kl_estimator)
         adv = token_values(turn_advantages(returns, hp.group_size, hp.baseline), r.loss_mask, r.turn_ids)  # 5.
         stats = self.rl_update(self.policy, r, adv, cfg, self.schedule, ref_logprobs=ref)             # 6. update
-        self.log_training(r, r1, r2, returns, ref, stats, batch_idx)
+        self.log_training(r, r1, r2, task_returns, ref, stats, batch_idx)   # rewards logged without the KL
 
     def record_final_accuracy(self, final: torch.Tensor) -> torch.Tensor:
         """This step's final-attempt accuracy over the samples of EVERY rank (a collective) into the window; returns
