@@ -12,7 +12,7 @@ from rl.envs import TwoAttemptEnv
 from rl.kl import default_estimator, kl_estimate
 from rl.rollout import rollout
 from rl.update import LossConfig, Schedule
-from test_policy_gradient import PROMPTS, TAU, TEXTS, grads_of, hand_logprobs, hand_loss, lm, run_update, sample  # noqa: F401
+from test_policy_gradient import PROMPTS, TAU, TEXTS, grads_of, hand_loss, lm, run_update, sample  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from test_fsdp2 import SCORE_PROBLEMS, _free_port, _full_weights, _spawn, _trainer, sgd
+from test_fsdp2 import SCORE_PROBLEMS, _full_weights, _spawn, _trainer, sgd
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
