@@ -140,7 +140,9 @@ class RAGEvaluator(L.LightningModule):
                 [float(any(has_answer(p, g) for p in ps)) for ps, g in zip(passages, gold)]).mean()
         if "entailed" in out.extra:
             metrics["test/nli_kept"] = torch.tensor(out.extra["entailed"], dtype=torch.float).mean()
-        self.log_dict(metrics, batch_size=len(questions), on_epoch=True, sync_dist=True)
+        # floats: Lightning makes them tensors on the module's device, the one NCCL's epoch-end sync can reduce
+        self.log_dict({k: float(v) for k, v in metrics.items()}, batch_size=len(questions), on_epoch=True,
+                      sync_dist=True)
         for i, q in enumerate(questions):
             self.records.append({"id": batch["ids"][i], "question": q, "answers": gold[i], "prediction": out.answers[i],
                                  "generation": out.generations[i], "prompt": out.prompts[i], "em": em[i].item(),

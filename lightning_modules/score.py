@@ -14,13 +14,19 @@ One training step, for a batch of P problems (G samples each):
 Validation/test: greedy two-attempt evaluation (rl.self_correction.evaluate_two_attempts): Accuracy@t1/t2,
 Delta, Delta_i->c, Delta_c->i, edit distance between the attempts.
 
-Stages: ``stage: I``, then ``stage: II`` with ``init_from`` the Stage I checkpoint (its policy weights; the KL
-reference stays the base model, pi_ref of both stages). ``stage: II`` without ``init_from`` is the "no Stage I"
-ablation, ``alpha: 0`` the "no shaping" one, ``stage: single_turn`` RL on attempt 1 only. Resuming either stage
-with ``--ckpt_path`` restores weights, optimizer, RNG and step (init_from is then overwritten by the checkpoint).
+Stages: ``stage: I``, then ``stage: II`` with ``init_from`` the Stage I checkpoint (its policy weights: a ``.ckpt``
+file, or the folder an FSDP2 run saves; the KL reference stays the base model, pi_ref of both stages). ``stage: II``
+without ``init_from`` is the "no Stage I" ablation, ``alpha: 0`` the "no shaping" one, ``stage: single_turn`` RL on
+attempt 1 only. Resuming either stage with ``--ckpt_path`` restores weights, optimizer, RNG and step, and never
+reads ``init_from`` (Stage I's checkpoint may be gone by then).
+
+KL to the reference (docs/rl_kl.md): by default k1 in each attempt's return (REINFORCE on r - beta k1), whose
+gradient is the paper's beta grad KL(pi || pi_ref); k2 as a loss term has the same gradient, k3 as a loss term
+(verl's low_var_kl) that of the reverse KL(pi_ref || pi).
 
 Checkpoint selection: by training reward, as the paper does: ``train/selection_reward`` is the accuracy of the
-final attempt (attempt 2; attempt 1 for single-turn RL) on the training samples, averaged over the last
+final attempt (attempt 2; attempt 1 for single-turn RL) on the training samples of EVERY rank (the same value on
+each, so that ModelCheckpoint's choice is global under data parallelism), averaged over the last
 ``selection_window`` steps, steps before the first counted as 0 (``rl.score.selection_reward``); the configs'
 ModelCheckpoint keeps the best by it (no dev split is used).
 """
@@ -35,6 +41,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from generation.lm import DEFAULT_GENERATOR, load_tokenizer
 from lightning_modules.policy_gradient import PolicyGradientModule
 from lightning_modules.sharding import full_parameters, shard
+from retrieval.distributed import sum_over_ranks
 from rl.envs import SingleTurn
 from rl.kl import kl_estimate
 from rl.policy import ReferencePolicy
@@ -53,18 +60,35 @@ def adamw(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=5e-6, weight_decay=0.0)
 
 
+def read_module_state(path: str) -> dict:
+    """The module state dict (whole tensors, on CPU) of a Lightning checkpoint: a ``.ckpt`` file, or the folder of a
+    sharded checkpoint (FSDP2: one shard per rank, torch.distributed.checkpoint), of which only the weights are
+    read (not the optimizer state)."""
+    from pathlib import Path
+
+    folder = Path(path)
+    if not folder.exists():
+        raise FileNotFoundError(f"init_from: no checkpoint at {path}")
+    if folder.is_dir():
+        from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+        if not (folder / ".metadata").is_file():
+            raise ValueError(f"init_from: {path} is a folder but not a sharded checkpoint (no .metadata file)")
+        return _load_state_dict_from_keys({"state_dict"}, checkpoint_id=str(folder)).get("state_dict", {})
+    return torch.load(folder, map_location="cpu", weights_only=True).get("state_dict", {})
+
+
 def load_policy_weights(policy: torch.nn.Module, path: str) -> None:
-    """The ``policy.*`` weights of a Lightning checkpoint (Stage I's) into ``policy``, strictly."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"init_from: no checkpoint at {path}") from None
-    state = {k[len("policy."):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("policy.")}
+    """The ``policy.*`` weights of a Lightning checkpoint (Stage I's; a file or an FSDP2 folder) into ``policy``,
+    strictly; ``policy`` may itself be sharded (each rank keeps its shard of the whole tensors)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    state = {k[len("policy."):]: v for k, v in read_module_state(path).items() if k.startswith("policy.")}
     if not state:
         raise ValueError(f"init_from: {path} holds no policy.* weights (not a SCoRe/SearchR1 checkpoint?)")
     try:
-        policy.load_state_dict(state, strict=True)
-    except RuntimeError as err:
+        set_model_state_dict(policy, state, options=StateDictOptions(full_state_dict=True, strict=True))
+    except (RuntimeError, KeyError, ValueError) as err:
         raise ValueError(f"init_from: {path} does not fit this policy (same model and LoRA settings?): "
                          f"{str(err)[:500]}") from None
 
@@ -73,15 +97,17 @@ class SCoRe(PolicyGradientModule):
     """Args:
         model_name_or_path / dtype / lora / load_in_4bit: the policy, built in ``configure_model``.
         stage: ``I``, ``II`` or ``single_turn`` (ablation: RL on attempt 1 only; evaluated on two attempts).
-        init_from: a checkpoint whose policy weights start this run (Stage II from Stage I's best checkpoint).
+        init_from: a checkpoint (file or FSDP2 folder) whose policy weights start this run (Stage II from Stage I's
+            best checkpoint); read when training starts, not when it resumes from its own checkpoint.
         task: gsm8k / math / math500 / humaneval / mbpp, for the reward and the instruction (None: the
             DataModule's ``task``). reward: a ``reward(responses, examples)`` replacing the task's.
         instruction: the self-correction instruction (None: the paper's, by task kind).
         group_size: G samples per problem; the baseline of each attempt comes from the other samples.
         alpha / beta1 / beta2: the shaping bonus and the KL coefficients (paper, MATH: 10, 0.01, 0.1).
         baseline: ``rloo`` (leave-one-out mean of the group) or ``group_mean``.
-        kl_estimator / kl_in_reward: rl.kl's estimator; the KL as a loss term (default) or as a penalty in
-            each attempt's own return (then k1 is the usual choice).
+        kl_estimator / kl_in_reward: rl.kl's estimator; the KL as a penalty in each attempt's own return (default)
+            or as a loss term. None: the one with the paper's gradient there (k1 in the reward, k2 as a loss); k3 as
+            a loss is verl's low_var_kl, the gradient of the reverse KL. docs/rl_kl.md.
         max_turn_tokens / max_response_tokens / temperature / top_p: sampling per attempt (evaluation is greedy;
             ``eval_max_turn_tokens`` defaults to max_turn_tokens). max_response_tokens None: 2 turns + 512.
         loss_aggregation: ``seq-mean-token-sum`` (default) is REINFORCE's sum_t grad log pi over a response,
@@ -96,7 +122,7 @@ class SCoRe(PolicyGradientModule):
                  load_in_4bit: bool = False, stage: str = "I", init_from: str | None = None, task: str | None = None,
                  reward: Callable | None = None, instruction: str | None = None, group_size: int = 4,
                  alpha: float = 10.0, beta1: float = 0.01, beta2: float = 0.1, baseline: str = "rloo",
-                 kl_estimator: str = "k3", kl_in_reward: bool = False, max_turn_tokens: int = 256,
+                 kl_estimator: str | None = None, kl_in_reward: bool = True, max_turn_tokens: int = 256,
                  max_response_tokens: int | None = None, eval_max_turn_tokens: int | None = None,
                  temperature: float = 1.0, top_p: float = 1.0, loss_aggregation: str = "seq-mean-token-sum",
                  clip_low: float = 0.2, clip_high: float | None = None, epochs: int = 1,
@@ -132,6 +158,7 @@ class SCoRe(PolicyGradientModule):
         self.reward_fn = reward if reward is not None else (task_reward(task) if task is not None else None)
         self.register_buffer("recent_rewards", torch.full((max(selection_window, 1),), float("nan")))
         self.eval_pairs: list[dict] = []
+        self._init_done = False
 
     # -- set-up -----------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -149,18 +176,37 @@ class SCoRe(PolicyGradientModule):
             self.reward_fn = task_reward(self.task)
 
     def configure_model(self) -> None:
-        """The policy, the reference (built BEFORE Stage I's weights are loaded: pi_ref is the base model in both
-        stages), then ``init_from``'s weights; idempotent."""
+        """The policy and the reference (built from the base: pi_ref is the base model in both stages; Stage I's
+        weights come later, :meth:`start_from_init`); idempotent. Outside a Trainer ``init_from`` is loaded here."""
         if self.policy is not None:
             return
-        hp = self.hparams
         self.policy = self.load_policy()
         self.reference = ReferencePolicy.for_policy(self.policy, self.loss_config.uses_kl)
-        if hp.init_from:
-            load_policy_weights(self.policy, hp.init_from)
+        if self._trainer is None:
+            self.start_from_init()
         # FSDP2 (ModelParallelStrategy): the policy and a copy-mode reference block by block (an adapters-off
         # reference is the policy itself: its base is sharded once); nothing on one process or DDP
         shard(self, self.policy, self.reference.model)
+
+    def start_from_init(self) -> None:
+        """``init_from``'s policy weights, once, unless this run resumes from a checkpoint of its own (whose weights
+        replace them: Stage I's checkpoint is then not needed). Called when fit, validate or test starts: Lightning
+        has restored ``--ckpt_path`` by then, also under FSDP2, which restores after ``on_fit_start``."""
+        if not self.hparams.init_from or self._init_done:
+            return
+        self._init_done = True
+        if self._trainer is not None and self.trainer.ckpt_path is not None:
+            return
+        load_policy_weights(self.policy, self.hparams.init_from)
+
+    def on_train_start(self) -> None:
+        self.start_from_init()
+
+    def on_validation_start(self) -> None:
+        self.start_from_init()
+
+    def on_test_start(self) -> None:
+        self.start_from_init()
 
     @property
     def env(self):
@@ -185,19 +231,26 @@ class SCoRe(PolicyGradientModule):
         r1, r2 = attempt_rewards(self.reward_fn, r.turn_texts, examples, num_attempts(hp.stage))      # 2. rewards
         ref = self.reference.logprobs(self.policy, r.tokens, cfg.temperature, hp.micro_batch_size,    # 3. reference
                                       min(r.prompt_lengths))
-        returns = turn_returns(r1, r2, hp.stage, hp.alpha)                                            # 4. bonus
+        returns = task_returns = turn_returns(r1, r2, hp.stage, hp.alpha)                             # 4. bonus
         if cfg.kl_in_reward and ref is not None:                                                      #    (+ KL)
             returns = returns - turn_kl_penalty(r.old_logprobs, ref, r.loss_mask, r.turn_ids, cfg.kl_coef,
                                                 cfg.kl_estimator)
         adv = token_values(turn_advantages(returns, hp.group_size, hp.baseline), r.loss_mask, r.turn_ids)  # 5.
         stats = self.rl_update(self.policy, r, adv, cfg, self.schedule, ref_logprobs=ref)             # 6. update
-        self.log_training(r, r1, r2, returns, ref, stats, batch_idx)
+        self.log_training(r, r1, r2, task_returns, ref, stats, batch_idx)   # rewards logged without the KL
+
+    def record_final_accuracy(self, final: torch.Tensor) -> torch.Tensor:
+        """This step's final-attempt accuracy over the samples of EVERY rank (a collective) into the window; returns
+        the selection reward (rl.score.selection_reward). Each rank holds the same window and logs the same value,
+        so ModelCheckpoint's choice does not depend on one rank's rollouts."""
+        total, count = sum_over_ranks(torch.stack([final.sum(), torch.tensor(float(len(final)))]).double()).tolist()
+        self.recent_rewards.copy_(torch.cat([self.recent_rewards[1:], self.recent_rewards.new_tensor([total / count])]))
+        return selection_reward(self.recent_rewards)
 
     def log_training(self, r: Rollouts, r1, r2, returns, ref, stats: dict, batch_idx: int) -> None:
         hp, n = self.hparams, len(r)
         final = r2 if r2 is not None else r1
-        self.recent_rewards.copy_(torch.cat([self.recent_rewards[1:], final.mean().view(1).to(self.recent_rewards)]))
-        logs = {"train/selection_reward": selection_reward(self.recent_rewards), "train/acc_t1": r1.mean(),
+        logs = {"train/selection_reward": self.record_final_accuracy(final), "train/acc_t1": r1.mean(),
                 "train/response_length": r.response_lengths.float().mean(),
                 **{f"train/{k}": v for k, v in stats.items()}}
         for t in range(returns.shape[1]):

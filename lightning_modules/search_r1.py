@@ -46,6 +46,10 @@ class SearchR1(PolicyGradientModule):
         max_turn_tokens / max_response_tokens / temperature / top_p: sampling (evaluation is greedy).
         reward / format_reward_weight: ``em`` or ``f1``, plus an optional format term.
         kl_coef: beta (0 disables the reference); ppo_epochs: passes over each rollout batch.
+        kl_estimator / kl_in_reward: where the KL goes (a loss term by default, the reward for PPO-style) and its
+            estimator; None: the one whose gradient is the paper's beta KL(pi || pi_ref) there (k2 as a loss, k1 in
+            the reward). ``k3`` as a loss reproduces the paper's verl runs (low_var_kl: the reverse KL's
+            gradient). docs/rl_kl.md.
         template / chat: the instruction template (name or literal with {question}) and chat wrapping.
         warm_start_questions / _epochs / _batch_size: supervised warm start on the first N training
             questions (0: none); the warm-started policy becomes the KL reference. Done once per run.
@@ -58,7 +62,7 @@ class SearchR1(PolicyGradientModule):
                  max_response_tokens: int = 512, temperature: float = 1.0, top_p: float = 1.0, reward: str = "em",
                  format_reward_weight: float = 0.0, normalize_std: bool = True, gamma: float = 1.0, lam: float = 1.0,
                  whiten_advantages: bool = True, clip_low: float = 0.2, clip_high: float | None = None,
-                 loss_aggregation: str = "token-mean", kl_coef: float | list[float] = 0.001, kl_estimator: str = "k3",
+                 loss_aggregation: str = "token-mean", kl_coef: float | list[float] = 0.001, kl_estimator: str | None = None,
                  kl_in_reward: bool = False, entropy_coef: float = 0.0, value_coef: float = 0.5,
                  value_clip: float | None = 0.2, ppo_epochs: int = 1, mini_batch_size: int | None = None,
                  micro_batch_size: int = 8, max_grad_norm: float | None = 1.0, optimizer: OptimizerCallable = adamw,

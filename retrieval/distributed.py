@@ -8,6 +8,12 @@ embeddings receive d(sum_s L_s)/d(emb_r): with DDP averaging parameter gradients
 update equals that of one process computing mean_s L_s on the whole batch (the test checks this).
 Works with any torch.distributed backend (gloo on CPU, nccl on GPU); without an initialised process
 group these functions are the identity.
+
+Every tensor collective of the project goes through :func:`all_reduce` / :func:`all_gather` here, which run it on
+the device the process group's backend serves (:func:`group_device`) and hand the result back on the input's
+device: NCCL serves CUDA tensors only, and a count or a metric built on the CPU (a rollout's loss mask, a reward)
+would otherwise stop every rank with "No backend type associated with device type cpu". (Object collectives,
+``all_gather_object``, pick their device themselves.)
 """
 
 from __future__ import annotations
@@ -23,24 +29,64 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def group_device(group=None) -> torch.device:
+    """The device ``group``'s (default: the world's) backend runs collectives on: the CPU when the backend serves
+    CPU tensors (gloo, "cpu:gloo,cuda:nccl"), else the current device of the first device type it serves (NCCL:
+    ``cuda:<current device>``, the GPU Lightning gave this process)."""
+    group = dist.group.WORLD if group is None else group
+    # (ProcessGroup._device_types: the device types the group has a backend for; NCCL alone if it is missing)
+    types = [d.type for d in getattr(group, "_device_types", [])] or \
+        (["cuda"] if dist.get_backend(group) == "nccl" else ["cpu"])
+    if "cpu" in types:
+        return torch.device("cpu")
+    kind = types[0]
+    module = getattr(torch, kind, None)
+    if module is None or not module.is_available():
+        raise RuntimeError(f"the process group's backend ({dist.get_backend(group)}) runs collectives on {kind} "
+                           f"tensors only, and this process has no {kind} device: start the process group with a "
+                           f"backend for the devices it has (e.g. gloo on CPU)")
+    return torch.device(kind, module.current_device())
+
+
+def all_reduce(x: torch.Tensor, op=None, group=None) -> torch.Tensor:
+    """A new tensor: ``x`` reduced over ``group`` (sum by default), computed on :func:`group_device`, returned on
+    ``x``'s device. ``x`` itself is left as it is."""
+    out = x.detach().to(group_device(group), copy=True)
+    dist.all_reduce(out, op=dist.ReduceOp.SUM if op is None else op, group=group)
+    return out.to(x.device)
+
+
+def all_gather(x: torch.Tensor, group=None) -> list[torch.Tensor]:
+    """Every rank's ``x`` (same shape on every rank), in rank order, on ``x``'s device; computed on
+    :func:`group_device`."""
+    device = group_device(group)
+    local = x.detach().to(device).contiguous()
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, local, group=group)
+    return [p.to(x.device) for p in parts]
+
+
+def sum_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks of ``value`` (a collective: every rank must call it); ``value`` without a process
+    group."""
+    if world()[1] == 1:
+        return value
+    return all_reduce(torch.as_tensor(value))
+
+
 def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     """The mean of a count over ranks (a collective: every rank must call it); ``value`` itself without a
     process group. The normaliser of a token-mean loss under data parallelism: the loss of the global batch is
     sum_r S_r / N with N = sum_r n_r, and DDP / FSDP average gradients over the W ranks, so rank r must
     return S_r / (N / W) = S_r / mean_r(n_r); dividing by its own n_r weighs a token of a rank with few loss
     tokens more than one of a rank with many."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if world()[1] == 1:
         return value
-    out = torch.as_tensor(value).detach().clone().float()
-    dist.all_reduce(out)
-    return out / dist.get_world_size()
+    return all_reduce(torch.as_tensor(value).float()) / dist.get_world_size()
 
 
-def _sizes(n: int, device: torch.device) -> list[int]:
-    size = torch.tensor([n], device=device, dtype=torch.long)
-    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, size)
-    return [int(s) for s in sizes]
+def _sizes(n: int) -> list[int]:
+    return [int(s) for s in all_gather(torch.tensor([n], dtype=torch.long))]
 
 
 def _all_gather_padded(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
@@ -48,24 +94,20 @@ def _all_gather_padded(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     longest = max(sizes)
     padded = torch.zeros((longest, *x.shape[1:]), dtype=x.dtype, device=x.device)
     padded[:x.shape[0]] = x
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded.contiguous())
-    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+    return torch.cat([p[:n] for p, n in zip(all_gather(padded), sizes)])
 
 
 class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         rank = dist.get_rank()
-        sizes = _sizes(x.shape[0], x.device)
+        sizes = _sizes(x.shape[0])
         ctx.start, ctx.stop = sum(sizes[:rank]), sum(sizes[:rank + 1])
         return _all_gather_padded(x.detach(), sizes)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.start:ctx.stop]
+        return all_reduce(grad.contiguous())[ctx.start:ctx.stop]
 
 
 def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -73,7 +115,7 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     rank, world_size = world()
     if world_size == 1:
         return x, 0
-    sizes = _sizes(x.shape[0], x.device)
+    sizes = _sizes(x.shape[0])
     return _GatherWithGrad.apply(x), sum(sizes[:rank])
 
 
@@ -82,7 +124,7 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     """All ranks' slices concatenated in rank order, without gradient (e.g. MoCo keys for the queue)."""
     if world()[1] == 1:
         return x
-    return _all_gather_padded(x.detach(), _sizes(x.shape[0], x.device))
+    return _all_gather_padded(x.detach(), _sizes(x.shape[0]))
 
 
 def gather_objects(obj) -> list:

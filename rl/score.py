@@ -37,7 +37,7 @@ distribution while attempt 2 learns to correct base-model first attempts; reward
 r(y1), or by r(y2) through gamma > 0) would teach both attempts the same answer, the collapse that Stage I
 exists to avoid.
 
-KL coefficient of each attempt's tokens (rl.kl's estimator, k3 by default, as a loss term):
+KL coefficient of each attempt's tokens (by default k1 in each attempt's return, the paper's gradient; see below):
 
     Stage I: [beta2, beta1]       Stage II: [beta1, beta1]       single_turn: [beta1]
 
@@ -46,8 +46,10 @@ same problem, A_{i,t} = R_{i,t} - 1/(G-1) sum_{j != i} R_{j,t}; or the group mea
 itself (``group_mean``, Dr. GRPO without the std). Either keeps the gradient unbiased (RLOO exactly; the
 group mean up to a factor (G-1)/G); the paper names REINFORCE with a baseline without saying which.
 
-With ``kl_in_reward`` the KL is instead a penalty in each attempt's own return (REINFORCE with the KL in
-the reward): R_t -= beta_t sum_{tokens of attempt t} k(old, ref), still gamma = 0 between attempts.
+With ``kl_in_reward`` (the module's default) the KL is a penalty in each attempt's own return (REINFORCE with the
+KL in the reward): R_t -= beta_t sum_{tokens of attempt t} k1(old, ref), still gamma = 0 between attempts; its
+expected gradient is beta_t grad KL(pi(.|x_t) || pi_ref(.|x_t)), the paper's. Without it the KL is a loss term
+(k2 for the same gradient; k3, verl's low_var_kl, gives the reverse KL's). docs/rl_kl.md.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from generation.logprobs import dropout_off, sequence_logprobs
 from retrieval.distributed import mean_over_ranks
 from rl.advantages import (gae, grpo_advantages, per_turn, place_rewards, reinforce_advantages, rloo_advantages,
                            whiten)
-from rl.kl import ESTIMATORS, kl_estimate
+from rl.kl import ESTIMATORS, default_estimator, kl_estimate
 from rl.losses import AGGREGATIONS, aggregate, clipped_policy_loss, value_loss
 from rl.rollout import Rollouts
 
@@ -40,7 +40,9 @@ class LossConfig:
         clip_low / clip_high: ratio clip range [1 - clip_low, 1 + clip_high] (clip_high None: symmetric).
         aggregation / norm_length: see ``rl.losses.aggregate`` (norm_length: Dr. GRPO's constant).
         kl_coef: beta, one value or one per turn (``kl_coef[t]`` on the tokens of turn t).
-        kl_estimator / kl_in_reward: k1/k2/k3; the KL as a reward penalty (PPO) or as a loss term (GRPO).
+        kl_estimator / kl_in_reward: k1/k2/k3; the KL as a reward penalty (PPO) or as a loss term (GRPO). None:
+            the estimator whose gradient is beta grad KL(pi || pi_ref) there (rl.kl.default_estimator: k1 in the
+            reward, k2 as a loss); "k3" as a loss is verl's low_var_kl, the reverse KL's gradient (docs/rl_kl.md).
         entropy_coef: entropy bonus; value_coef / value_clip: PPO's value loss.
         temperature: the sampling temperature (log-probs are computed at it).
     """
@@ -49,7 +51,7 @@ class LossConfig:
     aggregation: str = "token-mean"
     norm_length: int | None = None
     kl_coef: float | Sequence[float] = 0.0
-    kl_estimator: str = "k3"
+    kl_estimator: str | None = None
     kl_in_reward: bool = False
     entropy_coef: float = 0.0
     value_coef: float = 0.5
@@ -59,6 +61,8 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown loss aggregation {self.aggregation!r}; expected one of {AGGREGATIONS}")
+        if self.kl_estimator is None:
+            self.kl_estimator = default_estimator(self.kl_in_reward)
         if self.aggregation == "seq-mean-token-sum-norm" and not self.norm_length:
             raise ValueError("loss aggregation 'seq-mean-token-sum-norm' (Dr. GRPO) needs norm_length, a constant "
                              "(e.g. max_response_tokens)")
