@@ -49,7 +49,7 @@ from rl.rollout import Rollouts, rollout
 from rl.score import (BASELINES, attempt_rewards, check_stage, edit_distance_ratio, num_attempts, selection_reward,
                       token_values, turn_advantages, turn_kl_coefs, turn_kl_penalty, turn_means, turn_returns)
 from rl.self_correction import (ProblemFormat, attempt_metrics, attempt_texts, evaluate_two_attempts, task_kind,
-                                task_reward, two_attempt_env)
+                                reward_health, task_reward, two_attempt_env)
 from rl.update import LossConfig, Schedule
 
 METRIC_NAMES = {"accuracy@t1": "acc_t1", "accuracy@t2": "acc_t2", "delta(t1,t2)": "delta",
@@ -264,6 +264,7 @@ class SCoRe(PolicyGradientModule):
             logs.update({f"train/{METRIC_NAMES[k]}": v for k, v in m.items() if k in METRIC_NAMES})
             first, second = attempt_texts(r.turn_texts)
             logs["train/edit_distance"] = sum(edit_distance_ratio(first, second)) / n
+        logs.update({f"train/reward_health/{k}": v for k, v in reward_health().items()})  # this process's counts
         self.log_dict(logs, batch_size=n)
         self.log("train/reward_final", final.mean(), prog_bar=True, batch_size=n, logger=False)
         if hp.log_pairs and batch_idx % max(hp.log_pairs_every, 1) == 0:

@@ -51,6 +51,17 @@ def task_reward(task: str) -> Callable[[Sequence[str], Sequence[dict]], list[flo
     return code_reward
 
 
+def reward_health() -> dict[str, float]:
+    """Running counts of samples whose reward was decided by something other than the answer: an exception
+    while grading or running (reward 0), or a deadline (math: ``rl.math_grading.GRADING_TIMEOUTS``; code: the
+    sandbox's ``timeout``). A trainer logs them so a user sees how many rewards a limit, not the answer, set."""
+    from rl.math_grading import GRADING_ERRORS, GRADING_TIMEOUTS
+    from rl.sandbox import REWARD_STATS
+
+    return {"math_errors": float(sum(GRADING_ERRORS.values())), "math_timeouts": float(sum(GRADING_TIMEOUTS.values())),
+            "code_exceptions": float(REWARD_STATS["exception"]), "code_timeouts": float(REWARD_STATS["timeout"])}
+
+
 # -- instructions -------------------------------------------------------------------------------------------
 
 FINAL_ANSWER_FORM = ('At the end of the Solution, when you give your final answer, write it in the form '

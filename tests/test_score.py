@@ -231,7 +231,8 @@ def test_fit_logs_per_attempt_metrics_then_stage_two_starts_from_stage_one(tiny_
     m = cli.trainer.callback_metrics
     for key in ("train/acc_t1", "train/acc_t2", "train/delta", "train/delta_i2c", "train/delta_c2i", "train/reward_t1",
                 "train/reward_t2", "train/kl_t1", "train/kl_t2", "train/kl", "train/edit_distance", "train/selection_reward",
-                "val/acc_t1", "val/acc_t2", "val/delta", "val/delta_i2c", "val/delta_c2i", "val/edit_distance"):
+                "val/acc_t1", "val/acc_t2", "val/delta", "val/delta_i2c", "val/delta_c2i", "val/edit_distance",
+                "train/reward_health/math_errors", "train/reward_health/math_timeouts"):
         assert key in m and torch.isfinite(m[key]), key
     assert m["train/reward_t1"] == 0.0  # Stage I: attempt 1 has no task-reward term
     s1 = cli.model
@@ -371,3 +372,25 @@ def test_second_attempt_learns_to_fix_a_forced_first_attempt_error(tiny_llama_di
     # greedy two-attempt evaluation (with the same constraint on the attempts)
     out = trainer.test(model, DataLoader(problems, batch_size=2, collate_fn=lambda rows: rows), verbose=False)[0]
     assert out["test/acc_t1"] == 0.0 and out["test/acc_t2"] == 1.0 and out["test/delta_i2c"] == 1.0
+
+
+def test_reward_health_counts_what_decided_a_reward_other_than_the_answer():
+    """Errors and deadlines of the math grader and the sandbox reach the counts SCoRe logs (train/reward_health)."""
+    from rl.math_grading import GRADING_ERRORS, GRADING_TIMEOUTS
+    from rl.sandbox import REWARD_STATS
+    from rl.self_correction import reward_health
+
+    before = reward_health()
+    GRADING_ERRORS["TypeError"] += 2
+    GRADING_TIMEOUTS["sample_deadline"] += 3
+    REWARD_STATS["exception"] += 5
+    REWARD_STATS["timeout"] += 7
+    try:
+        after = reward_health()
+        assert {k: after[k] - before[k] for k in after} == {"math_errors": 2.0, "math_timeouts": 3.0,
+                                                              "code_exceptions": 5.0, "code_timeouts": 7.0}
+    finally:
+        GRADING_ERRORS["TypeError"] -= 2
+        GRADING_TIMEOUTS["sample_deadline"] -= 3
+        REWARD_STATS["exception"] -= 5
+        REWARD_STATS["timeout"] -= 7
