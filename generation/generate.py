@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
+from generation.lm import lm_autocast
+
 
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 32, batch_size: int = 8,
@@ -34,7 +36,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
         batch = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True,
                           add_special_tokens=add_special_tokens)
         batch = {k: v.to(device) for k, v in batch.items()}
-        seqs = model.generate(**batch, **kwargs)
+        with lm_autocast(model):
+            seqs = model.generate(**batch, **kwargs)
         new = seqs[:, batch["input_ids"].shape[1]:]
         for r, i in enumerate(rows):
             out[i] = tokenizer.decode(new[r], skip_special_tokens=True)
