@@ -74,8 +74,10 @@ MIN_SHARED_PREFIX = 16  # tokens; below it the cache copies cost about what they
 
 def shared_prefix_length(pairs: Sequence[tuple[list[int], list[int]]]) -> int:
     """Tokens every prompt starts with, leaving at least one prompt token in each suffix (its logit predicts
-    the first target token)."""
+    the first target token, or the first generated one)."""
     prompts = [p for p, _ in pairs]
+    if not prompts:
+        return 0
     limit = min(len(p) for p in prompts) - 1
     n = 0
     while n < limit and all(p[n] == prompts[0][n] for p in prompts):
@@ -109,6 +111,23 @@ def pair_logprobs(model, pairs: Sequence[tuple[list[int], list[int]]], *, batch_
 
 
 @torch.no_grad()
+def prefix_cache(model, prefix_ids: Sequence[int]):
+    """The KV cache of one row of ``prefix_ids`` (batch 1), computed in the model's precision."""
+    head = torch.tensor([list(prefix_ids)], device=next(model.parameters()).device)
+    keep = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
+    with lm_autocast(model):
+        return model(input_ids=head, use_cache=True, **keep).past_key_values
+
+
+def repeat_cache(cache, rows: int):
+    """A copy of a batch-1 ``cache`` with ``rows`` rows: the forward that uses it appends to it in place, so
+    every batch needs its own."""
+    past = copy.deepcopy(cache)
+    past.batch_repeat_interleave(rows)
+    return past
+
+
+@torch.no_grad()
 def prefix_cached_logprobs(model, pairs: Sequence[tuple[list[int], list[int]]], prefix: int, *, batch_size: int = 8,
                            pad_id: int = 0) -> list[torch.Tensor]:
     """:func:`pair_logprobs` with the first ``prefix`` prompt tokens (the same in every pair) run once.
@@ -119,9 +138,7 @@ def prefix_cached_logprobs(model, pairs: Sequence[tuple[list[int], list[int]]], 
     ``prefix`` whatever its padding."""
     device = next(model.parameters()).device
     keep = supports_logits_to_keep(model)
-    head = torch.tensor([pairs[0][0][:prefix]], device=device)
-    with lm_autocast(model):
-        cache = model(input_ids=head, use_cache=True, **({"logits_to_keep": 1} if keep else {})).past_key_values
+    cache = prefix_cache(model, pairs[0][0][:prefix])
     suffixes = [p[prefix:] + t for p, t in pairs]
     order = sorted(range(len(pairs)), key=lambda i: -len(suffixes[i]))
     out: list[torch.Tensor | None] = [None] * len(pairs)
@@ -130,8 +147,7 @@ def prefix_cached_logprobs(model, pairs: Sequence[tuple[list[int], list[int]]], 
         ids, mask = pad([suffixes[i] for i in rows], pad_id, side="left")                    # (B, S)
         mask = torch.cat([torch.ones(len(rows), prefix, dtype=mask.dtype), mask], 1)         # (B, prefix + S)
         t_max = max(len(pairs[i][1]) for i in rows)
-        past = copy.deepcopy(cache)
-        past.batch_repeat_interleave(len(rows))
+        past = repeat_cache(cache, len(rows))
         ids, mask = ids.to(device), mask.to(device)
         with lm_autocast(model):
             logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)[:, prefix:],

@@ -148,3 +148,13 @@ def test_modules_pass_their_precision_option_to_the_lm(tiny_llama_dir):
     assert lm_precision(module.policy) == "bf16"
     if module.reference.model is not None:  # a frozen copy computes in the policy's precision
         assert lm_precision(module.reference.model) == "bf16"
+
+
+def test_lsr_score_cache_key_holds_the_lm_precision(lm):
+    """bf16 scores must not be served from (or stored in) a cache of fp32 ones; fp32 keys stay as they were."""
+    from lightning_modules.replug_lsr import FrozenLM
+
+    model, tok = lm
+    fp32 = FrozenLM(set_precision(model, "fp32"), tok).fingerprint
+    bf16 = FrozenLM(set_precision(model, "bf16"), tok).fingerprint
+    assert bf16 != fp32 and bf16.startswith(fp32)

@@ -105,3 +105,23 @@ def test_few_shot_rag_prompts_score_as_before(tiny_llama_dir):
     assert max((a - b).abs().max().item() for a, b in zip(per_token, plain_tok)) <= 1e-4
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     assert shared_prefix_length([(p, [0]) for p in encoded]) >= MIN_SHARED_PREFIX  # the cached path ran
+
+
+def test_generation_from_the_prefix_cache_equals_plain_generation(tiny_llama_dir):
+    """RAG evaluation's reader (generation.generate): greedy continuations of few-shot prompts of unequal
+    length, in two batches, are the same with and without the prefix cache, and the cache is used."""
+    from generation.generate import generate
+
+    model, tok = load_causal_lm(tiny_llama_dir, device="cpu")
+    fmt = PRESETS["few_shot"]()
+    prompts = [fmt.render(tok, q, [d]) for q, d in [("capital of france?", "Paris is the capital of France."),
+                                                     ("when was rome founded", "Rome was founded in 753 BC by Romulus "
+                                                      "and Remus, twins raised by a wolf."),
+                                                     ("who wrote hamlet", "Hamlet.")]]
+    kw = dict(max_new_tokens=6, batch_size=2, stop_strings=None, add_special_tokens=False)
+    cached = generate(model, tok, prompts, **kw)
+    plain = generate(model, tok, prompts, shared_prefix=False, **kw)
+    assert cached == plain and all(cached)
+    n_cached = forward_tokens(model, lambda: generate(model, tok, prompts, **kw))
+    n_plain = forward_tokens(model, lambda: generate(model, tok, prompts, shared_prefix=False, **kw))
+    assert n_cached < n_plain
