@@ -57,6 +57,16 @@ def forward_tokens(model, fn) -> int:
     return sum(seen)
 
 
+def next_token_logits(model, fn):
+    """(fn's result, the last position's logits of every forward pass while it runs)."""
+    seen = []
+    handle = model.register_forward_hook(lambda m, a, out: seen.append(out.logits[:, -1].float().clone()))
+    try:
+        return fn(), seen
+    finally:
+        handle.remove()
+
+
 def test_prefix_length_leaves_a_prompt_token_in_every_suffix():
     assert shared_prefix_length(PAIRS) == len(PREFIX)
     assert shared_prefix_length([(PREFIX, [1]), (PREFIX + [2], [3])]) == len(PREFIX) - 1
@@ -119,9 +129,14 @@ def test_generation_from_the_prefix_cache_equals_plain_generation(tiny_llama_dir
                                                       "and Remus, twins raised by a wolf."),
                                                      ("who wrote hamlet", "Hamlet.")]]
     kw = dict(max_new_tokens=6, batch_size=2, stop_strings=None, add_special_tokens=False)
-    cached = generate(model, tok, prompts, **kw)
-    plain = generate(model, tok, prompts, shared_prefix=False, **kw)
+    cached, cached_logits = next_token_logits(model, lambda: generate(model, tok, prompts, **kw))
+    plain, plain_logits = next_token_logits(model, lambda: generate(model, tok, prompts, shared_prefix=False, **kw))
     assert cached == plain and all(cached)
+    # the greedy strings of a tiny random model hardly depend on the context: compare every step's logits
+    cached_logits = cached_logits[1:]  # the first forward is the prefix's own
+    assert len(cached_logits) == len(plain_logits) == 12  # 2 batches (2 rows, 1 row) x 6 steps
+    for c, p in zip(cached_logits, plain_logits):
+        torch.testing.assert_close(c, p, atol=1e-4, rtol=0)
     n_cached = forward_tokens(model, lambda: generate(model, tok, prompts, **kw))
     n_plain = forward_tokens(model, lambda: generate(model, tok, prompts, shared_prefix=False, **kw))
     assert n_cached < n_plain
