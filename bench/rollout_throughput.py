@@ -2,8 +2,13 @@
 the same model, prompts, group size and lengths, alternating in one run; plus our multi-turn rollout
 with BM25 search over the NQ pool (generated tokens only; inserted information is not counted).
 
-    python bench/rollout_throughput.py --questions 4 --group-size 4 --max-new-tokens 64 --repeats 2
-    python bench/rollout_throughput.py --two-attempts --questions 2 --group-size 4 --max-new-tokens 48 --repeats 3
+    python bench/rollout_throughput.py --questions 8 --group-size 4 --max-new-tokens 64 --repeats 2
+    python bench/rollout_throughput.py --two-attempts --questions 8 --group-size 4 --max-new-tokens 48 --repeats 2
+
+``--precision`` (default ``auto fp32``): each precision in turn, the same model and prompts, both sides
+computing in it (ours through generation.lm.set_precision, TRL's call under the same lm_autocast); ``auto``
+is the machine's precision (bf16 on CPUs with native bf16, else fp32, then measured once). The CPU flags and
+the load average are printed with the results: compare only ratios from one run.
 
 ``--two-attempts`` (SCoRe): ours is one rollout with rl.self_correction's TwoAttemptEnv (attempt 1, the
 paper's instruction as a chat turn, attempt 2, the KV cache kept between them); TRL generates attempt 1,
@@ -35,7 +40,8 @@ quiet_warnings()  # before the imports that print (bitsandbytes logs at import)
 import torch  # noqa: E402
 
 from datamodules.qa import read_qa_jsonl  # noqa: E402
-from generation.lm import load_causal_lm  # noqa: E402
+from bench.machine import describe  # noqa: E402
+from generation.lm import lm_autocast, lm_precision, load_causal_lm, set_precision  # noqa: E402
 from rl.prompts import render_prompt  # noqa: E402
 from rl.envs import SearchEnv  # noqa: E402
 from rl.rollout import rollout  # noqa: E402
@@ -64,6 +70,8 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--two-attempts", action="store_true", help="SCoRe's two-attempt rollout vs TRL twice")
+    ap.add_argument("--precision", nargs="+", default=["auto", "fp32"], help="auto, fp32, bf16: each in turn")
+    ap.add_argument("--no-multiturn", action="store_true", help="skip the multi-turn rollout with search")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -89,47 +97,64 @@ def main(argv=None) -> None:
         trainer._generate(prompts[:args.group_size])  # warm-up both paths once
         trainer.args.max_completion_length = args.max_new_tokens
         print(f"warm-up {time.perf_counter() - t:.1f} s", flush=True)
-        if args.two_attempts:
-            return two_attempts(model, tokenizer, trainer, prompts, args)
-        totals = {"ours": [0, 0.0], "trl": [0, 0.0], "ours_multiturn": [0, 0.0]}
-        for rep in range(args.repeats):
-            torch.manual_seed(1000 + rep)  # same seed for both: the same sampled tokens, up to our stop strings
-            t = time.perf_counter()
-            r = rollout(model, tokenizer, prompts, None, max_turn_tokens=args.max_new_tokens,
-                        max_response_tokens=args.max_new_tokens, temperature=1.0, compute_logprobs=False)
-            dt = time.perf_counter() - t
-            totals["ours"][0] += int(r.response_lengths.sum())
-            totals["ours"][1] += dt
-            print(f"[{rep}] ours : {int(r.response_lengths.sum())} tokens in {dt:.1f} s", flush=True)
-            torch.manual_seed(1000 + rep)
-            t = time.perf_counter()
-            out = trainer._generate(prompts)
-            dt = time.perf_counter() - t
-            completion_ids = out[1]
-            tokens = sum(len(c) for c in completion_ids)
-            totals["trl"][0] += tokens
-            totals["trl"][1] += dt
-            print(f"[{rep}] TRL  : {tokens} tokens in {dt:.1f} s", flush=True)
-            t = time.perf_counter()
-            r = rollout(model, tokenizer, prompts, SearchEnv(search, max_searches=2), max_turn_tokens=args.max_new_tokens,
-                        max_response_tokens=3 * args.max_new_tokens + 600, temperature=1.0, compute_logprobs=False)
-            dt = time.perf_counter() - t
-            totals["ours_multiturn"][0] += int(r.response_lengths.sum())
-            totals["ours_multiturn"][1] += dt
-            if rep == 0:
-                print("sample multi-turn response:", repr(r.responses[0][:600]), flush=True)
-            print(f"[{rep}] ours multi-turn+search: {int(r.response_lengths.sum())} generated tokens, "
-                  f"{r.num_searches.float().mean():.2f} searches/rollout, {dt:.1f} s", flush=True)
-    rate = {k: v[0] / v[1] for k, v in totals.items()}
+        print(describe(), flush=True)
+        done = set()
+        for precision in args.precision:
+            set_precision(model, precision)
+            if lm_precision(model) in done:
+                print(f"precision {precision}: computes in {lm_precision(model)} here, measured above")
+                continue
+            done.add(lm_precision(model))
+            print(f"\n== precision {precision} -> {lm_precision(model)} ==", flush=True)
+            with lm_autocast(model):  # both sides compute in it (nested in ours: the same context)
+                (two_attempts if args.two_attempts else single_turn)(model, tokenizer, trainer, prompts, search, args)
+        print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def single_turn(model, tokenizer, trainer, prompts: list[str], search, args) -> None:
+    n = len(prompts)
+    totals = {"ours": [0, 0.0], "trl": [0, 0.0], "ours_multiturn": [0, 0.0]}
+    for rep in range(args.repeats):
+        torch.manual_seed(1000 + rep)  # same seed for both: the same sampled tokens, up to our stop strings
+        t = time.perf_counter()
+        r = rollout(model, tokenizer, prompts, None, max_turn_tokens=args.max_new_tokens,
+                    max_response_tokens=args.max_new_tokens, temperature=1.0, compute_logprobs=False)
+        dt = time.perf_counter() - t
+        totals["ours"][0] += int(r.response_lengths.sum())
+        totals["ours"][1] += dt
+        print(f"[{rep}] ours : {int(r.response_lengths.sum())} tokens in {dt:.1f} s", flush=True)
+        torch.manual_seed(1000 + rep)
+        t = time.perf_counter()
+        out = trainer._generate(prompts)
+        dt = time.perf_counter() - t
+        completion_ids = out[1]
+        tokens = sum(len(c) for c in completion_ids)
+        totals["trl"][0] += tokens
+        totals["trl"][1] += dt
+        print(f"[{rep}] TRL  : {tokens} tokens in {dt:.1f} s", flush=True)
+        if args.no_multiturn:
+            continue
+        t = time.perf_counter()
+        r = rollout(model, tokenizer, prompts, SearchEnv(search, max_searches=2), max_turn_tokens=args.max_new_tokens,
+                    max_response_tokens=3 * args.max_new_tokens + 600, temperature=1.0, compute_logprobs=False)
+        dt = time.perf_counter() - t
+        totals["ours_multiturn"][0] += int(r.response_lengths.sum())
+        totals["ours_multiturn"][1] += dt
+        if rep == 0:
+            print("sample multi-turn response:", repr(r.responses[0][:600]), flush=True)
+        print(f"[{rep}] ours multi-turn+search: {int(r.response_lengths.sum())} generated tokens, "
+              f"{r.num_searches.float().mean():.2f} searches/rollout, {dt:.1f} s", flush=True)
+    rate = {k: v[0] / max(v[1], 1e-9) for k, v in totals.items()}
     print(f"\nmodel {args.model}, {args.questions} questions x G={args.group_size} = {n} sequences, "
           f"max {args.max_new_tokens} new tokens, {args.repeats} repeats, torch threads {torch.get_num_threads()}")
     print(f"ours (single turn, rl.rollout) : {rate['ours']:.1f} generated tokens/s")
     print(f"TRL GRPOTrainer._generate      : {rate['trl']:.1f} generated tokens/s")
     print(f"ratio ours / TRL               : {rate['ours'] / rate['trl']:.2f}x")
-    print(f"ours multi-turn with BM25 search (B=2): {rate['ours_multiturn']:.1f} generated tokens/s")
+    if not args.no_multiturn:
+        print(f"ours multi-turn with BM25 search (B=2): {rate['ours_multiturn']:.1f} generated tokens/s")
 
 
-def two_attempts(model, tokenizer, trainer, prompts: list[str], args) -> None:
+def two_attempts(model, tokenizer, trainer, prompts: list[str], search, args) -> None:
     """Generated tokens/s of both attempts: rl.rollout with the TwoAttemptEnv vs TRL's generation called per
     attempt (the instruction text is the environment's own, so both sides see the same second prompt)."""
     env = two_attempt_env(tokenizer, "arithmetic")

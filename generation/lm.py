@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from generation import lora
-from retrieval.encoders import from_pretrained
+from retrieval.encoders import PRECISIONS, from_pretrained, precision_autocast, resolve_precision
 
 DEFAULT_GENERATOR = "smollm2-135m-instruct"
 GENERATOR_ALIASES = (DEFAULT_GENERATOR, "HuggingFaceTB/SmolLM2-135M-Instruct")
@@ -98,8 +98,35 @@ def load_tokenizer(name_or_path: str = DEFAULT_GENERATOR):
     return tokenizer
 
 
+PRECISION_ATTR = "ragkit_precision"
+
+
+def set_precision(model, precision: str | None):
+    """Attach the compute precision (``"auto"``, ``"fp32"``, ``"bf16"``, None for ``$RAGKIT_PRECISION``) to
+    ``model``: every forward of the LM core (generation, rollouts, log-probs, scoring, the supervised loss)
+    runs under :func:`lm_autocast` of the model it is given. Kept on the model rather than passed to each
+    call, so RL's old, new and reference log-probs (the reference a copy of the policy, or the policy with
+    its adapters off) can only come from one precision, and the first on-policy ratio stays exactly 1."""
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"LM precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    setattr(model, PRECISION_ATTR, precision)
+    return model
+
+
+def lm_precision(model) -> str:
+    """``"bf16"`` or ``"fp32"``: the precision :func:`lm_autocast` computes ``model`` in, where it is now."""
+    return resolve_precision(getattr(model, PRECISION_ATTR, None), next(model.parameters()).device, "LM")
+
+
+def lm_autocast(model):
+    """The LM's compute context: bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX) under ``auto``,
+    or when ``bf16`` is forced; otherwise none of its own (fp32 on AVX2-only CPUs; on a GPU the trainer's
+    precision applies). The same rule and log line as the encoders (``retrieval.encoders.resolve_precision``)."""
+    return precision_autocast(getattr(model, PRECISION_ATTR, None), next(model.parameters()).device, "LM")
+
+
 def load_causal_lm(name_or_path: str = DEFAULT_GENERATOR, *, dtype: str = "float32", load_in_4bit: bool = False,
-                   lora: dict | None = None, device: str | torch.device | None = None):
+                   lora: dict | None = None, device: str | torch.device | None = None, precision: str | None = None):
     """``(model, tokenizer)`` for a causal LM.
 
     Args:
@@ -110,6 +137,8 @@ def load_causal_lm(name_or_path: str = DEFAULT_GENERATOR, *, dtype: str = "float
         lora: peft LoRA settings ``{"r", "alpha", "dropout", "target_modules"}``; when given, the model is
             wrapped in a ``PeftModel`` whose only trainable parameters are the adapters.
         device: where to put the model (default: CUDA if available, else CPU).
+        precision: compute precision (``auto``, ``fp32``, ``bf16``; None: ``$RAGKIT_PRECISION``, default
+            ``auto``), see :func:`set_precision`; weights stay in ``dtype``.
     """
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -140,7 +169,7 @@ def load_causal_lm(name_or_path: str = DEFAULT_GENERATOR, *, dtype: str = "float
         model.config.pad_token_id = tokenizer.pad_token_id
     if lora is not None:
         model = apply_lora(model, quantized=load_in_4bit, **lora)
-    return model, tokenizer
+    return set_precision(model, precision), tokenizer
 
 
 def apply_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules: list[str] | str | None = None,

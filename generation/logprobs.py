@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from generation.lm import lm_autocast
 from generation.tokens import TokenBatch
 from retrieval.distributed import mean_over_ranks
 
@@ -89,7 +90,8 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     Pass as ``start`` the first column that matters (the shortest prompt under right padding): the
     vocabulary-sized logits of earlier columns are then never computed (``logits_to_keep``, when the
     model takes it). Gradients flow when grad is enabled; the caller decides train/eval mode
-    (see :func:`dropout_off`)."""
+    (see :func:`dropout_off`). The forward runs in the model's precision (``generation.lm.lm_autocast``);
+    log-probs are computed from fp32 logits."""
     if input_ids.shape != attention_mask.shape or input_ids.ndim != 2:
         raise ValueError(f"sequence_logprobs: input_ids {tuple(input_ids.shape)} and attention_mask "
                          f"{tuple(attention_mask.shape)} must be the same (B, L) shape")
@@ -104,8 +106,9 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     for s in range(0, input_ids.shape[0], micro_batch_size):
         ids = input_ids[s:s + micro_batch_size].to(device)
         am = attention_mask[s:s + micro_batch_size].to(device)
-        out = model(input_ids=ids, attention_mask=am, position_ids=position_ids(am), use_cache=False,
-                    output_hidden_states=with_hidden, **kwargs)
+        with lm_autocast(model):
+            out = model(input_ids=ids, attention_mask=am, position_ids=position_ids(am), use_cache=False,
+                        output_hidden_states=with_hidden, **kwargs)
         logits = out.logits[:, -keep:-1]  # (b, L - start, V): column c predicts token c + 1
         if length > 1:
             logps.append(nn.functional.pad(logprobs_from_logits(logits, ids[:, start:], temperature), (start, 0)))

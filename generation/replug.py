@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
+from generation.lm import lm_autocast
 from generation.logprobs import position_ids, supports_logits_to_keep
 from generation.prompts import PromptFormat, uses_chat
 from generation.scoring import token_logprobs
@@ -113,8 +114,9 @@ def replug_generate(model, tokenizer, questions: Sequence[str], passages: Sequen
         past, tokens = None, [[] for _ in qs]
         done = torch.zeros(len(qs), dtype=torch.bool, device=device)
         for _ in range(max_new_tokens):
-            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
-                        use_cache=True, **keep)
+            with lm_autocast(model):
+                out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
+                            use_cache=True, **keep)
             past = out.past_key_values
             logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)                     # (R, V)
             nxt = replug_next_token(logp, log_w, group_t, len(qs)).argmax(-1)               # (Q,)

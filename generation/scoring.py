@@ -12,15 +12,23 @@ Batching: rows are sorted by length (longest first) so each batch pads little; t
 left (positions from the attention mask, so absolute-position models score as unpadded), so every
 target ends at the last position and only the last T_max + 1 positions' logits are computed
 (``logits_to_keep``), which saves a (B, L, vocab) tensor per batch.
+
+Shared prefix: when every prompt starts with the same tokens (a fixed instruction, few-shot demonstrations,
+a chat template's system turn), their KV cache is computed once and copied across each batch, and only the
+suffixes (the rest of the prompt, and the target) are run: ``[prefix | left padding | suffix]``, the padding
+masked and the suffix's positions counted from the attention mask, so each row sees exactly its own
+unpadded sequence.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
 
-from generation.logprobs import sequence_logprobs
+from generation.lm import lm_autocast
+from generation.logprobs import logprobs_from_logits, position_ids, sequence_logprobs, supports_logits_to_keep
 from generation.prompts import PromptFormat, uses_chat
 from generation.tokens import pad
 
@@ -51,19 +59,42 @@ def encode_pairs(tokenizer, prompts: Sequence[str], targets: Sequence[str], *, a
 
 def token_logprobs(model, tokenizer, prompts: Sequence[str], targets: Sequence[str], *, batch_size: int = 8,
                    add_special_tokens: bool = True, append_eos: bool = False, max_length: int | None = None,
-                   requires_grad: bool = False) -> list[torch.Tensor]:
+                   requires_grad: bool = False, shared_prefix: bool = True) -> list[torch.Tensor]:
     """Per-token log p(y_t | prompt, y_<t) for each (prompt, target): a list of (T_i,) float32 tensors,
-    in input order. With ``requires_grad`` the graph is kept (for training through the LM)."""
+    in input order. With ``requires_grad`` the graph is kept (for training through the LM). ``shared_prefix``:
+    see :func:`pair_logprobs`."""
     pairs = encode_pairs(tokenizer, prompts, targets, add_special_tokens=add_special_tokens, append_eos=append_eos,
                          max_length=max_length)
     return pair_logprobs(model, pairs, batch_size=batch_size, pad_id=tokenizer.pad_token_id or 0,
-                         requires_grad=requires_grad)
+                         requires_grad=requires_grad, shared_prefix=shared_prefix)
+
+
+MIN_SHARED_PREFIX = 16  # tokens; below it the cache copies cost about what they save
+
+
+def shared_prefix_length(pairs: Sequence[tuple[list[int], list[int]]]) -> int:
+    """Tokens every prompt starts with, leaving at least one prompt token in each suffix (its logit predicts
+    the first target token, or the first generated one)."""
+    prompts = [p for p, _ in pairs]
+    if not prompts:
+        return 0
+    limit = min(len(p) for p in prompts) - 1
+    n = 0
+    while n < limit and all(p[n] == prompts[0][n] for p in prompts):
+        n += 1
+    return n
 
 
 def pair_logprobs(model, pairs: Sequence[tuple[list[int], list[int]]], *, batch_size: int = 8, pad_id: int = 0,
-                  requires_grad: bool = False) -> list[torch.Tensor]:
+                  requires_grad: bool = False, shared_prefix: bool = True) -> list[torch.Tensor]:
     """:func:`token_logprobs` on already tokenized (prompt ids, target ids) pairs, through the LM core's
-    :func:`generation.logprobs.sequence_logprobs` (positions from the attention mask)."""
+    :func:`generation.logprobs.sequence_logprobs` (positions from the attention mask).
+
+    ``shared_prefix``: when all prompts share at least ``MIN_SHARED_PREFIX`` leading tokens (and no gradient is
+    needed), compute their KV cache once (:func:`prefix_cached_logprobs`)."""
+    prefix = shared_prefix_length(pairs) if shared_prefix and not requires_grad and pairs else 0
+    if prefix >= MIN_SHARED_PREFIX:
+        return prefix_cached_logprobs(model, pairs, prefix, batch_size=batch_size, pad_id=pad_id)
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
     out: list[torch.Tensor | None] = [None] * len(pairs)
     with torch.set_grad_enabled(requires_grad):
@@ -79,6 +110,55 @@ def pair_logprobs(model, pairs: Sequence[tuple[list[int], list[int]]], *, batch_
     return out  # type: ignore[return-value]
 
 
+@torch.no_grad()
+def prefix_cache(model, prefix_ids: Sequence[int]):
+    """The KV cache of one row of ``prefix_ids`` (batch 1), computed in the model's precision."""
+    head = torch.tensor([list(prefix_ids)], device=next(model.parameters()).device)
+    keep = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
+    with lm_autocast(model):
+        return model(input_ids=head, use_cache=True, **keep).past_key_values
+
+
+def repeat_cache(cache, rows: int):
+    """A copy of a batch-1 ``cache`` with ``rows`` rows: the forward that uses it appends to it in place, so
+    every batch needs its own."""
+    past = copy.deepcopy(cache)
+    past.batch_repeat_interleave(rows)
+    return past
+
+
+@torch.no_grad()
+def prefix_cached_logprobs(model, pairs: Sequence[tuple[list[int], list[int]]], prefix: int, *, batch_size: int = 8,
+                           pad_id: int = 0) -> list[torch.Tensor]:
+    """:func:`pair_logprobs` with the first ``prefix`` prompt tokens (the same in every pair) run once.
+
+    Each batch gets its own copy of the prefix's cache, repeated to B rows; its suffixes are left padded to
+    S columns, so every target ends at the last column, and the attention mask (B, prefix + S) is 1 on the
+    prefix, 0 on the padding, 1 on the suffix. Positions come from that mask: a suffix continues at
+    ``prefix`` whatever its padding."""
+    device = next(model.parameters()).device
+    keep = supports_logits_to_keep(model)
+    cache = prefix_cache(model, pairs[0][0][:prefix])
+    suffixes = [p[prefix:] + t for p, t in pairs]
+    order = sorted(range(len(pairs)), key=lambda i: -len(suffixes[i]))
+    out: list[torch.Tensor | None] = [None] * len(pairs)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        ids, mask = pad([suffixes[i] for i in rows], pad_id, side="left")                    # (B, S)
+        mask = torch.cat([torch.ones(len(rows), prefix, dtype=mask.dtype), mask], 1)         # (B, prefix + S)
+        t_max = max(len(pairs[i][1]) for i in rows)
+        past = repeat_cache(cache, len(rows))
+        ids, mask = ids.to(device), mask.to(device)
+        with lm_autocast(model):
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)[:, prefix:],
+                           past_key_values=past, use_cache=True,
+                           **({"logits_to_keep": t_max + 1} if keep else {})).logits
+        lp = logprobs_from_logits(logits[:, -t_max - 1:-1], ids[:, -t_max:])                 # (B, T_max)
+        for r, i in enumerate(rows):
+            out[i] = lp[r, t_max - len(pairs[i][1]):]
+    return out  # type: ignore[return-value]
+
+
 def reduce_logprobs(per_token: Sequence[torch.Tensor], reduction: str = "sum") -> torch.Tensor:
     """(N,) sequence scores: the sum of the token log-probabilities, or their per-token mean."""
     if reduction == "sum":
@@ -91,7 +171,7 @@ def reduce_logprobs(per_token: Sequence[torch.Tensor], reduction: str = "sum") -
 def score_triples(model, tokenizer, documents: Sequence[str | Sequence[str] | None], inputs: Sequence[str],
                   targets: Sequence[str], *, prompt_format: PromptFormat | None = None, reduction: str = "sum",
                   batch_size: int = 8, append_eos: bool = False, max_length: int | None = None,
-                  requires_grad: bool = False) -> torch.Tensor:
+                  requires_grad: bool = False, shared_prefix: bool = True) -> torch.Tensor:
     """(N,) log p(y | d, x) for triples (d, x, y): d is one passage, several passages, or None (no
     retrieval); the prompt is ``prompt_format.render(tokenizer, x, d)`` (chat template when the tokenizer
     has one, unless the format says otherwise)."""
@@ -102,5 +182,5 @@ def score_triples(model, tokenizer, documents: Sequence[str | Sequence[str] | No
                for d, x in zip(documents, inputs)]
     per_token = token_logprobs(model, tokenizer, prompts, targets, batch_size=batch_size,
                                add_special_tokens=not uses_chat(tokenizer, fmt.chat), append_eos=append_eos,
-                               max_length=max_length, requires_grad=requires_grad)
+                               max_length=max_length, requires_grad=requires_grad, shared_prefix=shared_prefix)
     return reduce_logprobs(per_token, reduction)

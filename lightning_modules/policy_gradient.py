@@ -27,12 +27,13 @@ class PolicyGradientModule(L.LightningModule):
         self.max_grad_norm = max_grad_norm
 
     def load_policy(self):
-        """The policy named by the hyperparameters (``model_name_or_path``, ``dtype``, ``load_in_4bit``, ``lora``),
+        """The policy named by the hyperparameters (``model_name_or_path``, ``dtype``, ``load_in_4bit``, ``lora``,
+        ``precision``: rollouts, old, new and reference log-probs all run in it),
         with the KV cache on for rollouts; called from a subclass's ``configure_model``. Built on CPU (Lightning
         moves it); a 4-bit base is placed by bitsandbytes."""
         hp = self.hparams
         policy, _ = load_causal_lm(hp.model_name_or_path, dtype=hp.dtype, load_in_4bit=hp.load_in_4bit, lora=hp.lora,
-                                   device=None if hp.load_in_4bit else "cpu")
+                                   device=None if hp.load_in_4bit else "cpu", precision=hp.get("precision"))
         policy.config.use_cache = True
         return policy
 

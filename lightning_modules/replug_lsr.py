@@ -27,7 +27,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 
-from generation.lm import DEFAULT_GENERATOR, load_causal_lm
+from generation.lm import DEFAULT_GENERATOR, load_causal_lm, lm_precision
 from generation.prompts import PromptFormat, prompt_format
 from generation.qa_metrics import answer_recall_at_k, exact_match, f1_score
 from generation.rag import answer_questions
@@ -58,6 +58,8 @@ class FrozenLM:
         self.model = model.requires_grad_(False).eval()
         self.tokenizer = tokenizer
         self.fingerprint = f"{module_fingerprint(model)}-{tokenizer_fingerprint(tokenizer)}"
+        if lm_precision(model) != "fp32":  # bf16 scores differ from fp32 ones: a separate cache key (fp32 keys unchanged)
+            self.fingerprint += f"-{lm_precision(model)}"
 
     def to(self, device) -> "FrozenLM":
         self.model.to(device)
@@ -105,6 +107,8 @@ class ReplugLSR(L.LightningModule):
             (replug_k = 0: retrieval metrics only; temperature None = gamma, the retriever's own P_R).
         max_new_tokens / gen_batch_size: REPLUG generation (QA).
         encode_batch_size: texts per batch when encoding the corpus.
+        lm_precision: the LM's compute precision for scoring and generation (``auto``, ``fp32``, ``bf16``; None:
+            ``$RAGKIT_PRECISION``): the encoders' rule, see generation.lm.set_precision.
     """
 
     def __init__(self, retriever: str = DEFAULT_ENCODER, lm: str = DEFAULT_GENERATOR, train_passage_encoder: bool = True,
@@ -114,7 +118,8 @@ class ReplugLSR(L.LightningModule):
                  lm_batch_size: int = 8, lm_max_length: int | None = None, lm_dtype: str = "float32",
                  score_cache: str | None = None, embeddings_dir: str | None = None, optimizer: OptimizerCallable = adam,
                  warmup: float = 0.1, eval_k: int = 10, replug_k: int = 10, replug_temperature: float | None = None,
-                 max_new_tokens: int = 24, gen_batch_size: int = 8, encode_batch_size: int = 64):
+                 max_new_tokens: int = 24, gen_batch_size: int = 8, encode_batch_size: int = 64,
+                 lm_precision: str | None = None):
         super().__init__()
         if direction not in DIRECTIONS:
             raise ValueError(f"unknown direction {direction!r}; expected one of {DIRECTIONS}")
@@ -146,7 +151,7 @@ class ReplugLSR(L.LightningModule):
         if not hp.train_passage_encoder:
             self.query_encoder = Encoder(hp.retriever, hp.pooling, normalize=True, max_length=hp.query_max_length)
             self.passage_encoder.requires_grad_(False)
-        model, tokenizer = load_causal_lm(hp.lm, dtype=hp.lm_dtype, device="cpu")
+        model, tokenizer = load_causal_lm(hp.lm, dtype=hp.lm_dtype, device="cpu", precision=hp.get("lm_precision"))
         self.frozen = FrozenLM(model, tokenizer)
         if hp.score_cache:
             prompt_id = settings_fingerprint(self.prompt, hp.target_prefix, hp.lm_reduction, hp.lm_max_length)
@@ -279,8 +284,8 @@ class ReplugLSR(L.LightningModule):
         hp = self.hparams
         score = partial(score_triples, self.frozen.model, self.frozen.tokenizer, prompt_format=self.prompt,
                         reduction=hp.lm_reduction, batch_size=hp.lm_batch_size, max_length=hp.lm_max_length)
-        # the LM computes in its own dtype (lm_dtype), whatever the trainer's precision: the cache's key holds
-        # the weights, not an autocast context
+        # the LM computes in its own dtype and precision (lm_dtype, lm_precision), whatever the trainer's precision:
+        # the cache's key holds the weights and the LM's precision, not the trainer's autocast context
         with torch.autocast(self.device.type, enabled=False):
             return lm_logliks(inputs, documents, [hp.target_prefix + y for y in targets], score, self.score_cache)
 

@@ -74,13 +74,16 @@ class RetRobust(L.LightningModule):
         nli_threshold: entailment probability needed (None: 0.5 for the LM judge, argmax for a classifier).
         nli_kinds: the contexts read with the NLI filter as well (columns ``nli_<kind>``).
         max_new_tokens / gen_batch_size: greedy generation in the test table.
+        precision: the LM's compute precision for training, the judge and generation (``auto``, ``fp32``,
+            ``bf16``; None: ``$RAGKIT_PRECISION``): the encoders' rule, see generation.lm.set_precision.
     """
 
     def __init__(self, model_name_or_path: str = DEFAULT_GENERATOR, lora: dict | None = None,
                  load_in_4bit: bool = False, dtype: str = "float32", gradient_checkpointing: bool = False,
                  optimizer: OptimizerCallable = adamw, warmup_ratio: float = 0.03, micro_batch_size: int = 8,
                  evaluate_base: bool = True, nli_model: str = "lm", nli_threshold: float | None = None,
-                 nli_kinds: tuple[str, ...] = KINDS, max_new_tokens: int = 24, gen_batch_size: int = 8):
+                 nli_kinds: tuple[str, ...] = KINDS, max_new_tokens: int = 24, gen_batch_size: int = 8,
+                 precision: str | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
         if load_in_4bit and lora is None:
@@ -107,7 +110,8 @@ class RetRobust(L.LightningModule):
         device = self.trainer.strategy.root_device if self._trainer is not None else self.device
         # A 4-bit base is placed by bitsandbytes at load time; a plain one is built on CPU and moved by Lightning.
         self.lm, self.tokenizer = load_causal_lm(hp.model_name_or_path, dtype=hp.dtype, load_in_4bit=hp.load_in_4bit,
-                                                 lora=hp.lora, device=device if hp.load_in_4bit else "cpu")
+                                                 lora=hp.lora, device=device if hp.load_in_4bit else "cpu",
+                                                 precision=hp.get("precision"))
         self.lm.config.use_cache = False
         if hp.gradient_checkpointing:
             self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -116,6 +116,8 @@ class SCoRe(PolicyGradientModule):
             (1 epoch and one mini-batch: on-policy, ratio 1, the clip never acts: plain REINFORCE).
         selection_window: steps averaged in ``train/selection_reward`` (checkpoint selection).
         log_pairs / log_pairs_every: sampled (attempt 1, attempt 2) pairs written to TensorBoard.
+        precision: the LM's compute precision for rollouts, log-probs and updates (``auto``, ``fp32``, ``bf16``;
+            None: ``$RAGKIT_PRECISION``): the encoders' rule, see generation.lm.set_precision.
     """
 
     def __init__(self, model_name_or_path: str = DEFAULT_GENERATOR, dtype: str = "float32", lora: dict | None = None,
@@ -128,7 +130,8 @@ class SCoRe(PolicyGradientModule):
                  clip_low: float = 0.2, clip_high: float | None = None, epochs: int = 1,
                  mini_batch_size: int | None = None, micro_batch_size: int = 8, max_grad_norm: float | None = 1.0,
                  optimizer: OptimizerCallable = adamw, chat: bool = True, selection_window: int = 10,
-                 log_pairs: int = 2, log_pairs_every: int = 10, generation_kwargs: dict | None = None):
+                 log_pairs: int = 2, log_pairs_every: int = 10, generation_kwargs: dict | None = None,
+                 precision: str | None = None):
         super().__init__(max_grad_norm)
         self.save_hyperparameters(ignore=["reward", "optimizer", "generation_kwargs"])
         check_stage(stage)

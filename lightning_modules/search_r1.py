@@ -53,6 +53,8 @@ class SearchR1(PolicyGradientModule):
         template / chat: the instruction template (name or literal with {question}) and chat wrapping.
         warm_start_questions / _epochs / _batch_size: supervised warm start on the first N training
             questions (0: none); the warm-started policy becomes the KL reference. Done once per run.
+        precision: the LM's compute precision for rollouts, log-probs and updates (``auto``, ``fp32``, ``bf16``;
+            None: ``$RAGKIT_PRECISION``): the encoders' rule, see generation.lm.set_precision.
     """
 
     def __init__(self, model_name_or_path: str = DEFAULT_GENERATOR, dtype: str = "float32", lora: dict | None = None,
@@ -68,7 +70,7 @@ class SearchR1(PolicyGradientModule):
                  micro_batch_size: int = 8, max_grad_norm: float | None = 1.0, optimizer: OptimizerCallable = adamw,
                  template: str = "search_r1", chat: bool = True, log_rollouts: int = 2, log_rollouts_every: int = 10,
                  generation_kwargs: dict | None = None, warm_start_questions: int = 0, warm_start_epochs: int = 1,
-                 warm_start_batch_size: int = 8):
+                 warm_start_batch_size: int = 8, precision: str | None = None):
         super().__init__(max_grad_norm)
         resolve_template(template)  # fail at construction on a bad name, not at the first step
         self.save_hyperparameters(ignore=["search", "optimizer", "generation_kwargs"])

@@ -35,8 +35,9 @@ def cpu_has_fast_bf16() -> bool:
         return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(precision: str | None, device: torch.device | str) -> str:
-    """``"bf16"`` or ``"fp32"``: the compute precision of an encoder on ``device``.
+def resolve_precision(precision: str | None, device: torch.device | str, what: str = "encoder") -> str:
+    """``"bf16"`` or ``"fp32"``: the compute precision of an encoder (or of the LM, ``what="LM"``: the same
+    rule, see ``generation.lm.lm_autocast``) on ``device``.
 
     ``precision``: ``"fp32"``, ``"bf16"``, ``"auto"``, or None for ``$RAGKIT_PRECISION`` (default ``auto``).
     ``auto`` is bf16 autocast on a CPU that has native bf16 (:func:`cpu_has_fast_bf16`) and fp32 elsewhere:
@@ -51,8 +52,17 @@ def resolve_precision(precision: str | None, device: torch.device | str) -> str:
         precision = "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
         reason = (f"{'native bf16 (AVX512-BF16/AMX)' if precision == 'bf16' else 'no native bf16'} on this CPU"
                   if device.type == "cpu" else f"{device.type}: the trainer's precision applies")
-        _log_once(f"encoder precision: {precision} ({reason}; set {PRECISION_ENV}=fp32|bf16 to override)")
+        _log_once(f"{what} precision: {precision} ({reason}; set {PRECISION_ENV}=fp32|bf16 to override)")
     return precision
+
+
+def precision_autocast(precision: str | None, device: torch.device | str, what: str = "encoder"):
+    """bf16 autocast where :func:`resolve_precision` says so; otherwise no context of its own, so an
+    autocast the caller (the trainer) opened stays in force. Weights stay fp32 either way."""
+    device = torch.device(device)
+    if resolve_precision(precision, device, what) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 _logged: set[str] = set()
@@ -149,11 +159,8 @@ class Encoder(nn.Module):
         self.precision = precision
 
     def autocast(self, device: torch.device):
-        """bf16 autocast where :func:`resolve_precision` says so; otherwise no context of its own, so an
-        autocast the caller (the trainer) opened stays in force."""
-        if resolve_precision(self.precision, device) == "bf16":
-            return torch.autocast(device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """:func:`precision_autocast` with this encoder's ``precision``."""
+        return precision_autocast(self.precision, device)
 
     def train(self, mode: bool = True) -> "Encoder":
         super().train(mode)

@@ -12,6 +12,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Exact comparisons (batched vs one at a time, cache reuse vs none, first ratio 1) pin fp32 on every CPU: "auto"
+# would be bf16 on AVX512-BF16 machines only. The precision rule itself is tested with detection patched and
+# the precisions forced (tests/test_precision.py, tests/test_lm_precision.py).
+os.environ.setdefault("RAGKIT_PRECISION", "fp32")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
