@@ -7,6 +7,7 @@ import json
 import random
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -419,8 +420,9 @@ def test_linear_schedule_with_warmup(tiny_llama64_dir):
                        optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
     module.configure_model()
 
-    class _Trainer:
+    class _Trainer:  # what lightning_modules.schedule.planned_steps reads
         estimated_stepping_batches = 10
+        fit_loop = SimpleNamespace(_combined_loader=None, _data_fetcher=None)
 
     module._trainer = _Trainer()
     conf = module.configure_optimizers()
