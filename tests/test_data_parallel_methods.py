@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from test_fsdp2 import _compare_methods, _set_adapters, sgd
+from test_fsdp2 import _compare_methods
+from test_fsdp2 import _retrobust as _retrobust_rows
 
 pytestmark = [pytest.mark.distributed, pytest.mark.usefixtures("one_thread")]
 
@@ -19,27 +20,8 @@ ROWS = [([5, 17, 230, 41, 9], 1), ([77, 310, 12, 6, 801, 44, 2], 2), ([900, 3, 5
         ([8, 61, 402, 19, 27, 33, 140, 141, 142, 143, 144, 145, 146, 147, 148], 12)]
 
 
-def _collate(rows):
-    from generation.tokens import TokenBatch
-
-    return {"tokens": TokenBatch.from_segments([[(ids[:-n], 0), (ids[-n:], 1)] for ids, n in rows], pad_id=0)}
-
-
 def _retrobust(lm_dir, batch_size):
-    from torch.utils.data import DataLoader
-
-    from lightning_modules.retrobust import RetRobust
-
-    class SetAdapters(RetRobust):
-        def configure_model(self):
-            fresh = self.lm is None
-            super().configure_model()
-            if fresh:
-                _set_adapters(self.lm)
-
-    model = SetAdapters(lm_dir, lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-                        evaluate_base=False, optimizer=sgd, warmup_ratio=0.0, micro_batch_size=2, nli_kinds=())
-    return model, DataLoader(ROWS, batch_size=batch_size, collate_fn=_collate), ["train/loss"]
+    return _retrobust_rows(lm_dir, batch_size, rows=ROWS, micro_batch_size=2)
 
 
 def test_retrobust_step_with_unequal_answer_lengths_equals_one_process(tiny_llama_dir, tmp_path):

@@ -424,7 +424,7 @@ def _retrobust_collate(rows):
     return {"tokens": TokenBatch.from_segments([[(ids[:-n], 0), (ids[-n:], 1)] for ids, n in rows], pad_id=0)}
 
 
-def _retrobust(lm_dir, batch_size):
+def _retrobust(lm_dir, batch_size, rows=RETROBUST_ROWS, micro_batch_size=1):
     from torch.utils.data import DataLoader
 
     from lightning_modules.retrobust import RetRobust
@@ -437,8 +437,9 @@ def _retrobust(lm_dir, batch_size):
                 _set_adapters(self.lm)
 
     model = SetAdapters(lm_dir, lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-                        evaluate_base=False, optimizer=sgd, warmup_ratio=0.0, micro_batch_size=1, nli_kinds=())
-    return model, DataLoader(RETROBUST_ROWS, batch_size=batch_size, collate_fn=_retrobust_collate), ["train/loss"]
+                        evaluate_base=False, optimizer=sgd, warmup_ratio=0.0, micro_batch_size=micro_batch_size,
+                        nli_kinds=())
+    return model, DataLoader(rows, batch_size=batch_size, collate_fn=_retrobust_collate), ["train/loss"]
 
 
 @pytest.mark.slow
