@@ -142,6 +142,7 @@ def run_job(job: dict, limits: dict, zyg: Zygote, cgroup) -> dict:
     """{"status", "tests", "detail"} of one job; every process of it is gone when this returns."""
     deadline = time.monotonic() + limits["wall_s"]
     cpu0 = cgroup.cpu_ns() if cgroup is not None else 0
+    oom0 = cgroup.oom_kills() if cgroup is not None else 0
 
     def over_cpu() -> bool:
         return cgroup is not None and cgroup.cpu_ns() - cpu0 > limits["cpu_s"] * 1e9
@@ -156,6 +157,11 @@ def run_job(job: dict, limits: dict, zyg: Zygote, cgroup) -> dict:
         status = zyg.exit_status
     finally:
         zyg.clean()
+    if cgroup is not None and cgroup.oom_kills() > oom0:
+        # the tree hit its memory limit: the OOM killer chose a victim, which need not be the process that
+        # asked for more, so whatever the program reported afterwards is not trusted
+        return {"status": "failed", "tests": tests,
+                "detail": f"the job's processes exceeded {limits['memory_mb']} MB together (OOM killer)"}
     if how == "cpu" or over_cpu():
         return {"status": "timeout", "tests": tests, "detail": f"CPU time {limits['cpu_s']} s of the job exceeded"}
     if how is None:
