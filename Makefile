@@ -14,7 +14,7 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
 	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
-	$(PY) -m generation.lm --prepare
+	$(PY) -m training.models --prepare
 	touch $@
 
 setup: $(VENV)/.installed

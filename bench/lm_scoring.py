@@ -10,7 +10,7 @@
 
 Triples (gold passage, question, first gold answer, after " " as LSR's target_prefix) come from the NQ pool's
 dev split, passages cut to --passage-chars characters; the model is SmolLM2-135M-Instruct in the machine's
-precision (generation.lm.lm_autocast; --precision to force one). The CPU flags and the load average are
+precision (training.precision.lm_autocast; --precision to force one). The CPU flags and the load average are
 printed with the result: the ratios are from one run, on the machine as loaded as it was.
 """
 
@@ -25,13 +25,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from retrieval.quiet import quiet_warnings  # noqa: E402
+from training.quiet import quiet_warnings  # noqa: E402
 
 quiet_warnings()  # before the imports that print (bitsandbytes logs at import)
 
 from bench.machine import describe  # noqa: E402
 from datamodules.qa import QADataModule  # noqa: E402
-from generation.lm import load_causal_lm, lm_precision  # noqa: E402
+from training.models import load_causal_lm  # noqa: E402
+from training.precision import lm_precision  # noqa: E402
 from generation.prompts import prompt_format, uses_chat  # noqa: E402
 from generation.scoring import encode_pairs, pair_logprobs, shared_prefix_length  # noqa: E402
 

@@ -29,7 +29,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from retrieval.quiet import quiet_warnings  # noqa: E402
+from training.quiet import quiet_warnings  # noqa: E402
 
 quiet_warnings()  # before the imports that print (bitsandbytes logs at import)
 os.chdir(ROOT)

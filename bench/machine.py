@@ -1,5 +1,5 @@
 """The machine a benchmark ran on, printed with its results: the CPU model, the vector flags that decide the
-LM and encoder precision (retrieval.encoders.cpu_has_fast_bf16), cores, torch threads and the load average
+LM and encoder precision (training.precision.cpu_has_fast_bf16), cores, torch threads and the load average
 (the project's machines are shared: a ratio is only meaningful within one run)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
 def describe() -> str:
-    from retrieval.encoders import cpu_has_fast_bf16
+    from training.precision import cpu_has_fast_bf16
 
     try:
         info = Path("/proc/cpuinfo").read_text()

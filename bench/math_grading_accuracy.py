@@ -1,6 +1,6 @@
 """Accuracy of the math grader on the shipped data: every gold answer must grade as equal to itself, and to
 rewritings of it that mean the same value. Run against the current grader, or against another grader file
-(e.g. the previous one, ``git show <rev>:rl/math_grading.py > /tmp/old.py``) to compare:
+(e.g. the previous one, ``git show <rev>:tasks/math_grading.py > /tmp/old.py``) to compare:
 
     .venv/bin/python bench/math_grading_accuracy.py [--grader /tmp/old.py] [--show 20]
 
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 def load_grader(path: str | None):
     if path is None:
-        import rl.math_grading as g
+        import tasks.math_grading as g
         return g
     sys.path.insert(0, str(Path(path).resolve().parent))  # importable by name: its worker may be spawned
     return importlib.import_module(Path(path).stem)
@@ -67,7 +67,7 @@ def boxed(g: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--grader", help="a grader file to load instead of rl/math_grading.py")
+    ap.add_argument("--grader", help="a grader file to load instead of tasks/math_grading.py")
     ap.add_argument("--show", type=int, default=10, help="print up to this many failures per check")
     args = ap.parse_args(argv)
     g = load_grader(args.grader)

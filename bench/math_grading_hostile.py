@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rl.math_grading import GRADING_ERRORS, extract_answer_math, last_boxed, math_reward  # noqa: E402
-from rl.math_pool import MathPool  # noqa: E402
+from tasks.math_grading import GRADING_ERRORS, extract_answer_math, last_boxed, math_reward  # noqa: E402
+from tasks.math_pool import MathPool  # noqa: E402
 
 PAYLOADS = ["__import__('os').system('id')", "__import__('builtins').open('/tmp/x','w').write('1')",
             "(lambda: 0)()", "().__class__.__base__.__subclasses__()", "exec('import os')",

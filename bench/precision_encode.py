@@ -7,7 +7,7 @@
 Same model (all-MiniLM-L6-v2), same passages (the first ``--docs`` of the SciFact corpus, title + text),
 same truncation, same batch size. Rounds alternate ours-auto, ours-fp32, ST, so a change in machine load
 hits every side alike; the best rate of each side is kept. ``auto`` is bf16 autocast on a CPU with native
-bf16 (AVX512-BF16/AMX) and fp32 elsewhere (retrieval.encoders.resolve_precision); ST encodes in fp32.
+bf16 (AVX512-BF16/AMX) and fp32 elsewhere (training.precision.resolve_precision); ST encodes in fp32.
 
 ``--train-steps N``: a DPR training step (forward, InfoNCE over in-batch + hard negatives, backward, AdamW) on
 the same SciFact batch with the encoder in fp32 and in the machine's precision, alternating, N timed steps each.
@@ -35,7 +35,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from retrieval.beir import BeirDataset, passage_text  # noqa: E402
-from retrieval.encoders import Encoder, cpu_has_fast_bf16, resolve_model_path, resolve_precision  # noqa: E402
+from retrieval.encoders import Encoder  # noqa: E402
+from training.models import resolve_model_path  # noqa: E402
+from training.precision import cpu_has_fast_bf16, resolve_precision  # noqa: E402
 from retrieval.metrics import evaluate  # noqa: E402
 
 

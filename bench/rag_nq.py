@@ -22,12 +22,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from retrieval.quiet import quiet_warnings  # noqa: E402
+from training.quiet import quiet_warnings  # noqa: E402
 
 quiet_warnings()  # before the imports that print (bitsandbytes logs at import)
 
 from datamodules.qa import QADataModule  # noqa: E402
-from generation.lm import load_causal_lm  # noqa: E402
+from training.models import load_causal_lm  # noqa: E402
 import random  # noqa: E402
 
 from generation.nli import LMJudge, nli_hypothesis  # noqa: E402

@@ -24,7 +24,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from retrieval.quiet import quiet_warnings  # noqa: E402
+from training.quiet import quiet_warnings  # noqa: E402
 
 quiet_warnings()  # before the imports that print (bitsandbytes logs at import)
 

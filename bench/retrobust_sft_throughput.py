@@ -27,7 +27,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from retrieval.quiet import quiet_warnings  # noqa: E402
+from training.quiet import quiet_warnings  # noqa: E402
 
 quiet_warnings()  # before the imports that print (bitsandbytes logs at import)
 
@@ -116,7 +116,7 @@ def run_trl(args, checkpointing: bool) -> dict:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from generation.lm import load_causal_lm
+    from training.models import load_causal_lm
 
     dm, order = examples(args)
     rows = [dm.examples["train"][i] for i in order]

@@ -30,7 +30,8 @@ import torch  # noqa: E402
 from transformers import LogitsProcessor, LogitsProcessorList  # noqa: E402
 
 from bench.machine import describe  # noqa: E402
-from generation.lm import lm_autocast, load_causal_lm, set_precision  # noqa: E402
+from training.models import load_causal_lm  # noqa: E402
+from training.precision import lm_autocast, set_precision  # noqa: E402
 from generation.tokens import pad  # noqa: E402
 from rl.envs import SingleTurn  # noqa: E402
 from rl.rollout import rollout  # noqa: E402

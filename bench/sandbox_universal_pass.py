@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rl.sandbox import Sandbox, SandboxLimits, code_reward  # noqa: E402
+from tasks.sandbox import Sandbox, SandboxLimits, code_reward  # noqa: E402
 
 CHEAT = r'''
 import ast, gc, sys
@@ -78,7 +78,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
-    from rl.tasks import load_humaneval, load_mbpp
+    from tasks.loaders import load_humaneval, load_mbpp
 
     suites = {"HumanEval": load_humaneval(ROOT / "data/humaneval/HumanEval.jsonl.gz"),
               "MBPP (full)": load_mbpp(ROOT / "data/mbpp/mbpp.jsonl.gz"),

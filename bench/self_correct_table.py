@@ -26,14 +26,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from retrieval.quiet import quiet_warnings  # noqa: E402
+from training.quiet import quiet_warnings  # noqa: E402
 
 quiet_warnings()  # before the imports that print (bitsandbytes logs at import)
 
 import torch  # noqa: E402
 
 from datamodules.self_correction import SelfCorrectionDataModule  # noqa: E402
-from generation.lm import load_causal_lm  # noqa: E402
+from training.models import load_causal_lm  # noqa: E402
 from rl.envs import SingleTurn  # noqa: E402
 from rl.rollout import rollout  # noqa: E402
 from rl.self_correction import attempt_metrics, evaluate_two_attempts, task_reward  # noqa: E402

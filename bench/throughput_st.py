@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from retrieval.quiet import quiet_warnings  # noqa: E402
+from training.quiet import quiet_warnings  # noqa: E402
 
 quiet_warnings()  # before the imports that print (bitsandbytes logs at import)
 os.chdir(ROOT)
@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 from datamodules.beir import BEIRDataModule  # noqa: E402
 from lightning_modules.contrastive_retriever import ContrastiveRetriever  # noqa: E402
-from retrieval.encoders import resolve_model_path  # noqa: E402
+from training.models import resolve_model_path  # noqa: E402
 
 
 class StepTimer(L.Callback):

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from generation.lm import lm_autocast
+from training.precision import lm_autocast
 from generation.scoring import MIN_SHARED_PREFIX, prefix_cache, repeat_cache, shared_prefix_length
 from generation.tokens import pad
 
@@ -26,7 +26,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
     ``shared_prefix``: start every batch from the cache of the prompts' common leading tokens (when there are
     at least ``generation.scoring.MIN_SHARED_PREFIX`` of them)."""
     if tokenizer.padding_side != "left":
-        raise ValueError("generate: the tokenizer must pad on the left (load it with generation.lm.load_tokenizer)")
+        raise ValueError("generate: the tokenizer must pad on the left (load it with training.models.load_tokenizer)")
     device = next(model.parameters()).device
     encoded = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
     prefix = shared_prefix_length([(ids, []) for ids in encoded]) if shared_prefix else 0

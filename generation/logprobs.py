@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from generation.lm import lm_autocast
+from training.precision import lm_autocast
 from generation.tokens import TokenBatch
-from retrieval.distributed import mean_over_ranks
+from training.distributed import mean_over_ranks
 
 
 @dataclass
@@ -90,7 +90,7 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     Pass as ``start`` the first column that matters (the shortest prompt under right padding): the
     vocabulary-sized logits of earlier columns are then never computed (``logits_to_keep``, when the
     model takes it). Gradients flow when grad is enabled; the caller decides train/eval mode
-    (see :func:`dropout_off`). The forward runs in the model's precision (``generation.lm.lm_autocast``);
+    (see :func:`dropout_off`). The forward runs in the model's precision (``training.precision.lm_autocast``);
     log-probs are computed from fp32 logits."""
     if input_ids.shape != attention_mask.shape or input_ids.ndim != 2:
         raise ValueError(f"sequence_logprobs: input_ids {tuple(input_ids.shape)} and attention_mask "
@@ -129,7 +129,7 @@ def masked_nll(model, batch: TokenBatch, micro_batch_size: int = 8, *, across_ra
     (each loss token weighs the same, whichever row it is in).
 
     ``across_ranks``: under data parallelism (DDP, FSDP) divide by the mean loss-token count over ranks
-    (``retrieval.distributed.mean_over_ranks``, a collective), so that the averaged gradient is that of the
+    (``training.distributed.mean_over_ranks``, a collective), so that the averaged gradient is that of the
     token-mean over the global batch, whatever each rank's count; training steps pass True."""
     n = batch.loss_mask.sum()
     if int(n) == 0:

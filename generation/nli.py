@@ -17,7 +17,7 @@ import torch
 
 from generation.prompts import render_message, uses_chat
 from generation.scoring import reduce_logprobs, token_logprobs
-from retrieval.encoders import from_pretrained
+from training.models import from_pretrained
 
 JUDGE_TEMPLATE = ("Premise: {premise}\n\nHypothesis: {hypothesis}\n\n"
                   "Does the premise support the hypothesis? Reply with Yes or No.")

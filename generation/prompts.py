@@ -1,6 +1,6 @@
 """Prompt formats for retrieval-augmented QA, rendered through the tokenizer's chat template when it has
 one (:func:`render_message`, shared with ``rl.prompts``), and the short answer of a generation
-(:func:`first_line_answer`; not ``rl.rewards.extract_answer``, which reads Search-R1's ``<answer>`` tags)."""
+(:func:`first_line_answer`; not ``tasks.qa_rewards.extract_answer``, which reads Search-R1's ``<answer>`` tags)."""
 
 from __future__ import annotations
 

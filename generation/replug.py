@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from generation.lm import lm_autocast
+from training.precision import lm_autocast
 from generation.logprobs import position_ids, supports_logits_to_keep
 from generation.prompts import PromptFormat, uses_chat
 from generation.scoring import token_logprobs
@@ -96,7 +96,7 @@ def replug_generate(model, tokenizer, questions: Sequence[str], passages: Sequen
     rows. ``batch_size`` questions (so sum of their k rows) go through the model together. Stops at EOS
     or when the continuation contains a stop string."""
     if tokenizer.padding_side != "left":
-        raise ValueError("replug_generate: the tokenizer must pad on the left (generation.lm.load_tokenizer)")
+        raise ValueError("replug_generate: the tokenizer must pad on the left (training.models.load_tokenizer)")
     fmt = prompt_format or PromptFormat()
     device = next(model.parameters()).device
     keep = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}  # no (R, L, vocab) logits on the prompt

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-from generation.lm import lm_autocast
+from training.precision import lm_autocast
 from generation.logprobs import logprobs_from_logits, position_ids, sequence_logprobs, supports_logits_to_keep
 from generation.prompts import PromptFormat, uses_chat
 from generation.tokens import pad

@@ -3,7 +3,6 @@
 from lightning_modules.bm25_retriever import BM25Retriever
 from lightning_modules.contrastive_retriever import ContrastiveRetriever
 from lightning_modules.hybrid_retriever import HybridRetriever
-from lightning_modules.policy_gradient import PolicyGradientModule
 from lightning_modules.query_enhanced_retriever import QueryEnhancedRetriever
 from lightning_modules.rag_eval import RAGEvaluator
 from lightning_modules.replug_lsr import ReplugLSR
@@ -12,5 +11,5 @@ from lightning_modules.score import SCoRe
 from lightning_modules.search_r1 import SearchR1
 from lightning_modules.self_correct_eval import SelfCorrectEvaluator
 
-__all__ = ["BM25Retriever", "ContrastiveRetriever", "HybridRetriever", "PolicyGradientModule", "QueryEnhancedRetriever",
+__all__ = ["BM25Retriever", "ContrastiveRetriever", "HybridRetriever", "QueryEnhancedRetriever",
            "RAGEvaluator", "ReplugLSR", "RetRobust", "SCoRe", "SearchR1", "SelfCorrectEvaluator"]

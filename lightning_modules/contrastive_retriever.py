@@ -27,11 +27,11 @@ from lightning.pytorch.cli import OptimizerCallable
 from transformers import get_linear_schedule_with_warmup
 
 from callbacks.retrieval_eval import RetrievalEvaluator
-from generation.lora import apply_lora, merged
-from lightning_modules.rng_state import load_rng_state, save_rng_state
-from lightning_modules.schedule import planned_steps
-from lightning_modules.sharding import full_parameters, shard
-from retrieval.distributed import gather_no_grad, global_exclude, global_scores
+from training.lora import apply_lora, merged
+from training.rng_state import load_rng_state, save_rng_state
+from training.schedule import planned_steps
+from training.sharding import full_parameters, shard
+from training.distributed import gather_no_grad, global_exclude, global_scores
 from retrieval.encoders import DEFAULT_ENCODER, Encoder
 from retrieval.gradcache import grad_cache, split_inputs
 from retrieval.index import DenseIndex
@@ -85,7 +85,7 @@ class ContrastiveRetriever(L.LightningModule):
 
     Opt-in features (all off by default):
         gather_negatives: with DDP/FSDP, score each query against the passages of every rank (global batch);
-            gradients flow back to each rank's own slice (retrieval.distributed).
+            gradients flow back to each rank's own slice (training.distributed).
         moco_queue_size / moco_momentum: MoCo (Contriever): keys come from a momentum encoder
             theta_k <- m theta_k + (1 - m) theta_q, and the last ``moco_queue_size`` keys are the negatives.
             As in MoCo/Contriever, the other keys of the current batch are not negatives (they join the queue
@@ -94,12 +94,12 @@ class ContrastiveRetriever(L.LightningModule):
             the loss, not by activation memory. Uses manual optimization: set ``trainer.gradient_clip_val``
             to null and clip with ``gradcache_clip_val``; gradient accumulation is not available.
         lora_r / lora_alpha / lora_dropout / lora_target_modules: train LoRA adapters (peft, through
-            ``generation.lora``) instead of the encoder weights; :meth:`export` writes merged weights.
+            ``training.lora``) instead of the encoder weights; :meth:`export` writes merged weights.
             ``lora_target_modules`` default: peft's choice for the architecture (BERT: query, value).
         index_factory / index_parameters: the faiss index used by :meth:`rank` (exact ``Flat`` by default).
         dtype: the encoders' weights (``float32``, ``bfloat16``, ``float16``; None keeps the checkpoint's).
         encoder_precision: the encoders' compute precision on CPU (``auto``, ``fp32``, ``bf16``; None:
-            ``$RAGKIT_PRECISION``, see ``retrieval.encoders.resolve_precision``).
+            ``$RAGKIT_PRECISION``, see ``training.precision.resolve_precision``).
 
     The encoders are built in :meth:`configure_model` (idempotent), which the Trainer and
     ``load_from_checkpoint`` call; call it yourself to use a module outside them.

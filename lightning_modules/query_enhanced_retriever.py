@@ -8,7 +8,7 @@ from __future__ import annotations
 import lightning as L
 
 from callbacks.retrieval_eval import RetrievalEvaluator
-from generation.lm import DEFAULT_GENERATOR, load_causal_lm
+from training.models import DEFAULT_GENERATOR, load_causal_lm
 from generation.qa_metrics import answer_recall_at_k
 from generation.rag import TextGenerator
 from retrieval.encoders import DEFAULT_ENCODER

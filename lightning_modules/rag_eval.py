@@ -22,12 +22,12 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from generation.lm import DEFAULT_GENERATOR, load_causal_lm
+from training.models import DEFAULT_GENERATOR, load_causal_lm
 from generation.nli import LMJudge, NLIClassifier
 from generation.prompts import PromptFormat, prompt_format
 from generation.qa_metrics import exact_match, f1_score, has_answer
 from generation.rag import METHODS, NO_RETRIEVAL, Answers, answer_questions
-from retrieval.distributed import gather_objects
+from training.distributed import gather_objects
 from retrieval.encoders import DEFAULT_ENCODER
 from retrieval.search import make_retriever
 

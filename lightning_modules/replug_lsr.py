@@ -27,15 +27,16 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 
-from generation.lm import DEFAULT_GENERATOR, load_causal_lm, lm_precision
+from training.models import DEFAULT_GENERATOR, load_causal_lm
+from training.precision import lm_precision
 from generation.prompts import PromptFormat, prompt_format
 from generation.qa_metrics import answer_recall_at_k, exact_match, f1_score
 from generation.rag import answer_questions
 from generation.replug import replug_score
 from generation.scoring import score_triples
 from lightning_modules.contrastive_retriever import warmup_then_decay
-from lightning_modules.rng_state import load_rng_state, save_rng_state
-from lightning_modules.sharding import full_parameters, shard
+from training.rng_state import load_rng_state, save_rng_state
+from training.sharding import full_parameters, shard
 from retrieval.embeddings_store import EmbeddingsStore, write_embeddings
 from retrieval.encoders import DEFAULT_ENCODER, Encoder
 from retrieval.index import DenseIndex
@@ -108,7 +109,7 @@ class ReplugLSR(L.LightningModule):
         max_new_tokens / gen_batch_size: REPLUG generation (QA).
         encode_batch_size: texts per batch when encoding the corpus.
         lm_precision: the LM's compute precision for scoring and generation (``auto``, ``fp32``, ``bf16``; None:
-            ``$RAGKIT_PRECISION``): the encoders' rule, see generation.lm.set_precision.
+            ``$RAGKIT_PRECISION``): the encoders' rule, see training.precision.set_precision.
     """
 
     def __init__(self, retriever: str = DEFAULT_ENCODER, lm: str = DEFAULT_GENERATOR, train_passage_encoder: bool = True,

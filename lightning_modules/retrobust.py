@@ -26,17 +26,17 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 
 from datamodules.retrobust import KINDS
-from generation.lm import DEFAULT_GENERATOR, apply_lora, load_causal_lm
+from training.models import DEFAULT_GENERATOR, apply_lora, load_causal_lm
 from generation.logprobs import masked_nll
-from generation.lora import merged
+from training.lora import merged
 from generation.nli import LMJudge, NLIClassifier, nli_hypothesis, select_answers
 from generation.qa_metrics import exact_match, f1_score
 from generation.rag import read
-from lightning_modules.rng_state import load_rng_state, save_rng_state
-from lightning_modules.schedule import planned_steps
+from training.rng_state import load_rng_state, save_rng_state
+from training.schedule import planned_steps
 from lightning_modules.rag_eval import merge_records
-from lightning_modules.sharding import full_parameters, is_sharded, shard
-from retrieval.distributed import gather_objects
+from training.sharding import full_parameters, is_sharded, shard
+from training.distributed import gather_objects
 
 COLUMNS = ("closed_book", *KINDS, *(f"nli_{k}" for k in KINDS))
 
@@ -75,7 +75,7 @@ class RetRobust(L.LightningModule):
         nli_kinds: the contexts read with the NLI filter as well (columns ``nli_<kind>``).
         max_new_tokens / gen_batch_size: greedy generation in the test table.
         precision: the LM's compute precision for training, the judge and generation (``auto``, ``fp32``,
-            ``bf16``; None: ``$RAGKIT_PRECISION``): the encoders' rule, see generation.lm.set_precision.
+            ``bf16``; None: ``$RAGKIT_PRECISION``): the encoders' rule, see training.precision.set_precision.
     """
 
     def __init__(self, model_name_or_path: str = DEFAULT_GENERATOR, lora: dict | None = None,
@@ -118,7 +118,7 @@ class RetRobust(L.LightningModule):
             if hp.lora is not None:
                 self.lm.enable_input_require_grads()
         # FSDP2 (ModelParallelStrategy): the LM block by block, the frozen base with its adapters (a 4-bit base
-        # is refused: lightning_modules.sharding.refuse_quantized); nothing on one process or DDP
+        # is refused: training.sharding.refuse_quantized); nothing on one process or DDP
         shard(self, self.lm)
 
     def trainable_names(self) -> set[str]:

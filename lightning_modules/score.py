@@ -38,10 +38,10 @@ from collections.abc import Callable
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 
-from generation.lm import DEFAULT_GENERATOR, load_tokenizer
-from lightning_modules.policy_gradient import PolicyGradientModule
-from lightning_modules.sharding import full_parameters, shard
-from retrieval.distributed import sum_over_ranks
+from training.models import DEFAULT_GENERATOR, load_tokenizer
+from rl.policy_module import PolicyGradientModule
+from training.sharding import full_parameters, shard
+from training.distributed import sum_over_ranks
 from rl.envs import SingleTurn
 from rl.kl import kl_estimate
 from rl.policy import ReferencePolicy
@@ -117,7 +117,7 @@ class SCoRe(PolicyGradientModule):
         selection_window: steps averaged in ``train/selection_reward`` (checkpoint selection).
         log_pairs / log_pairs_every: sampled (attempt 1, attempt 2) pairs written to TensorBoard.
         precision: the LM's compute precision for rollouts, log-probs and updates (``auto``, ``fp32``, ``bf16``;
-            None: ``$RAGKIT_PRECISION``): the encoders' rule, see generation.lm.set_precision.
+            None: ``$RAGKIT_PRECISION``): the encoders' rule, see training.precision.set_precision.
     """
 
     def __init__(self, model_name_or_path: str = DEFAULT_GENERATOR, dtype: str = "float32", lora: dict | None = None,

@@ -3,7 +3,7 @@
 0. (optional, once) supervised warm start on search-protocol demonstrations (rl.sft), for small policies
 One training step, for a batch of Q questions:
   1. rollout:    G samples per question in the search environment (rl.rollout, rl.envs.SearchEnv)
-  2. reward:     EM/F1 of the last <answer> of each response (+ format) (rl.rewards: the evaluation metric)
+  2. reward:     EM/F1 of the last <answer> of each response (+ format) (tasks.qa_rewards: the evaluation metric)
   3. reference:  log-probs of the reference policy (rl.policy: frozen copy, or adapters off)
   4. advantage:  GRPO / RLOO / REINFORCE+baseline per rollout, or GAE with the value head (PPO) (rl.update)
   5. update:     epochs x mini-batches x micro-batches of the clipped loss, information tokens masked
@@ -16,13 +16,13 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 
-from generation.lm import DEFAULT_GENERATOR, load_tokenizer
-from lightning_modules.policy_gradient import PolicyGradientModule
-from lightning_modules.sharding import full_parameters, shard
+from training.models import DEFAULT_GENERATOR, load_tokenizer
+from rl.policy_module import PolicyGradientModule
+from training.sharding import full_parameters, shard
 from rl.envs import SearchEnv, SingleTurn
 from rl.policy import ReferencePolicy, ValueHead
 from rl.prompts import render_prompt, resolve_template
-from rl.rewards import combined_reward, em_reward, f1_reward
+from tasks.qa_rewards import combined_reward, em_reward, f1_reward
 from rl.rollout import Rollouts, rollout
 from rl.search import SafeSearch, SearchEngine
 from rl.sft import protocol_demonstrations
@@ -54,7 +54,7 @@ class SearchR1(PolicyGradientModule):
         warm_start_questions / _epochs / _batch_size: supervised warm start on the first N training
             questions (0: none); the warm-started policy becomes the KL reference. Done once per run.
         precision: the LM's compute precision for rollouts, log-probs and updates (``auto``, ``fp32``, ``bf16``;
-            None: ``$RAGKIT_PRECISION``): the encoders' rule, see generation.lm.set_precision.
+            None: ``$RAGKIT_PRECISION``): the encoders' rule, see training.precision.set_precision.
     """
 
     def __init__(self, model_name_or_path: str = DEFAULT_GENERATOR, dtype: str = "float32", lora: dict | None = None,

@@ -22,9 +22,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from generation.lm import DEFAULT_GENERATOR, load_causal_lm
+from training.models import DEFAULT_GENERATOR, load_causal_lm
 from lightning_modules.rag_eval import merge_records
-from retrieval.distributed import gather_objects
+from training.distributed import gather_objects
 from rl.self_correction import BASELINES, attempt_metrics, evaluate_two_attempts, make_env
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
-from generation.lm import lm_autocast
+from training.precision import lm_autocast
 from generation.logprobs import dropout_off, sequence_logprobs
 from generation.tokens import TokenBatch, pad
 from rl.envs import ANSWER_STOP, SEARCH_STOP, Environment, SearchEnv, SingleTurn, Turn
@@ -162,7 +162,7 @@ def rollout(model, tokenizer, prompts: Sequence[str], env: Environment | None = 
     done = [False] * n
     # KV-cache reuse state: the batch as generate last saw it (rows = global indices), and its cache.
     cache, seq, seq_mask, rows, pending = None, None, None, None, {}
-    # one precision for the whole rollout: generation here, the old log-probs below (generation.lm.lm_autocast)
+    # one precision for the whole rollout: generation here, the old log-probs below (training.precision.lm_autocast)
     with dropout_off(model), lm_autocast(model):
         for turn in range(env.max_turns):
             active = [i for i in range(n) if not done[i]]

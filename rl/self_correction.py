@@ -3,8 +3,8 @@ self-correction instruction, the two-attempt environment, the metrics, and a gre
 on ``rl.rollout``. Also the Self-Refine baseline (Madaan et al. 2023): the model critiques its attempt, then
 revises it, as a three-turn environment built from the same chat-template pieces.
 
-Tasks: ``gsm8k``, ``math`` / ``math500`` (any MATH-format set) are *math* (reward ``rl.math_grading.math_reward``);
-``humaneval`` and ``mbpp`` are *code* (reward ``rl.sandbox.code_reward``). Examples are the dicts of ``rl.tasks``.
+Tasks: ``gsm8k``, ``math`` / ``math500`` (any MATH-format set) are *math* (reward ``tasks.math_grading.math_reward``);
+``humaneval`` and ``mbpp`` are *code* (reward ``tasks.sandbox.code_reward``). Examples are the dicts of ``tasks.loaders``.
 
 Metrics over N problems with binary rewards r1 (attempt 1) and r2 (attempt 2)::
 
@@ -43,20 +43,20 @@ def task_reward(task: str) -> Callable[[Sequence[str], Sequence[dict]], list[flo
     """The task's reward, which is also its evaluation metric: ``math_reward`` or ``code_reward``
     (both ``(responses, examples) -> list[float]`` of 0/1)."""
     if task_kind(task) == "math":
-        from rl.math_grading import math_reward
+        from tasks.math_grading import math_reward
 
         return math_reward
-    from rl.sandbox import code_reward
+    from tasks.sandbox import code_reward
 
     return code_reward
 
 
 def reward_health() -> dict[str, float]:
     """Running counts of samples whose reward was decided by something other than the answer: an exception
-    while grading or running (reward 0), or a deadline (math: ``rl.math_grading.GRADING_TIMEOUTS``; code: the
+    while grading or running (reward 0), or a deadline (math: ``tasks.math_grading.GRADING_TIMEOUTS``; code: the
     sandbox's ``timeout``). A trainer logs them so a user sees how many rewards a limit, not the answer, set."""
-    from rl.math_grading import GRADING_ERRORS, GRADING_TIMEOUTS
-    from rl.sandbox import REWARD_STATS
+    from tasks.math_grading import GRADING_ERRORS, GRADING_TIMEOUTS
+    from tasks.sandbox import REWARD_STATS
 
     return {"math_errors": float(sum(GRADING_ERRORS.values())), "math_timeouts": float(sum(GRADING_TIMEOUTS.values())),
             "code_exceptions": float(REWARD_STATS["exception"]), "code_timeouts": float(REWARD_STATS["timeout"])}

@@ -8,7 +8,7 @@
 Normalisation: every micro-batch loss is divided by its MINI-batch's token (or sequence) count, so the
 micro-batch losses add up to the mini-batch loss and the gradient of a mini-batch is the same for any
 micro_batch_size (verl's agg_loss with a global token count). Under data parallelism the counts are the
-mean over ranks (retrieval.distributed.mean_over_ranks), so that the gradient averaged over ranks is that of
+mean over ranks (training.distributed.mean_over_ranks), so that the gradient averaged over ranks is that of
 one process holding every rank's rollouts, whatever each rank's token count. The caller passes ``backward(loss)`` and
 ``step()`` (gradient clipping, optimizer step, zero_grad): Lightning's manual optimisation, or plain torch.
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from generation.logprobs import dropout_off, sequence_logprobs
-from retrieval.distributed import mean_over_ranks
+from training.distributed import mean_over_ranks
 from rl.advantages import (gae, grpo_advantages, per_turn, place_rewards, reinforce_advantages, rloo_advantages,
                            whiten)
 from rl.kl import ESTIMATORS, default_estimator, kl_estimate

@@ -38,7 +38,7 @@ def tiny_bert_dir(tmp_path_factory) -> str:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from retrieval.encoders import resolve_model_path
+    from training.models import resolve_model_path
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny_bert")

@@ -192,7 +192,7 @@ def test_start_prints_no_bitsandbytes_kernel_noise_nor_tips():
 
 
 def test_progress_line_counts_rate_and_eta():
-    from retrieval.progress import ProgressLog, format_duration
+    from training.progress import ProgressLog, format_duration
 
     now = [100.0]
     lines = []

@@ -1,4 +1,4 @@
-"""Collectives on the device the process group serves (retrieval.distributed), checked without a GPU, 2 CPU
+"""Collectives on the device the process group serves (training.distributed), checked without a GPU, 2 CPU
 processes each.
 
 NCCL serves CUDA tensors only; the RL update's counts (rl.update), SCoRe's selection reward and the gathers of
@@ -13,7 +13,7 @@ What these tests prove, and what they do not:
   collective, not NCCL's (gloo's) refusal of a CPU tensor. With a GPU the same call moves the tensor to
   ``cuda:<current device>``; that the move and the NCCL call then succeed needs a GPU and is not tested here;
 - under a CPU group the helpers give the right values on the caller's device (and leave their input alone);
-- no module of the project calls a raw tensor collective outside retrieval/distributed.py (a source scan), so the
+- no module of the project calls a raw tensor collective outside training/distributed.py (a source scan), so the
   device choice cannot be bypassed;
 - rank-global quantities: the sequence count of a seq-mean loss (unequal rows per rank: the averaged gradient is
   one process's), and SCoRe's selection reward (ranks with training accuracy 1 and 0 both record 0.5)."""
@@ -45,7 +45,7 @@ def _raises(fn) -> str:
 def _cuda_only_checks(rank: int) -> dict:
     """Under the ``cuda:gloo`` group: which error each collective path raises on a CPU tensor."""
     from lightning_modules.score import SCoRe
-    from retrieval.distributed import gather_no_grad, gather_with_grad, mean_over_ranks, sum_over_ranks
+    from training.distributed import gather_no_grad, gather_with_grad, mean_over_ranks, sum_over_ranks
     from rl.update import LossConfig, Schedule, update
     from generation.tokens import TokenBatch
     from rl.rollout import Rollouts
@@ -70,7 +70,7 @@ def _cuda_only_checks(rank: int) -> dict:
 
 def _cpu_checks(rank: int, model_dir: str) -> dict:
     from lightning_modules.score import SCoRe
-    from retrieval.distributed import all_gather, all_reduce, group_device, mean_over_ranks, sum_over_ranks
+    from training.distributed import all_gather, all_reduce, group_device, mean_over_ranks, sum_over_ranks
 
     x = torch.tensor([1.0, 2.0]) * (rank + 1)
     out = {"device": str(group_device()), "all_reduce": all_reduce(x), "x_after": x.clone(),
@@ -170,7 +170,7 @@ RAW = re.compile(r"\b(?:dist|torch\.distributed)\.(all_reduce|all_gather|all_gat
 
 
 def test_no_raw_tensor_collective_outside_the_helpers():
-    """Every tensor collective of the project goes through retrieval/distributed.py, which picks the group's
+    """Every tensor collective of the project goes through training/distributed.py, which picks the group's
     device (object collectives, all_gather_object / broadcast_object_list, choose theirs themselves)."""
     offenders = []
     files = [p for top in ROOT.iterdir() if not top.name.startswith(".") and top.name != "tests"
@@ -178,7 +178,7 @@ def test_no_raw_tensor_collective_outside_the_helpers():
     assert len(files) > 50
     for path in files:
         rel = path.relative_to(ROOT).as_posix()
-        if rel == "retrieval/distributed.py":
+        if rel == "training/distributed.py":
             continue
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if RAW.search(line):

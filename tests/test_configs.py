@@ -24,7 +24,7 @@ def test_experiment_config_validates(path, capsys):
     assert config["model"]["class_path"] and config["data"]["class_path"]
 
 
-# every preset on DPR; the FSDP2 presets on each of the other trainable methods (lightning_modules.sharding)
+# every preset on DPR; the FSDP2 presets on each of the other trainable methods (training.sharding)
 FSDP2_PRESETS = ["configs/trainer/fsdp2.yaml", "configs/trainer/fsdp2_cpu.yaml"]
 SHARDED_METHODS = ["configs/replug_lsr_nq.yaml", "configs/retrobust_nq.yaml", "configs/score_stage1_arithmetic.yaml",
                    "configs/search_r1_grpo_nq.yaml"]
@@ -69,7 +69,7 @@ def test_bad_config_value_is_rejected(capsys):
 def test_unreachable_hub_name_gives_a_clear_error():
     from transformers import AutoModel
 
-    from retrieval.encoders import from_pretrained
+    from training.models import from_pretrained
 
     with pytest.raises(OSError, match="not a local directory.*pass the folder path instead"):
         from_pretrained(AutoModel, "no-such-org/no-such-model")

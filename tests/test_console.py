@@ -1,4 +1,4 @@
-"""What a person reads: the start-up noise silenced (retrieval/quiet.py), a progress bar that counts steps when a run
+"""What a person reads: the start-up noise silenced (training/quiet.py), a progress bar that counts steps when a run
 is bounded by max_steps alone, one test table when every dataloader has the same metrics (callbacks/console.py)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import torch
 
 from callbacks.console import StepProgressBar, collapse_identical, readable_console
-from retrieval.quiet import MANUAL_OPTIMISATION_CHECKPOINT, quiet_warnings
+from training.quiet import MANUAL_OPTIMISATION_CHECKPOINT, quiet_warnings
 
 LIGHTNING_WARNING = (MANUAL_OPTIMISATION_CHECKPOINT + ", but no pre-optimization state was saved. The checkpoint will "
                      "contain the model state AFTER optimization. ...")

@@ -131,7 +131,7 @@ def test_contriever_fit_test_export_queue_in_checkpoint_and_resume(tiny_bert_dir
 def _no_dropout_bert(tmp_path):
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from retrieval.encoders import resolve_model_path
+    from training.models import resolve_model_path
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2"))

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from retrieval.distributed import gather_with_grad, global_exclude, global_scores
+from training.distributed import gather_with_grad, global_exclude, global_scores
 from retrieval.encoders import Encoder
 from retrieval.gradcache import grad_cache
 from retrieval.losses import contrastive_loss, similarity

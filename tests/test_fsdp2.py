@@ -1,4 +1,4 @@
-"""FSDP2 (lightning_modules.sharding.FSDP2Strategy) with 2 CPU processes (gloo): one training step of each
+"""FSDP2 (training.sharding.FSDP2Strategy) with 2 CPU processes (gloo): one training step of each
 sharded method gives the loss and the updated weights of one process holding the whole batch, and a
 sharded checkpoint resumes.
 
@@ -69,7 +69,7 @@ def _retriever_worker(rank, world, port, model_dir, out_dir, kw, steps, ckpt_dir
 
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from lightning_modules.sharding import FSDP2Strategy
+    from training.sharding import FSDP2Strategy
 
     model = _retriever(model_dir, **kw)
     callbacks = [ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=1, save_top_k=-1)] if ckpt_dir else []
@@ -92,7 +92,7 @@ def _retriever_worker(rank, world, port, model_dir, out_dir, kw, steps, ckpt_dir
         shares = [None] * world
         torch.distributed.all_gather_object(shares, encoded)
         # train.py's export after a sharded fit (every rank calls it; rank 0 writes)
-        from lightning_modules.sharding import export_whole
+        from training.sharding import export_whole
 
         export_whole(model, os.path.join(out_dir, "export"))
     if rank == 0:
@@ -247,7 +247,7 @@ def _search_r1_worker(rank, world, port, model_dir, out_dir):
     torch.set_num_threads(1)
     from torch.utils.data import DataLoader
 
-    from lightning_modules.sharding import FSDP2Strategy
+    from training.sharding import FSDP2Strategy
 
     model = _search_r1(model_dir)
     trainer = _trainer(2, FSDP2Strategy(), out_dir, max_steps=1, enable_checkpointing=False)
@@ -297,7 +297,7 @@ def _method_worker(rank, world, port, factory, args, out_dir, trainer_kw):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank), NODE_RANK="0")
     torch.set_num_threads(1)
-    from lightning_modules.sharding import FSDP2Strategy
+    from training.sharding import FSDP2Strategy
 
     model, data, keys = factory(*args, batch_size=2)
     trainer = _trainer(2, FSDP2Strategy(), out_dir, max_steps=1, enable_checkpointing=False, **trainer_kw)
@@ -310,7 +310,7 @@ def _method_worker(rank, world, port, factory, args, out_dir, trainer_kw):
               "whole": sorted({n.split(".")[0] for n, p in model.named_parameters() if type(p).__name__ != "DTensor"}),
               "reference": getattr(getattr(model, "reference", None), "mode", None)}
     if hasattr(model, "export"):  # train.py's export after a sharded fit (every rank calls it; rank 0 writes)
-        from lightning_modules.sharding import export_whole
+        from training.sharding import export_whole
 
         export_whole(model, os.path.join(out_dir, "export"))
     if rank == 0:
@@ -467,7 +467,7 @@ def test_retrobust_lora_fsdp2_step_equals_one_process(tiny_llama_dir, tmp_path):
 
 def test_a_4bit_base_is_refused_by_fsdp2():
     bnb = pytest.importorskip("bitsandbytes")
-    from lightning_modules.sharding import refuse_quantized
+    from training.sharding import refuse_quantized
 
     with pytest.raises(ValueError, match="bitsandbytes-quantized base.*load_in_4bit false"):
         refuse_quantized(torch.nn.Sequential(bnb.nn.Linear4bit(64, 64)))
@@ -550,7 +550,7 @@ def _resume_worker(rank, world, port, model_dir, out_dir, stop_after_epoch, ckpt
     from lightning.pytorch.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader
 
-    from lightning_modules.sharding import FSDP2Strategy
+    from training.sharding import FSDP2Strategy
 
     model = _retriever(model_dir, optimizer=momentum_sgd)
     callbacks = [ModelCheckpoint(dirpath=os.path.join(out_dir, "ckpt"), every_n_epochs=1, save_top_k=-1,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from generation.lm import default_generator_path, load_causal_lm, resolve_generator_path
+from training.models import default_generator_path, load_causal_lm, resolve_generator_path
 
 
 def test_load_local_folder_pads_left_and_sets_pad(tiny_llama_dir):

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from generation.lm import load_causal_lm
+from training.models import load_causal_lm
 from generation.nli import (LMJudge, NLIClassifier, calibrate_threshold, entailment_label, nli_hypothesis,
                             select_answers)
 from generation.prompts import NQ_EXAMPLES, PromptFormat, prompt_format, render_message

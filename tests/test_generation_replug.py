@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from generation.generate import generate
-from generation.lm import load_causal_lm
+from training.models import load_causal_lm
 from generation.prompts import PromptFormat
 from generation.replug import (replug_generate, replug_mixture, replug_next_token, replug_score,
                                replug_sequence_logprobs, replug_weights)

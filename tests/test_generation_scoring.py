@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from generation.generate import generate
-from generation.lm import load_causal_lm
+from training.models import load_causal_lm
 from generation.prompts import PromptFormat, first_line_answer
 from generation.scoring import encode_pairs, reduce_logprobs, score_triples, token_logprobs
 

@@ -71,7 +71,7 @@ class QARetriever(L.LightningModule):
         self.checks: list[dict] = []
 
     def setup(self, stage):
-        from generation.lm import load_causal_lm
+        from training.models import load_causal_lm
         from generation.rag import TextGenerator
         from retrieval.search import DenseRetriever
 

@@ -1,4 +1,4 @@
-"""The LM side follows the encoders' precision rule (retrieval.encoders.resolve_precision): bf16 autocast only
+"""The LM side follows the encoders' precision rule (training.precision.resolve_precision): bf16 autocast only
 where the CPU has native bf16, logged, overridable by ``$RAGKIT_PRECISION`` and a module option; every LM
 forward (generation, rollouts, log-probs, scoring, the supervised loss) runs in the model's precision, so RL's
 old, new and reference log-probs agree exactly and the first on-policy ratio is 1 under bf16 too.
@@ -12,12 +12,13 @@ import logging
 import pytest
 import torch
 
-import retrieval.encoders as encoders
+import training.precision as precision_rule
 from generation.generate import generate
-from generation.lm import load_causal_lm, lm_autocast, lm_precision, set_precision
+from training.models import load_causal_lm
+from training.precision import lm_autocast, lm_precision, set_precision
 from generation.logprobs import sequence_logprobs
 from generation.tokens import pad
-from retrieval.encoders import PRECISION_ENV
+from training.precision import PRECISION_ENV
 from rl.policy import ReferencePolicy
 from rl.rollout import rollout
 from rl.update import LossConfig, Schedule, update
@@ -48,9 +49,9 @@ def linear_dtypes(model, fn) -> set[torch.dtype]:
 def test_auto_follows_the_cpu_and_is_logged(monkeypatch, caplog, lm, native_bf16, expected):
     model, _ = lm
     monkeypatch.delenv(PRECISION_ENV, raising=False)
-    monkeypatch.setattr(encoders, "cpu_has_fast_bf16", lambda: native_bf16)
-    encoders._logged.clear()
-    with caplog.at_level(logging.INFO, logger="retrieval.encoders"):
+    monkeypatch.setattr(precision_rule, "cpu_has_fast_bf16", lambda: native_bf16)
+    precision_rule._logged.clear()
+    with caplog.at_level(logging.INFO, logger="training.precision"):
         assert lm_precision(set_precision(model, "auto")) == expected
         assert lm_precision(set_precision(model, None)) == expected   # no env var: auto
     assert f"LM precision: {expected}" in caplog.text and PRECISION_ENV in caplog.text

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rl.math_grading import extract_answer_math, is_equiv, math_reward, normalize
-from rl.math_pool import MathPool
+from tasks.math_grading import extract_answer_math, is_equiv, math_reward, normalize
+from tasks.math_pool import MathPool
 
 ROOT = Path(__file__).resolve().parent.parent
 MATH500 = {json.loads(line)["unique_id"]: json.loads(line) for line in open(ROOT / "data/math500/test.jsonl")}

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-import rl.math_grading as mg
-from rl.math_grading import GRADING_ERRORS, GRADING_TIMEOUTS, is_equiv, last_boxed, math_reward
-from rl.math_parse import parse
-from rl.math_pool import MathPool
-from rl.math_value import to_json
+import tasks.math_grading as mg
+from tasks.math_grading import GRADING_ERRORS, GRADING_TIMEOUTS, is_equiv, last_boxed, math_reward
+from tasks.math_parse import parse
+from tasks.math_pool import MathPool
+from tasks.math_value import to_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -214,7 +214,7 @@ def test_symbolic_worker_is_limited_and_isolated(monkeypatch):
     # Black box: whatever process the grader starts for a symbolic check (here the default pool's first worker)
     # has a memory limit, may not write files, runs as an unprivileged uid in its own network namespace (as
     # root), and has none of the trainer's environment.
-    import rl.math_pool as mp
+    import tasks.math_pool as mp
 
     monkeypatch.setattr(mp, "_POOL", None)  # a fresh default pool, so its worker starts during this test
     monkeypatch.setattr(mg, "_CACHE", {}, raising=False)

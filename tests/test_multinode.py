@@ -24,7 +24,7 @@ def _node_main(model_dir: str, out_dir: str) -> None:
     import yaml
     from torch.utils.data import DataLoader
 
-    from lightning_modules.sharding import FSDP2Strategy
+    from training.sharding import FSDP2Strategy
     from test_fsdp2 import PAIRS, _collate, _full_weights, _retriever
 
     torch.set_num_threads(1)

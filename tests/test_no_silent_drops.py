@@ -11,7 +11,7 @@ import pytest
 
 from datamodules.qa import read_qa_jsonl
 from retrieval.beir import DataFormatError
-from rl.tasks import TaskDataError, load_gsm8k, load_humaneval, load_math, load_mbpp
+from tasks.loaders import TaskDataError, load_gsm8k, load_humaneval, load_math, load_mbpp
 
 
 def jsonl(path: Path, rows: list[dict], gz: bool = False) -> Path:

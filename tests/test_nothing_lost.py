@@ -282,7 +282,7 @@ def test_two_runs_of_a_score_config_keep_their_own_folders_and_stage2_finds_the_
 
 def test_an_export_never_replaces_another(tmp_path):
     """With ``--trainer.logger false`` every default run exports beside ./ : the second gets export-1."""
-    from retrieval.atomic_files import export_atomically
+    from training.atomic_files import export_atomically
 
     def write(text):
         return lambda folder: (folder / "model.txt").write_text(text)

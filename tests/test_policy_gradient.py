@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
-from generation.lm import load_causal_lm
+from training.models import load_causal_lm
 from rl.envs import SearchEnv, TwoAttemptEnv
 from rl.policy import ReferencePolicy, ValueHead
 from rl.rollout import rollout

@@ -8,8 +8,9 @@ import logging
 import pytest
 import torch
 
-import retrieval.encoders as encoders
-from retrieval.encoders import PRECISION_ENV, Encoder, resolve_precision
+import training.precision as precision_rule
+from retrieval.encoders import Encoder
+from training.precision import PRECISION_ENV, resolve_precision
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -17,31 +18,31 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(autouse=True)
 def no_env(monkeypatch):
     monkeypatch.delenv(PRECISION_ENV, raising=False)
-    encoders._logged.clear()
+    precision_rule._logged.clear()
 
 
 @pytest.mark.parametrize("native_bf16, expected", [(True, "bf16"), (False, "fp32")])
 def test_auto_follows_the_cpu_and_is_logged(monkeypatch, caplog, native_bf16, expected):
-    monkeypatch.setattr(encoders, "cpu_has_fast_bf16", lambda: native_bf16)
-    with caplog.at_level(logging.INFO, logger="retrieval.encoders"):
+    monkeypatch.setattr(precision_rule, "cpu_has_fast_bf16", lambda: native_bf16)
+    with caplog.at_level(logging.INFO, logger="training.precision"):
         assert resolve_precision("auto", "cpu") == expected
         assert resolve_precision(None, "cpu") == expected  # no env var: auto
     assert f"encoder precision: {expected}" in caplog.text and PRECISION_ENV in caplog.text
 
 
 def test_env_var_overrides_auto_and_argument_overrides_env(monkeypatch):
-    monkeypatch.setattr(encoders, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(precision_rule, "cpu_has_fast_bf16", lambda: True)
     monkeypatch.setenv(PRECISION_ENV, "fp32")
     assert resolve_precision(None, "cpu") == "fp32"
     assert resolve_precision("bf16", "cpu") == "bf16"
-    monkeypatch.setattr(encoders, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(precision_rule, "cpu_has_fast_bf16", lambda: False)
     monkeypatch.setenv(PRECISION_ENV, "bf16")
     assert resolve_precision(None, "cpu") == "bf16"
     assert resolve_precision("auto", "cpu") == "fp32"
 
 
 def test_auto_leaves_gpus_to_the_trainer(monkeypatch):
-    monkeypatch.setattr(encoders, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(precision_rule, "cpu_has_fast_bf16", lambda: True)
     assert resolve_precision("auto", "cuda") == "fp32"
 
 
@@ -56,7 +57,7 @@ def test_bad_precision_names_its_source(monkeypatch):
 def test_cpu_detection_reads_the_machine():
     # Whatever this CPU is, the answer agrees with the kernel's flags (AVX512-BF16 or AMX-BF16).
     flags = open("/proc/cpuinfo").read().split()
-    assert encoders.cpu_has_fast_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    assert precision_rule.cpu_has_fast_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
 def _linear_output_dtypes(encoder: Encoder, texts: list[str]) -> set[torch.dtype]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from generation.lm import load_causal_lm
+from training.models import load_causal_lm
 from generation.rag import TextGenerator
 from retrieval.encoders import Encoder
 from retrieval.query_enhancement import hyde_documents, hyde_search, hyde_vectors, lamer_drafts, lamer_query, lamer_search

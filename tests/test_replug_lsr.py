@@ -359,7 +359,7 @@ def test_qa_fit_refresh_test_export_and_rerun_from_cache(tiny_bert_dir, tiny_lla
     from transformers import AutoModel
 
     from lightning_modules.replug_lsr import FrozenLM
-    from generation.lm import load_causal_lm
+    from training.models import load_causal_lm
 
     assert FrozenLM(*load_causal_lm(tiny_llama_dir, device="cpu")).fingerprint == lm_fp
     initial = AutoModel.from_pretrained(tiny_bert_dir)

@@ -1,4 +1,4 @@
-"""Exact resume (datamodules.resumable, lightning_modules.rng_state): a run stopped after a checkpoint and resumed
+"""Exact resume (datamodules.resumable, training.rng_state): a run stopped after a checkpoint and resumed
 from it ends on the same weights as an uninterrupted run, mid-epoch and at an epoch boundary. The runs go through
 train.py's ``cli_main``; the interrupted run keeps the same ``max_steps`` (so the same LR schedule) and is
 stopped by ``StopAt`` right after ``ModelCheckpoint(every_n_train_steps=stop)`` wrote its checkpoint, as a

@@ -1,7 +1,7 @@
 """Exact resume of ReplugLSR and RetRobust under their shipped epoch-based schedules (``max_epochs`` as in
 configs/replug_lsr_nq.yaml and configs/retrobust_nq.yaml, their warm-up fractions): the number of steps the
 schedule spans is counted before Lightning restores the checkpoint, which must not keep a training loader
-built without the saved loader state (lightning_modules.schedule). DPR, DPR-LoRA and Contriever:
+built without the saved loader state (training.schedule). DPR, DPR-LoRA and Contriever:
 tests/test_resume.py. The other methods' own resume tests use ``max_epochs -1`` (an iteration-based run)."""
 
 import json

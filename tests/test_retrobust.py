@@ -420,7 +420,7 @@ def test_linear_schedule_with_warmup(tiny_llama64_dir):
                        optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
     module.configure_model()
 
-    class _Trainer:  # what lightning_modules.schedule.planned_steps reads
+    class _Trainer:  # what training.schedule.planned_steps reads
         estimated_stepping_batches = 10
         fit_loop = SimpleNamespace(_combined_loader=None, _data_fetcher=None)
 

@@ -9,7 +9,7 @@ from rl.advantages import (gae, grpo_advantages, last_token_positions, per_turn,
                            rloo_advantages, whiten)
 from rl.kl import kl_estimate
 from rl.losses import aggregate, clipped_policy_loss, entropy_from_logits, logprobs_from_logits, value_loss
-from rl.rewards import combined_reward, em_reward, extract_answer, f1_reward, format_reward
+from tasks.qa_rewards import combined_reward, em_reward, extract_answer, f1_reward, format_reward
 
 
 def ex(*answers):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from datamodules.rl_prompts import RLPromptDataModule
-from generation.lm import load_causal_lm
+from training.models import load_causal_lm
 from lightning_modules.search_r1 import SearchR1
 from generation.logprobs import masked_nll, sequence_logprobs
 from rl.search import BM25Search, SafeSearch

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from rl.sandbox import Sandbox, SandboxLimits, build_job, code_reward, extract_code
+from tasks.sandbox import Sandbox, SandboxLimits, build_job, code_reward, extract_code
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMITS = SandboxLimits(cpu_s=1, wall_s=3.0, memory_mb=512, nproc=16)

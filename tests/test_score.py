@@ -376,8 +376,8 @@ def test_second_attempt_learns_to_fix_a_forced_first_attempt_error(tiny_llama_di
 
 def test_reward_health_counts_what_decided_a_reward_other_than_the_answer():
     """Errors and deadlines of the math grader and the sandbox reach the counts SCoRe logs (train/reward_health)."""
-    from rl.math_grading import GRADING_ERRORS, GRADING_TIMEOUTS
-    from rl.sandbox import REWARD_STATS
+    from tasks.math_grading import GRADING_ERRORS, GRADING_TIMEOUTS
+    from tasks.sandbox import REWARD_STATS
     from rl.self_correction import reward_health
 
     before = reward_health()

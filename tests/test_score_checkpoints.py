@@ -43,7 +43,7 @@ def _stages_worker(rank, world, port, model_dir, out_dir):
     torch.set_num_threads(1)
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from lightning_modules.sharding import FSDP2Strategy
+    from training.sharding import FSDP2Strategy
 
     torch.manual_seed(0)
     stage1 = _score(model_dir, "I", None, sgd)

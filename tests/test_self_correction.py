@@ -49,8 +49,8 @@ def test_attempt_metrics_refuse_bad_input():
 
 
 def test_task_reward_is_the_metric():
-    from rl.math_grading import math_reward
-    from rl.sandbox import code_reward
+    from tasks.math_grading import math_reward
+    from tasks.sandbox import code_reward
 
     assert task_reward("gsm8k") is math_reward and task_reward("math500") is math_reward
     assert task_reward("mbpp") is code_reward and task_reward("humaneval") is code_reward
@@ -174,7 +174,7 @@ def test_self_refine_turns_close_once_and_mask_both_instructions(lm):
 
 def test_evaluate_on_unscripted_tiny_model_agrees_with_the_reward(lm):
     """Greedy on a random model: whatever it writes, r1/r2 are the reward of the recorded attempts."""
-    from rl.math_grading import math_reward
+    from tasks.math_grading import math_reward
 
     model, tok = lm
     exs = problems(2)
@@ -222,7 +222,7 @@ def test_datamodule_gsm8k_short_slice_and_shots():
     assert len(full_train.rows["train"]) == 1961 - 3
     assert not {s["id"] for s in full_train.shots} & {r["id"] for r in full_train.rows["train"]}
     # the slice keeps file order: the first kept test problem is the first with <= 2 solution lines
-    from rl.tasks import load_gsm8k
+    from tasks.loaders import load_gsm8k
 
     full = load_gsm8k(ROOT / "data/gsm8k/test.jsonl")
     assert test[0]["id"] == next(r["id"] for r in full if solution_steps(r) <= 2)

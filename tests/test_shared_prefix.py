@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from generation.lm import load_causal_lm
+from training.models import load_causal_lm
 from generation.prompts import PRESETS
 from generation.scoring import MIN_SHARED_PREFIX, pair_logprobs, score_triples, shared_prefix_length, token_logprobs
 

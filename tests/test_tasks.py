@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rl.math_grading import is_equiv
-from rl.tasks import TaskDataError, load_gsm8k, load_humaneval, load_math, load_mbpp
+from tasks.math_grading import is_equiv
+from tasks.loaders import TaskDataError, load_gsm8k, load_humaneval, load_math, load_mbpp
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

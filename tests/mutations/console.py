@@ -1,4 +1,4 @@
-"""Output a person reads (issue 23 item 7): callbacks/console.py and retrieval/quiet.py."""
+"""Output a person reads (issue 23 item 7): callbacks/console.py and training/quiet.py."""
 
 T = "tests/test_console.py"
 
@@ -17,11 +17,11 @@ MUTATIONS = [
     {"name": "default_bar_not_swapped", "file": "callbacks/console.py",
      "old": "        if type(callback) is RichProgressBar:", "new": "        if False:",
      "tests": [T]},
-    {"name": "manual_optimisation_warning_shown", "file": "retrieval/quiet.py",
+    {"name": "manual_optimisation_warning_shown", "file": "training/quiet.py",
      "old": "    warnings.filterwarnings(\"ignore\", message=MANUAL_OPTIMISATION_CHECKPOINT)",
      "new": "    pass",
      "tests": [T]},
-    {"name": "bitsandbytes_kernel_noise_shown", "file": "retrieval/quiet.py",
+    {"name": "bitsandbytes_kernel_noise_shown", "file": "training/quiet.py",
      "old": "setLevel(logging.ERROR)", "new": "setLevel(logging.WARNING)",
      "tests": ["tests/test_cli_errors.py::test_start_prints_no_bitsandbytes_kernel_noise_nor_tips"]},
 ]

@@ -48,10 +48,10 @@ MUTATIONS = [
      "new": "if self.end_of_turn and self.text.startswith(self.end_of_turn):",
      "tests": [f"{GRAD}::test_first_attempt_over_budget_keeps_the_end_of_turn_and_nothing_follows_attempt_two"]},
     # -- the defects: collectives' device, rank-global selection, the KL default, Stage II's start -------------
-    {"name": "collective_on_the_tensors_own_device", "file": "retrieval/distributed.py",
+    {"name": "collective_on_the_tensors_own_device", "file": "training/distributed.py",
      "old": "out = x.detach().to(group_device(group), copy=True)", "new": "out = x.detach().clone()",
      "tests": [f"{COLL}::test_every_rl_collective_asks_the_group_for_its_device"]},
-    {"name": "gather_on_the_tensors_own_device", "file": "retrieval/distributed.py",
+    {"name": "gather_on_the_tensors_own_device", "file": "training/distributed.py",
      "old": "    device = group_device(group)\n", "new": "    device = x.device\n",
      "tests": [f"{COLL}::test_every_rl_collective_asks_the_group_for_its_device"]},
     {"name": "score_selection_reward_rank_local", "file": "lightning_modules/score.py",

@@ -34,7 +34,7 @@ MUTATIONS = [
      "new": "    elif False:",
      "tests": [f"{RESUME}::test_bad_init_from_is_one_line_naming_the_file"]},
     # -- item 6: no silent drops ---------------------------------------------------------------------------------
-    {"name": "task_duplicate_id_kept", "file": "rl/tasks.py",
+    {"name": "task_duplicate_id_kept", "file": "tasks/loaders.py",
      "old": "        if value in self.first:",
      "new": "        if False:",
      "tests": [f"{DROPS}::test_math_duplicate_unique_id_names_file_line_and_id"]},
@@ -42,7 +42,7 @@ MUTATIONS = [
      "old": "        if qid in first:",
      "new": "        if False:",
      "tests": [f"{DROPS}::test_qa_duplicate_id_is_refused_for_retrobust_training"]},
-    {"name": "blank_gold_answer_accepted", "file": "rl/tasks.py",
+    {"name": "blank_gold_answer_accepted", "file": "tasks/loaders.py",
      "old": "    if not answer.strip():",
      "new": "    if not answer:",
      "tests": [f"{DROPS}::test_empty_gold_answer_names_file_line_and_field"]},

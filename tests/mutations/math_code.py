@@ -1,9 +1,9 @@
 """Mutations of the math grader, the code sandbox and the task loaders (issue 12): each must be caught."""
 
-MG = "rl/math_grading.py"
-MX = "rl/math_extract.py"
-MP = "rl/math_pool.py"
-SB = "rl/sandbox.py"
+MG = "tasks/math_grading.py"
+MX = "tasks/math_extract.py"
+MP = "tasks/math_pool.py"
+SB = "tasks/sandbox.py"
 TM = "tests/test_math_grading.py"
 TS = "tests/test_sandbox.py"
 HOSTILE = f"{TS}::test_hostile_programs_all_fail_within_limits_and_leave_everything_untouched"
@@ -31,7 +31,7 @@ MUTATIONS = [
      "old": "            return (ba[0], ba[2]) == (bb[0], bb[2]) and len(ea) == len(eb) \\",
      "new": "            return len(ea) == len(eb) \\",
      "tests": [f"{TM}::test_math500_cases"]},
-    {"name": "mixed_number_as_product", "file": "rl/math_parse.py",
+    {"name": "mixed_number_as_product", "file": "tasks/math_parse.py",
      "old": '            return ("num", num[1] + a[1] / b[1], False)',
      "new": '            return ("num", num[1] * a[1] / b[1], False)',
      "tests": [f"{TM}::test_math500_cases"]},
@@ -39,31 +39,31 @@ MUTATIONS = [
      "old": '    s = s.replace("^{\\\\circ}", "").replace("^\\\\circ", "").replace("\\\\circ", "").replace("°", "")',
      "new": '    s = s.replace("°", "")',
      "tests": [f"{TM}::test_math500_cases"]},
-    {"name": "untrusted_object_compares_equal", "file": "rl/sandbox_trusted.py",
+    {"name": "untrusted_object_compares_equal", "file": "tasks/sandbox_trusted.py",
      "old": '        raise UntrustedValue("a test compared or inspected an object built by the program (not a plain value)")',
      "new": "        return True",
      "tests": [HOSTILE]},
-    {"name": "exit_status_trusted_over_tests", "file": "rl/sandbox_worker.py",
+    {"name": "exit_status_trusted_over_tests", "file": "tasks/sandbox_worker.py",
      "old": '"passed" if tests and all(tests) else "failed"', "new": '"passed" if True else "failed"',
      "tests": [f"{TS}::test_good_program_passes_and_wrong_one_fails"]},
-    {"name": "skip_killing_leftover_processes", "file": "rl/sandbox_zygote.py",
+    {"name": "skip_killing_leftover_processes", "file": "tasks/sandbox_zygote.py",
      "old": "                os.kill(-1, signal.SIGKILL)\n", "new": "                pass\n",
      "tests": [f"{TS}::test_orphans_are_killed_after_the_program_exits"]},
-    {"name": "program_runs_as_root", "file": "rl/sandbox_zygote.py",
+    {"name": "program_runs_as_root", "file": "tasks/sandbox_zygote.py",
      "old": "    if uid is not None:\n        os.setgroups([])", "new": "    if False:\n        os.setgroups([])",
      "tests": [HOSTILE]},
-    {"name": "no_network_namespace", "file": "rl/sandbox_jail.py",
+    {"name": "no_network_namespace", "file": "tasks/sandbox_jail.py",
      "old": "not unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC", "new": "not unshare(CLONE_NEWNS | CLONE_NEWIPC",
      "tests": [HOSTILE]},
-    {"name": "program_may_rebind_builtins", "file": "rl/sandbox_trusted.py",
+    {"name": "program_may_rebind_builtins", "file": "tasks/sandbox_trusted.py",
      "old": "if n in shadow or (n not in trusted and not hasattr(builtins, n)))",
      "new": "if n in shadow or not hasattr(builtins, n) or n in ('range', 'all'))",
      "tests": [f"{TS}::test_program_cannot_rebind_builtins_used_by_the_tests"]},
-    {"name": "gsm8k_answer_keeps_commas", "file": "rl/tasks.py",
+    {"name": "gsm8k_answer_keeps_commas", "file": "tasks/loaders.py",
      "old": '    return solution.split("####")[-1].strip().replace(",", "")',
      "new": '    return solution.split("####")[-1].strip()',
      "tests": ["tests/test_tasks.py::test_real_files_load_with_uniform_keys"]},
-    {"name": "math_answer_not_from_last_boxed", "file": "rl/tasks.py",
+    {"name": "math_answer_not_from_last_boxed", "file": "tasks/loaders.py",
      "old": "            answer = last_boxed(solution)", "new": "            answer = solution",
      "tests": ["tests/test_tasks.py::test_math_answer_derived_from_last_boxed"]},
 ]

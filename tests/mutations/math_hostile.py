@@ -1,8 +1,8 @@
 """Mutations of the math grader's rule, guards and isolation (issues 20 and 21): each must be caught."""
 
-MG = "rl/math_grading.py"
-MW = "rl/math_worker.py"
-MV = "rl/math_value.py"
+MG = "tasks/math_grading.py"
+MW = "tasks/math_worker.py"
+MV = "tasks/math_value.py"
 TH = "tests/test_math_hostile.py"
 DOCS = f"{TH}::test_documented_examples"
 ISOLATION = f"{TH}::test_symbolic_worker_is_limited_and_isolated"
@@ -31,15 +31,15 @@ MUTATIONS = [
     {"name": "pi_is_a_plain_symbol", "file": MW,  # issue 21: cos(pi) graded wrong
      "old": '        return {"pi": sp.pi,', "new": '        return {"pi": sp.Symbol("pi"),',
      "tests": [DOCS]},
-    {"name": "no_scientific_notation", "file": "rl/math_parse.py",
+    {"name": "no_scientific_notation", "file": "tasks/math_parse.py",
      "old": '_NUM = re.compile(r"(\\d+(?:\\.\\d*)?|\\.\\d+)(?:[eE]([+-]?\\d+))?")',
      "new": '_NUM = re.compile(r"(\\d+(?:\\.\\d*)?|\\.\\d+)()")',
      "tests": [DOCS]},
-    {"name": "thin_space_not_a_separator", "file": "rl/math_extract.py",
+    {"name": "thin_space_not_a_separator", "file": "tasks/math_extract.py",
      "old": '    s = re.sub(r"\\s+", "", s)  # every Unicode space',
      "new": '    s = s.replace(" ", "")  # every Unicode space',
      "tests": [DOCS]},
-    {"name": "unicode_minus_not_a_minus", "file": "rl/math_extract.py",
+    {"name": "unicode_minus_not_a_minus", "file": "tasks/math_extract.py",
      "old": '.replace("\\u2212", "-")', "new": "",
      "tests": [DOCS]},
     {"name": "set_not_equal_to_a_list", "file": MG,
@@ -76,7 +76,7 @@ MUTATIONS = [
      "old": "    with ThreadPoolExecutor(max_workers=pool.size) as ex_:",
      "new": "    with ThreadPoolExecutor(max_workers=1) as ex_:",
      "tests": [f"{TH}::test_slow_samples_of_a_batch_are_graded_in_parallel"]},
-    {"name": "wait_for_a_free_worker_unbounded", "file": "rl/math_pool.py",
+    {"name": "wait_for_a_free_worker_unbounded", "file": "tasks/math_pool.py",
      "old": "            w = self._free.get(timeout=max(timeout, 0.001))", "new": "            w = self._free.get()",
      "tests": [f"{TH}::test_a_check_waiting_for_a_busy_pool_keeps_its_deadline"]},
     {"name": "batch_budget_ignored", "file": MG,  # red team M1: a batch's time grew with its slow samples
@@ -86,13 +86,13 @@ MUTATIONS = [
     {"name": "timeouts_not_counted", "file": MG,  # red team M2: rewards decided by the clock must be visible
      "old": "            GRADING_TIMEOUTS[ctx.reason] += 1", "new": "            pass",
      "tests": [f"{TH}::test_three_slow_items_in_one_response_share_one_deadline"]},
-    {"name": "restart_in_the_foreground", "file": "rl/math_pool.py",
+    {"name": "restart_in_the_foreground", "file": "tasks/math_pool.py",
      "old": "            if killed:\n", "new": "            if False:\n",
      "tests": [f"{TH}::test_a_batch_is_bounded_by_its_budget_whatever_it_holds"]},
-    {"name": "value_on_the_right_not_read", "file": "rl/math_extract.py",  # red team M3
+    {"name": "value_on_the_right_not_read", "file": "tasks/math_extract.py",  # red team M3
      "old": '    s = re.sub(r"\\s*=\\s*[a-zA-Z](?:_\\d)?\\s*$", "", s)  # 5 = x', "new": "",
      "tests": [DOCS]},
-    {"name": "close_kills_workers_in_use", "file": "rl/math_pool.py",
+    {"name": "close_kills_workers_in_use", "file": "tasks/math_pool.py",
      "old": "        for w in idle:\n            self._release(w)", "new": "        for w in self._workers:\n            w.kill()",
      "tests": [f"{TH}::test_closing_the_pool_while_a_worker_restarts_leaves_nothing"]},
     {"name": "fresh_timeout_per_item", "file": MG,

@@ -1,5 +1,5 @@
 """Deliberate one-line bugs in exact resume (datamodules/resumable.py, the draw counters' state in
-datamodules/beir.py and datamodules/crops.py, lightning_modules/rng_state.py, ReplugLSR's index weights and
+datamodules/beir.py and datamodules/crops.py, training/rng_state.py, ReplugLSR's index weights and
 score cache, RetRobust's adapters-only checkpoint); each must make the named tests fail. Run:
 .venv/bin/python tests/mutation_check.py --area resume
 
@@ -40,9 +40,9 @@ MUTATIONS = [
      "old": "        self.draws[i] += 1\n", "new": "",
      "tests": [f"{T}::test_drawing_datasets_refuse_workers_and_round_trip_their_counters"]},
     # the RNG
-    {"name": "rng_not_restored", "file": "lightning_modules/rng_state.py",
+    {"name": "rng_not_restored", "file": "training/rng_state.py",
      "old": "    torch.set_rng_state(rng[\"torch\"])", "new": "    pass", "tests": [*DPR, *CONTRIEVER]},
-    {"name": "rng_not_restored_score", "file": "lightning_modules/rng_state.py",
+    {"name": "rng_not_restored_score", "file": "training/rng_state.py",
      "old": "    torch.set_rng_state(rng[\"torch\"])", "new": "    pass", "tests": SCORE},
 ]
 
@@ -67,7 +67,7 @@ _PLAIN = MUTATIONS[0]
 MUTATIONS += [
     *each("plain_dataloader", _PLAIN["file"], _PLAIN["old"], _PLAIN["new"], [*SR1, *LSR_QA, *LSR_LM, *RR]),
     # sampled rollouts and LoRA dropout (ReplugLSR draws nothing in training: its encoders' dropout is off)
-    *each("rng_not_restored", "lightning_modules/rng_state.py", "    torch.set_rng_state(rng[\"torch\"])", "    pass",
+    *each("rng_not_restored", "training/rng_state.py", "    torch.set_rng_state(rng[\"torch\"])", "    pass",
           [*SR1, *RR]),
     # the score cache must not matter: the uninterrupted run scores with the LM, the resumed one reads the cache
     *each("cache_rounds_scores", "retrieval/lsr.py", "[(self.namespace, k, float(v)) for k, v in values.items()]",

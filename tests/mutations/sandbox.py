@@ -1,8 +1,8 @@
 """Mutations of the code sandbox's walls (issue 20): each one-line hole must turn a hostile test red."""
 
 H = "tests/test_sandbox_hostile.py"
-TR, WK, ZY, JL, CG, SB = ("rl/sandbox_trusted.py", "rl/sandbox_worker.py", "rl/sandbox_zygote.py",
-                          "rl/sandbox_jail.py", "rl/sandbox_cgroup.py", "rl/sandbox.py")
+TR, WK, ZY, JL, CG, SB = ("tasks/sandbox_trusted.py", "tasks/sandbox_worker.py", "tasks/sandbox_zygote.py",
+                          "tasks/sandbox_jail.py", "tasks/sandbox_cgroup.py", "tasks/sandbox.py")
 
 MUTATIONS = [
     {"name": "checker_helpers_from_the_program", "file": TR,

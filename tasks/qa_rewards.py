@@ -2,7 +2,7 @@
 the training reward and the reported EM/F1 are the same function.
 
 Every reward has the signature ``reward(responses, examples) -> list[float]`` shared by all tasks (QA
-here, math and code in ``rl.tasks``): ``responses`` are the policy's texts only (never the prompt, whose
+here, math and code in ``tasks.loaders``): ``responses`` are the policy's texts only (never the prompt, whose
 few-shot example may contain an ``<answer>``), ``examples`` the whole dataset rows, dicts; a QA example
 holds its gold answer list under ``"answers"``.
 """

@@ -9,7 +9,7 @@ next write into that folder from the same host.
 
 An export folder is written as ``.<name>.partial-<host>-<pid>`` holding the marker ``RAGKIT_EXPORT_INCOMPLETE``
 and renamed to its final name once every file is written and synced; the marker is removed just before and
-``ragkit_export.json`` written. Our loaders (retrieval.encoders.from_pretrained) refuse a folder that holds the
+``ragkit_export.json`` written. Our loaders (training.models.from_pretrained) refuse a folder that holds the
 incomplete marker.
 """
 

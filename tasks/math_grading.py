@@ -4,17 +4,17 @@ The reward and the evaluation metric are the same function (STYLE.md habit 3): `
 ``is_equiv(extract_answer_math(response), example["answer"])``. The equality rule, with examples (each one a
 test), is in docs/math_grading.md. In short:
 
-* both answers are normalised as MATH's grader does (``rl.math_extract.normalize``); equal strings are equal;
+* both answers are normalised as MATH's grader does (``tasks.math_extract.normalize``); equal strings are equal;
 * structure first: matrices elementwise, unions and sets order-free (``\\{1,2\\}`` equals the list ``1, 2``),
   tuples and intervals in order with the same brackets, ``a \\pm b`` as two answers, equations ``L = R`` as
   ``L - R`` up to sign, words case-free;
-* each scalar is *parsed* (``rl.math_parse``: a stated grammar, never ``eval``/``sympify``) into a tree and
+* each scalar is *parsed* (``tasks.math_parse``: a stated grammar, never ``eval``/``sympify``) into a tree and
   compared by ONE rule: **exact equality**, decimals read as exact fractions (``0.3333333333`` is
   3333333333/10^10, not 1/3), with one tolerance: when the gold is written as a decimal with k places, an
   answer that rounds to it (|a - g| <= 10^-k / 2) is equal. Rational trees are compared in this process with
   ``Fraction``; anything else (pi, roots, functions, variables) by a proof in a limited worker process
-  (``rl.math_pool``);
-* size guards (``rl.math_parse``, ``rl.math_value``) refuse towers, huge numbers and deep nesting, and every
+  (``tasks.math_pool``);
+* size guards (``tasks.math_parse``, ``tasks.math_value``) refuse towers, huge numbers and deep nesting, and every
   check of one sample shares a deadline: over a guard or out of time is "not equal", never an exception.
 
 ``math_reward`` grades a batch in parallel (one thread per worker of the pool); any exception while grading a
@@ -32,10 +32,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 
-from rl.math_extract import extract_answer_math, last_boxed, normalize  # noqa: F401 - the public names
-from rl.math_parse import MAX_CHARS, ParseError, parse
-from rl.math_pool import MathPool, default_pool
-from rl.math_value import TooBig, Undefined, to_json, value
+from tasks.math_extract import extract_answer_math, last_boxed, normalize  # noqa: F401 - the public names
+from tasks.math_parse import MAX_CHARS, ParseError, parse
+from tasks.math_pool import MathPool, default_pool
+from tasks.math_value import TooBig, Undefined, to_json, value
 
 log = logging.getLogger(__name__)
 GRADING_ERRORS: collections.Counter = collections.Counter()  # exception type -> samples graded 0 because of it
@@ -257,7 +257,7 @@ def is_equiv(pred: str | None, gold: str, timeout: float = 5.0, pool: MathPool |
     """True when the predicted final answer equals the gold one by the rule of docs/math_grading.md, decided
     within ``timeout`` seconds (all checks of this pair together; out of time is False, counted in
     ``GRADING_TIMEOUTS``). ``pool``: the symbolic workers (default: the process-wide
-    ``rl.math_pool.default_pool()``); ``batch_deadline``: a ``time.monotonic()`` after which no symbolic check
+    ``tasks.math_pool.default_pool()``); ``batch_deadline``: a ``time.monotonic()`` after which no symbolic check
     starts or runs (``math_reward``'s budget)."""
     if pred is None:
         return False

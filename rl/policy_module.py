@@ -12,10 +12,10 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from generation.lm import load_causal_lm
+from training.models import load_causal_lm
 from generation.logprobs import masked_nll
 from generation.tokens import TokenBatch
-from lightning_modules.rng_state import load_rng_state, save_rng_state
+from training.rng_state import load_rng_state, save_rng_state
 from rl.rollout import Rollouts
 from rl.update import LossConfig, Schedule, update
 
@@ -63,7 +63,7 @@ class PolicyGradientModule(L.LightningModule):
         self._step()
         return loss.item()
 
-    # -- checkpoints: the RNG state too (lightning_modules.rng_state) -------------------------------------
+    # -- checkpoints: the RNG state too (training.rng_state) -------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         save_rng_state(checkpoint)
 

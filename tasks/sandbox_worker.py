@@ -1,6 +1,6 @@
 """A sandbox worker: the trusted job loop that holds the tests, and the handle on its zygote.
 
-Started by the pool as ``python -I rl/sandbox_worker.py --worker CONFIG`` with an empty environment. It opens its
+Started by the pool as ``python -I tasks/sandbox_worker.py --worker CONFIG`` with an empty environment. It opens its
 cgroup (``sandbox_cgroup``), enters its jail (``sandbox_jail.enter_jail``: new mount/network/IPC/PID namespaces,
 an empty root with only /usr and the interpreter), exec's a fresh zygote (``sandbox_zygote``) that is PID 1 of
 the jail's PID namespace, and then serves jobs one at a time:

@@ -1,8 +1,8 @@
-"""A small pool of limited worker processes (``rl/math_worker.py``) for the symbolic checks of the grader.
+"""A small pool of limited worker processes (``tasks/math_worker.py``) for the symbolic checks of the grader.
 
 Each worker is a fresh interpreter (``python -I -B``: no site of the user, no environment variables, no
 memory of the trainer) with an empty environment, cwd ``/``, its own session, stdin/stdout pipes and stderr
-on /dev/null. It limits itself before reading any request (see ``rl.math_worker``): memory (``RLIMIT_AS``),
+on /dev/null. It limits itself before reading any request (see ``tasks.math_worker``): memory (``RLIMIT_AS``),
 CPU per request, no file writes, and as root its own network namespace and the uid ``base_uid + index``
 (one uid per worker, a range apart from the code sandbox's ``64000 + i``).
 

@@ -175,7 +175,7 @@ def export_whole(module, path) -> None:
     hyperparameters holding it. Ranks wait for rank 0's files before returning."""
     from torch.distributed.tensor import DTensor
 
-    from retrieval.distributed import world
+    from training.distributed import world
 
     rank, size = world()
     if not is_sharded(module):

@@ -1,6 +1,6 @@
 """The symbolic-equality worker: a separate, limited process that builds sympy objects from parse trees and
-decides equality. Started by ``rl.math_pool`` as ``python -I -B rl/math_worker.py <config json>``; it imports
-nothing from the project and never parses text: it receives trees (JSON lists) built by ``rl.math_parse`` in
+decides equality. Started by ``tasks.math_pool`` as ``python -I -B tasks/math_worker.py <config json>``; it imports
+nothing from the project and never parses text: it receives trees (JSON lists) built by ``tasks.math_parse`` in
 the trainer and constructs ``sympy.Integer``/``Rational``/``Add``/``Mul``/``Pow``/... from them.
 
 Before it reads a request it limits itself: ``RLIMIT_AS``, ``RLIMIT_CPU`` (re-armed per request),

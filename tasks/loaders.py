@@ -3,8 +3,8 @@
 Every loader returns plain dicts with a uniform core so rewards and prompts can treat tasks alike:
 
 * math tasks: ``{"id", "task", "problem", "answer", "solution", ...}``; ``answer`` is the gold final answer
-  string that ``rl.math_grading.math_reward`` compares against;
-* code tasks: ``{"id", "task", "problem", "entry_point", ...}`` plus the test fields ``rl.sandbox.build_job``
+  string that ``tasks.math_grading.math_reward`` compares against;
+* code tasks: ``{"id", "task", "problem", "entry_point", ...}`` plus the test fields ``tasks.sandbox.build_job``
   reads: HumanEval ``prompt``/``test``; MBPP ``test_list`` (+ ``test_setup_code``, ``test_imports``).
 
 A malformed row is an error naming the file, the line (1-based; for a JSON array file, the item index) and
@@ -20,8 +20,8 @@ import json
 import zlib
 from pathlib import Path
 
-from rl.math_grading import last_boxed
-from rl.sandbox import called_function
+from tasks.math_grading import last_boxed
+from tasks.sandbox import called_function
 
 
 class TaskDataError(ValueError):

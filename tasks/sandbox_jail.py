@@ -1,7 +1,7 @@
 """The walls of the code sandbox (Linux): namespaces and an empty root, cgroups, a seccomp filter.
 
-Used by the job loop (``rl/sandbox_worker.py``, root) to build a worker's jail, and by the zygote
-(``rl/sandbox_zygote.py``) for the per-program filter; ``docs/security.md`` states what each wall guarantees.
+Used by the job loop (``tasks/sandbox_worker.py``, root) to build a worker's jail, and by the zygote
+(``tasks/sandbox_zygote.py``) for the per-program filter; ``docs/security.md`` states what each wall guarantees.
 Like the codec this file is copied into the jail, so it imports nothing of the project.
 """
 

@@ -5,14 +5,14 @@
 * :class:`Sandbox` (this file, in the trainer): a pool of ``workers`` long-lived worker processes, each with a
   uid of its own from a range locked for this pool alone (``/run/ragkit-sandbox/uids-*.lock``), so two pools
   never share a uid and hence never share an ``RLIMIT_NPROC`` count;
-* the worker (``rl/sandbox_worker.py``, root in the namespaces mode): the trusted job loop. It holds the tests
-  and runs them (``rl/sandbox_trusted.py``) against proxies of the program's entry point;
-* the zygote and the program process (``rl/sandbox_zygote.py``): a fresh interpreter that never received a
+* the worker (``tasks/sandbox_worker.py``, root in the namespaces mode): the trusted job loop. It holds the tests
+  and runs them (``tasks/sandbox_trusted.py``) against proxies of the program's entry point;
+* the zygote and the program process (``tasks/sandbox_zygote.py``): a fresh interpreter that never received a
   test, forking one process per job that runs the program as the worker's uid, in the worker's jail
-  (``rl/sandbox_jail.py``: empty root, no network, own IPC and PID namespaces, seccomp) and cgroup
-  (``rl/sandbox_cgroup.py``: memory, process count and CPU of the whole tree).
+  (``tasks/sandbox_jail.py``: empty root, no network, own IPC and PID namespaces, seccomp) and cgroup
+  (``tasks/sandbox_cgroup.py``: memory, process count and CPU of the whole tree).
 
-Values cross between them as tagged JSON (``rl/sandbox_codec.py``). ``docs/security.md`` states the threat model
+Values cross between them as tagged JSON (``tasks/sandbox_codec.py``). ``docs/security.md`` states the threat model
 and what each mode guarantees. Every failure of a sample, in the sandbox or in building its job, is reward 0 for
 that sample, counted in :data:`REWARD_STATS` and logged; only malformed *examples* (a dataset error) raise.
 """
@@ -38,8 +38,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from rl import sandbox_cgroup
-from rl import sandbox_codec as codec
+from tasks import sandbox_cgroup
+from tasks import sandbox_codec as codec
 
 log = logging.getLogger(__name__)
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_worker.py")
@@ -244,7 +244,7 @@ def extract_code(response: str) -> str:
 
 
 def build_job(code: str, example: dict) -> dict:
-    """A sandbox job from extracted code and a task example (see ``rl.tasks``):
+    """A sandbox job from extracted code and a task example (see ``tasks.loaders``):
 
     * HumanEval style: ``{"prompt", "test", "entry_point"}``: program = prompt + code (a response with the whole
       function redefines it, a body-only completion continues it); one test, ``test + check(entry_point)``; the
