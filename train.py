@@ -28,8 +28,8 @@ TRACEBACK_ENV = "RAGKIT_TRACEBACK"
 
 
 # Start-up noise (bitsandbytes' optional kernel, Lightning's tips and its manual-optimisation checkpoint
-# warning; retrieval/quiet.py says why each is harmless), silenced before the imports that print it.
-from retrieval.quiet import quiet_warnings  # noqa: E402
+# warning; training/quiet.py says why each is harmless), silenced before the imports that print it.
+from training.quiet import quiet_warnings  # noqa: E402
 
 quiet_warnings()
 
@@ -212,8 +212,8 @@ class CLI(LightningCLI):
         rank_zero_info(f"Testing {'checkpoint ' + best if best else 'the final weights (no checkpoint saved)'}")
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
         if hasattr(self.model, "export"):
-            from lightning_modules.sharding import export_whole
-            from retrieval.atomic_files import export_atomically
+            from training.sharding import export_whole
+            from training.atomic_files import export_atomically
 
             # every rank: log_dir is a broadcast, and a sharded model is gathered before rank 0 writes it
             target = Path(self.trainer.log_dir or ".") / "export"

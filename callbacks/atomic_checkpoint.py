@@ -1,4 +1,4 @@
-"""Checkpoints written atomically on any filesystem (retrieval.atomic_files): Lightning's own save writes into a
+"""Checkpoints written atomically on any filesystem (training.atomic_files): Lightning's own save writes into a
 temporary file in ``$TMPDIR`` and moves it; across filesystems the move copies into the final name, so a kill
 or a full disk leaves a truncated ``last.ckpt`` (the previous one already gone) and an orphan in ``$TMPDIR``."""
 
@@ -11,11 +11,11 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from fsspec.implementations.local import LocalFileSystem
 
-from retrieval.atomic_files import atomic_file
+from training.atomic_files import atomic_file
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` whose local saves go through :func:`retrieval.atomic_files.atomic_file` (remote
+    """``TorchCheckpointIO`` whose local saves go through :func:`training.atomic_files.atomic_file` (remote
     URLs: Lightning's fsspec transaction, which uploads whole objects)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:

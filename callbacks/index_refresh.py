@@ -24,7 +24,7 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from retrieval.bm25 import mine_hard_negatives
-from retrieval.distributed import gather_objects
+from training.distributed import gather_objects
 from retrieval.embeddings_store import EmbeddingsStore, write_embeddings
 from retrieval.index import DenseIndex
 

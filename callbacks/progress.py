@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import lightning as L
 
-from retrieval.progress import ProgressLog, default_interval, is_terminal
+from training.progress import ProgressLog, default_interval, is_terminal
 
 
 class LogProgress(L.Callback):

@@ -11,7 +11,7 @@ state in the checkpoint and loads it on resume) over an ``EpochSampler``:
   each item's negatives / crops) is saved and restored with the loader;
 - the loader has its own ``torch.Generator``: a plain DataLoader draws a seed from the global torch RNG at
   every ``iter``, which would shift the dropout / sampling stream that the modules checkpoint
-  (lightning_modules.rng_state) by one draw on resume.
+  (training.rng_state) by one draw on resume.
 
 Checkpoints this makes exact: those written after a training step (``ModelCheckpoint(every_n_train_steps=N)``,
 ``save_last``), mid-epoch or at the epoch's last batch. Lightning 2.6 itself resumes a checkpoint written in

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.qa import QADataModule, QADataset
 from datamodules.resumable import StatefulDataLoader, train_loader
-from generation.lm import DEFAULT_GENERATOR, load_tokenizer
+from training.models import DEFAULT_GENERATOR, load_tokenizer
 from generation.prompts import PromptFormat, prompt_format, uses_chat
 from generation.tokens import TokenBatch
 from retrieval.search import make_retriever

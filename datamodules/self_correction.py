@@ -1,5 +1,5 @@
 """Problems for self-correction (SCoRe training and the two-attempt evaluation): GSM8K, MATH-500 or a user's
-MATH-format JSONL, HumanEval, MBPP, read with ``rl.tasks``. Batches are lists of example dicts (the module
+MATH-format JSONL, HumanEval, MBPP, read with ``tasks.loaders``. Batches are lists of example dicts (the module
 renders prompts with the policy's tokenizer through :attr:`SelfCorrectionDataModule.problem_format`).
 
 Splits: GSM8K train / test files; MBPP's paper ranges of ``mbpp.jsonl.gz`` (train 601-974, test 11-510,
@@ -22,7 +22,7 @@ from datamodules.beir import resolve_data_dir
 from datamodules.qa import needs_split
 from datamodules.resumable import StatefulDataLoader, train_loader
 from rl.self_correction import MATH_SHOTS, ProblemFormat, arithmetic_problems, task_kind
-from rl.tasks import load_gsm8k, load_humaneval, load_math, load_mbpp
+from tasks.loaders import load_gsm8k, load_humaneval, load_math, load_mbpp
 
 DEFAULT_FILES = {  # task -> (train file, test file)
     "gsm8k": ("data/gsm8k/train.jsonl", "data/gsm8k/test.jsonl"),
