@@ -37,7 +37,7 @@ os.chdir(ROOT)
 import torch  # noqa: E402
 
 from datamodules.lsr import LSRQADataModule  # noqa: E402
-from lightning_modules.contrastive_retriever import decay_groups  # noqa: E402
+from training.schedule import decay_groups  # noqa: E402
 from lightning_modules.replug_lsr import ReplugLSR  # noqa: E402
 from retrieval.lsr import LMScoreCache, lsr_loss  # noqa: E402
 

@@ -24,45 +24,17 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
-from transformers import get_linear_schedule_with_warmup
 
 from callbacks.retrieval_eval import RetrievalEvaluator
 from training.lora import apply_lora, merged
 from training.rng_state import load_rng_state, save_rng_state
-from training.schedule import planned_steps
+from training.schedule import adamw, warmup_then_decay
 from training.sharding import full_parameters, shard
 from training.distributed import gather_no_grad, global_exclude, global_scores
 from retrieval.encoders import DEFAULT_ENCODER, Encoder
 from retrieval.gradcache import grad_cache, split_inputs
 from retrieval.index import DenseIndex
 from retrieval.losses import contrastive_loss
-
-
-def adamw(params) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=2e-5, weight_decay=0.01)
-
-
-def decay_groups(module: torch.nn.Module, weight_decay: float | None = None) -> list[dict]:
-    """Parameter groups without weight decay on biases and LayerNorm weights (BERT's recipe)."""
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 else decay).append(p)
-    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if weight_decay is not None:
-        groups[0]["weight_decay"] = weight_decay
-    return groups
-
-
-def warmup_then_decay(module: L.LightningModule, optimizer_factory, warmup: float) -> dict:
-    """Lightning's optimizer config for a retriever: ``optimizer_factory`` on :func:`decay_groups`, the
-    learning rate warmed up linearly over ``warmup`` (a fraction of the training steps if < 1, else a
-    number of steps), then decayed linearly to 0."""
-    optimizer = optimizer_factory(decay_groups(module))
-    total = planned_steps(module.trainer)
-    warmup_steps = int(warmup * total) if warmup < 1 else int(warmup)
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total)
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 class ContrastiveRetriever(L.LightningModule):

@@ -34,7 +34,7 @@ from generation.qa_metrics import answer_recall_at_k, exact_match, f1_score
 from generation.rag import answer_questions
 from generation.replug import replug_score
 from generation.scoring import score_triples
-from lightning_modules.contrastive_retriever import warmup_then_decay
+from training.schedule import warmup_then_decay
 from training.rng_state import load_rng_state, save_rng_state
 from training.sharding import full_parameters, shard
 from retrieval.embeddings_store import EmbeddingsStore, write_embeddings

@@ -189,7 +189,7 @@ def test_cached_lm_scores_equal_fresh_scores_and_are_invalidated_by_lm_or_prompt
 
 @pytest.mark.parametrize("train_passage_encoder", [True, False])
 def test_gradients_reach_the_retriever_and_never_the_lm(tiny_bert_dir, tiny_llama_dir, train_passage_encoder):
-    from lightning_modules.contrastive_retriever import decay_groups
+    from training.schedule import decay_groups
     from retrieval.lsr import lsr_loss as loss_fn
 
     model = _module(tiny_bert_dir, tiny_llama_dir, train_passage_encoder=train_passage_encoder)

@@ -1,6 +1,9 @@
-"""The number of optimizer steps a learning-rate schedule spans, counted without breaking exact resume."""
+"""Optimizers and learning-rate schedules: the default AdamW, BERT's weight-decay groups, linear warm-up then
+decay, and the number of optimizer steps a schedule spans, counted without breaking exact resume."""
 
 from __future__ import annotations
+
+import torch
 
 
 def planned_steps(trainer) -> int:
@@ -22,3 +25,32 @@ def planned_steps(trainer) -> int:
             loop._data_fetcher = None
         loop._combined_loader = None
     return int(total) if total != float("inf") else total
+
+
+def adamw(params) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=2e-5, weight_decay=0.01)
+
+
+def decay_groups(module: torch.nn.Module, weight_decay: float | None = None) -> list[dict]:
+    """Parameter groups without weight decay on biases and LayerNorm weights (BERT's recipe)."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if weight_decay is not None:
+        groups[0]["weight_decay"] = weight_decay
+    return groups
+
+
+def warmup_then_decay(module: torch.nn.Module, optimizer_factory, warmup: float) -> dict:
+    """Lightning's optimizer config for a retriever: ``optimizer_factory`` on :func:`decay_groups`, the
+    learning rate warmed up linearly over ``warmup`` (a fraction of the training steps if < 1, else a
+    number of steps), then decayed linearly to 0."""
+    optimizer = optimizer_factory(decay_groups(module))
+    total = planned_steps(module.trainer)
+    warmup_steps = int(warmup * total) if warmup < 1 else int(warmup)
+    from transformers import get_linear_schedule_with_warmup
+
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
