@@ -99,9 +99,9 @@ def test_bad_train_file_does_not_break_evaluation_only_runs(name, tmp_path, tiny
     for stage in ("test", "validate"):
         dm.setup(stage)
         assert dm.test_dataloader() is not None
-    with pytest.raises(ValueError, match=r"train\.jsonl(, line 2|:2): invalid JSON"):
+    with pytest.raises(ValueError, match=r"train\.jsonl, line 2: invalid JSON"):
         dm.setup("fit")  # a run that trains still reads it, and names the line
-    with pytest.raises(ValueError, match=r"train\.jsonl(, line 2|:2): invalid JSON"):
+    with pytest.raises(ValueError, match=r"train\.jsonl, line 2: invalid JSON"):
         make().setup("fit")
 
 
