@@ -93,6 +93,9 @@ def test_humaneval_and_mbpp_field_errors(tmp_path):
             "challenge_test_list": []}
     with pytest.raises(DataFormatError, match=r"mbpp\.jsonl, line 1, field 'task_id': expected int, got str"):
         load_mbpp(write(tmp_path / "mbpp.jsonl", json.dumps(mbpp) + "\n"))
+    mbpp["task_id"] = True  # a bool is no task id (json true is a Python int subclass)
+    with pytest.raises(DataFormatError, match=r"mbpp\.jsonl, line 1, field 'task_id': expected int, got bool"):
+        load_mbpp(write(tmp_path / "mbpp.jsonl", json.dumps(mbpp) + "\n"))
     mbpp["task_id"], mbpp["test_list"] = 12, ["assert f()", 3]
     with pytest.raises(DataFormatError, match=r"mbpp\.jsonl, line 1, field 'test_list': expected a list of strings"):
         load_mbpp(write(tmp_path / "mbpp.jsonl", json.dumps(mbpp) + "\n"))
