@@ -23,7 +23,7 @@ from datamodules.beir import resolve_data_dir
 from datamodules.qa import needs_split
 from datamodules.resumable import StatefulDataLoader, train_loader
 from tasks.problem_format import ProblemFormat
-from tasks.registry import get_task
+from tasks.registry import Task, get_task
 
 
 def solution_steps(example: dict) -> int:
@@ -69,8 +69,7 @@ class SelfCorrectionDataModule(L.LightningDataModule):
                  prompt: str | None = None, num_shots: int = 0, shots_file: str | None = None, chat: bool = True,
                  batch_size: int = 8, eval_batch_size: int = 8, seed: int = 0):
         super().__init__()
-        self.task = get_task(task)
-        self.options = self.task.make_options(options)
+        self.options = get_task(task).make_options(options)
         if slice is not None and slice not in SLICES:
             raise ValueError(f"unknown slice {slice!r}; expected one of {sorted(SLICES)} or null")
         if num_shots < 0:
@@ -78,6 +77,11 @@ class SelfCorrectionDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.rows: dict[str, list[dict]] = {}
         self.shots: list[dict] = []
+
+    @property
+    def task(self) -> Task:
+        """The registry's entry (looked up by name: a spawned process gets the name, not the entry)."""
+        return get_task(self.hparams.task)
 
     # -- reading --------------------------------------------------------------------------------------
     def _load(self, source: str, role: str) -> list[dict]:

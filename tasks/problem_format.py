@@ -15,7 +15,13 @@ from tasks.registry import get_task, task_kind
 def resolve_prompt(prompt: str | None, task: str) -> str:
     """A first-attempt template by name (a key of ``PROMPTS``), None for the task's own (``Task.prompt``), or a
     literal template with a ``{problem}`` field (``{tests}``: MBPP's asserts, one per line)."""
-    return named_template(get_task(task).prompt if prompt is None else prompt, PROMPTS, "problem")
+    if prompt is None:
+        prompt = get_task(task).prompt
+    if prompt is None:
+        if task_kind(task) != "math":
+            raise ValueError(f"task {task!r} has no first-attempt prompt; pass a template (data.init_args.prompt)")
+        prompt = "math"
+    return named_template(prompt, PROMPTS, "problem")
 
 
 @dataclass

@@ -38,7 +38,8 @@ class Task:
         load: ``load(source, role, options) -> examples`` (dicts with ``id``, ``task``, ``problem`` and what the
             reward reads); ``role`` is ``train``, ``test`` or ``shots``; ``options`` an instance of ``options``.
         reward: ``reward(responses, examples) -> list[float]`` of 0/1, also the evaluation metric.
-        prompt: the first-attempt template: a ``tasks.prompts.PROMPTS`` name or a literal with ``{problem}``.
+        prompt: the first-attempt template: a ``tasks.prompts.PROMPTS`` name or a literal with ``{problem}``
+            (None: the ``math`` prompt for a math task; a code task needs its own).
         train_file / test_file: default sources (paths from the project root; None: no such split by default).
         shots: the default few-shot pool: a source read with ``load(source, "shots", options)``, or the
             demonstrations themselves (each with ``id``, ``problem`` and ``demonstration``); None: none.
@@ -50,7 +51,7 @@ class Task:
     kind: str
     load: Callable[[str, str, Any], list[dict]]
     reward: Reward
-    prompt: str = "math"
+    prompt: str | None = None
     train_file: str | None = None
     test_file: str | None = None
     shots: str | tuple[dict, ...] | None = None
@@ -155,22 +156,37 @@ class MBPPOptions:
                 raise ValueError(f"mbpp options: {f.name} {getattr(self, f.name)!r} not in {sorted(MBPP_SPLITS)}")
 
 
+def _gsm8k(source: str, role: str, options: None) -> list[dict]:
+    return load_gsm8k(source)
+
+
+def _math(source: str, role: str, options: None) -> list[dict]:
+    return load_math(source, "math")
+
+
+def _math500(source: str, role: str, options: None) -> list[dict]:
+    return load_math(source, "math500")
+
+
+def _humaneval(source: str, role: str, options: None) -> list[dict]:
+    return load_humaneval(source)
+
+
 def _mbpp(source: str, role: str, options: MBPPOptions) -> list[dict]:
     return load_mbpp(source, getattr(options, f"{role}_split"))
 
 
+# (module-level loaders, not lambdas: a DataModule is pickled to spawned processes)
 MINERVA_SHOTS = tuple(dict(s, id=f"minerva/{i}") for i, s in enumerate(MATH_SHOTS))
 GSM8K_TRAIN = "data/gsm8k/train.jsonl"
 MBPP_FILE = "data/mbpp/mbpp.jsonl.gz"
 
-register_task(Task("gsm8k", "math", lambda source, role, options: load_gsm8k(source), math_reward,
-                   train_file=GSM8K_TRAIN, test_file="data/gsm8k/test.jsonl", shots=GSM8K_TRAIN))
-register_task(Task("math", "math", lambda source, role, options: load_math(source, "math"), math_reward,
-                   shots=MINERVA_SHOTS))
-register_task(Task("math500", "math", lambda source, role, options: load_math(source, "math500"), math_reward,
-                   test_file="data/math500/test.jsonl", shots=MINERVA_SHOTS))
-register_task(Task("humaneval", "code", lambda source, role, options: load_humaneval(source), code_reward,
-                   prompt="humaneval", test_file="data/humaneval/HumanEval.jsonl.gz"))
+register_task(Task("gsm8k", "math", _gsm8k, math_reward, train_file=GSM8K_TRAIN, test_file="data/gsm8k/test.jsonl",
+                   shots=GSM8K_TRAIN))
+register_task(Task("math", "math", _math, math_reward, shots=MINERVA_SHOTS))
+register_task(Task("math500", "math", _math500, math_reward, test_file="data/math500/test.jsonl", shots=MINERVA_SHOTS))
+register_task(Task("humaneval", "code", _humaneval, code_reward, prompt="humaneval",
+                   test_file="data/humaneval/HumanEval.jsonl.gz"))
 register_task(Task("mbpp", "code", _mbpp, code_reward, prompt="mbpp", train_file=MBPP_FILE, test_file=MBPP_FILE,
                    shots=MBPP_FILE, options=MBPPOptions))
 register_task(Task("arithmetic", "math", load_arithmetic, math_reward, train_file="train", test_file="test",

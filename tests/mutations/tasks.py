@@ -16,7 +16,7 @@ MUTATIONS = [
      "new": "    return INSTRUCTIONS[kind]",
      "tests": [f"{REG}::test_toy_task_reward_and_instruction_reach_the_evaluation"]},
     {"name": "task_prompt_ignored", "file": "tasks/problem_format.py",
-     "old": "get_task(task).prompt if prompt is None else prompt", "new": "\"math\" if prompt is None else prompt",
+     "old": "        prompt = get_task(task).prompt\n", "new": "        prompt = None\n",
      "tests": [f"{REG}::test_toy_task_from_one_file_runs_through_the_config"]},
     {"name": "repeated_task_name_replaces", "file": R,
      "old": "    if task.name in _TASKS and _TASKS[task.name] != task:", "new": "    if False:",
