@@ -50,6 +50,12 @@ def test_unknown_names_options_and_repeats_are_clear_errors():
         register_task(Task("gsm8k", "math", load=lambda *a: [], reward=lambda r, e: []))
     with pytest.raises(ValueError, match="module 'tasks.prompts' registers no task named 'x'"):
         get_task("tasks.prompts:x")
+    from tasks.problem_format import resolve_prompt
+
+    register_task(Task("bare_code", "code", load=lambda *a: [], reward=lambda r, e: []))
+    with pytest.raises(ValueError, match="task 'bare_code' has no first-attempt prompt; pass a template"):
+        resolve_prompt(None, "bare_code")
+    assert resolve_prompt("{problem}?", "bare_code") == "{problem}?"
 
 
 def test_mbpp_options_choose_the_paper_ranges():
