@@ -6,7 +6,7 @@ cache handling, the rest of generate, ours).
     python bench/rollout_batch.py --rows 8 16 32 64 --threads 1 2 --precision fp32 --max-new-tokens 32
     python bench/rollout_batch.py --rows 16 --threads 2 --profile
 
-Prompts: SCoRe's arithmetic problems (rl.self_correction.render_problem), each repeated --group-size times;
+Prompts: SCoRe's arithmetic problems (tasks.problem_format.render_problem), each repeated --group-size times;
 every row generates exactly --max-new-tokens tokens (EOS and stop strings suppressed), so both sides count
 the same tokens. Sampling at temperature 0.7 with a fixed seed. The CPU flags and the load average are printed:
 compare numbers only within one run.
@@ -35,7 +35,8 @@ from training.precision import lm_autocast, set_precision  # noqa: E402
 from generation.tokens import pad  # noqa: E402
 from rl.envs import SingleTurn  # noqa: E402
 from rl.rollout import rollout  # noqa: E402
-from rl.self_correction import arithmetic_problems, render_problem  # noqa: E402
+from tasks.arithmetic import arithmetic_problems  # noqa: E402
+from tasks.problem_format import render_problem  # noqa: E402
 
 
 class NoStop(LogitsProcessor):

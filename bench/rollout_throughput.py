@@ -13,7 +13,7 @@ the load average are printed with the results: compare only ratios from one run.
 ``--two-attempts`` (SCoRe): ours is one rollout with rl.self_correction's TwoAttemptEnv (attempt 1, the
 paper's instruction as a chat turn, attempt 2, the KV cache kept between them); TRL generates attempt 1,
 then attempt 2 from prompt + attempt 1 + the same instruction text (two ``_generate`` calls), on generated
-two-digit additions (the half-solved task) rendered by rl.self_correction.render_problem.
+two-digit additions (the half-solved task) rendered by tasks.problem_format.render_problem.
 
 Both sample with the same seed per repeat, hence the same tokens (ours also stops a sequence at
 ``</answer>``, TRL only at EOS); each side's tokens/s is its own generated-token count over its own wall
@@ -47,7 +47,9 @@ from rl.prompts import render_prompt  # noqa: E402
 from rl.envs import SearchEnv  # noqa: E402
 from rl.rollout import rollout  # noqa: E402
 from rl.search import BM25Search, SafeSearch  # noqa: E402
-from rl.self_correction import arithmetic_problems, render_problem, two_attempt_env  # noqa: E402
+from rl.self_correction import two_attempt_env  # noqa: E402
+from tasks.arithmetic import arithmetic_problems  # noqa: E402
+from tasks.problem_format import render_problem  # noqa: E402
 
 
 def trl_trainer(model, tokenizer, group_size: int, max_new_tokens: int, batch: int, out_dir: str):

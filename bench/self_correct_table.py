@@ -36,7 +36,8 @@ from datamodules.self_correction import SelfCorrectionDataModule  # noqa: E402
 from training.models import load_causal_lm  # noqa: E402
 from rl.envs import SingleTurn  # noqa: E402
 from rl.rollout import rollout  # noqa: E402
-from rl.self_correction import attempt_metrics, evaluate_two_attempts, task_reward  # noqa: E402
+from rl.self_correction import attempt_metrics, evaluate_two_attempts  # noqa: E402
+from tasks.registry import task_reward  # noqa: E402
 
 # name -> SelfCorrectionDataModule options (the test split, first n problems)
 CANDIDATES = {
@@ -50,7 +51,7 @@ CANDIDATES = {
     "humaneval_0shot": dict(task="humaneval"),
     "add2_0shot": dict(task="arithmetic"),
     "add2_4shot": dict(task="arithmetic", num_shots=4),
-    "add3_4shot": dict(task="arithmetic", digits=3, num_shots=4),
+    "add3_4shot": dict(task="arithmetic", options={"digits": 3}, num_shots=4),
 }
 TABLE_TASKS = {"gsm8k": dict(task="gsm8k"), "math500": dict(task="math500"), "humaneval": dict(task="humaneval"),
                "gsm8k_short_4shot": CANDIDATES["gsm8k_short_4shot"], "mbpp": dict(task="mbpp"),

@@ -1,9 +1,10 @@
-"""Problems for self-correction (SCoRe training and the two-attempt evaluation): GSM8K, MATH-500 or a user's
-MATH-format JSONL, HumanEval, MBPP, read with ``tasks.loaders``. Batches are lists of example dicts (the module
-renders prompts with the policy's tokenizer through :attr:`SelfCorrectionDataModule.problem_format`).
+"""Problems for self-correction (SCoRe training and the two-attempt evaluation) of any task of ``tasks.registry``
+(GSM8K, MATH-500 or a user's MATH-format JSONL, HumanEval, MBPP, generated arithmetic, or one a new file
+registers). Batches are lists of example dicts (the module renders prompts with the policy's tokenizer through
+:attr:`SelfCorrectionDataModule.problem_format`).
 
-Splits: GSM8K train / test files; MBPP's paper ranges of ``mbpp.jsonl.gz`` (train 601-974, test 11-510,
-few-shot prompts 1-10); MATH-500 and HumanEval are test-only (a MATH-format training file can be given).
+Splits: each task's default train / test sources (``Task.train_file`` / ``test_file``: GSM8K's two files, MBPP's
+paper ranges of ``mbpp.jsonl.gz``; MATH-500 and HumanEval are test-only, a MATH-format training file can be given).
 
 Slices (``slice``): a named filter applied to every split (and to the few-shot pool), e.g. ``short``:
 GSM8K problems whose reference solution has at most ``max_steps`` lines (the model's "half-solved" slice,
@@ -21,19 +22,8 @@ from torch.utils.data import DataLoader
 from datamodules.beir import resolve_data_dir
 from datamodules.qa import needs_split
 from datamodules.resumable import StatefulDataLoader, train_loader
-from rl.self_correction import MATH_SHOTS, ProblemFormat, arithmetic_problems, task_kind
-from tasks.loaders import load_gsm8k, load_humaneval, load_math, load_mbpp
-
-DEFAULT_FILES = {  # task -> (train file, test file)
-    "gsm8k": ("data/gsm8k/train.jsonl", "data/gsm8k/test.jsonl"),
-    "math500": (None, "data/math500/test.jsonl"),
-    "math": (None, None),
-    "humaneval": (None, "data/humaneval/HumanEval.jsonl.gz"),
-    "mbpp": ("data/mbpp/mbpp.jsonl.gz", "data/mbpp/mbpp.jsonl.gz"),
-    "arithmetic": (None, None),  # generated: rl.self_correction.arithmetic_problems
-}
-# seeds of the generated arithmetic splits (disjoint draws; a repeated question is possible, as in any sample)
-ARITHMETIC_SEEDS = {"test": 0, "train": 1, "shots": 2}
+from tasks.problem_format import ProblemFormat
+from tasks.registry import Task, get_task
 
 
 def solution_steps(example: dict) -> int:
@@ -57,54 +47,46 @@ def as_list(rows: list[dict]) -> list[dict]:
 
 class SelfCorrectionDataModule(L.LightningDataModule):
     """Args:
-        task: gsm8k, math500, math (a user's MATH-format JSONL: give test_file/train_file), humaneval, mbpp,
-            arithmetic (generated "What is a + b?": ``num_problems`` per split, ``digits``-digit operands, ``op``).
-        train_file / test_file: override the task's files (relative paths from the project root); MBPP files
-            are split by ``train_split`` / ``test_split`` (prompt, train, validation, test).
+        task: a registered task (``tasks.registry``): gsm8k, math500, math (a user's MATH-format JSONL: give
+            test_file/train_file), humaneval, mbpp, arithmetic (generated "What is a + b?"), or
+            ``package.module:name`` of a file that registers one.
+        train_file / test_file: override the task's sources (relative paths from the project root).
+        options: the task's own settings (``Task.options``), e.g. mbpp ``{train_split, test_split, shots_split}``
+            (prompt, train, validation, test), arithmetic ``{num_problems, digits, op}``.
         limit_train / limit_val / limit_test: first N problems (after the slice); val is the first
             ``limit_val`` test problems (none when unset).
         slice: a name in ``SLICES`` (``short``: at most ``max_steps`` solution lines), or None.
-        prompt: the first-attempt template (a ``rl.self_correction.PROMPTS`` name, a literal template, or
-            None for the task's default); ``num_shots`` demonstrations from ``shots_file`` (default: GSM8K
+        prompt: the first-attempt template (a ``tasks.prompts.PROMPTS`` name, a literal template, or None for
+            the task's own); ``num_shots`` demonstrations from ``shots_file`` (default: the task's pool: GSM8K
             train, MBPP's prompt split, Minerva's four MATH examples); ``chat``: use the chat template.
         batch_size / eval_batch_size: problems per training / evaluation batch.
         seed: the training order.
     """
 
     def __init__(self, task: str = "gsm8k", train_file: str | None = None, test_file: str | None = None,
-                 train_split: str = "train", test_split: str = "test", limit_train: int | None = None,
-                 limit_val: int | None = None, limit_test: int | None = None, slice: str | None = None,
-                 max_steps: int = 2, prompt: str | None = None, num_shots: int = 0, shots_file: str | None = None,
-                 chat: bool = True, batch_size: int = 8, eval_batch_size: int = 8, seed: int = 0,
-                 num_problems: int = 1000, digits: int = 2, op: str = "+"):
+                 options: dict | None = None, limit_train: int | None = None, limit_val: int | None = None,
+                 limit_test: int | None = None, slice: str | None = None, max_steps: int = 2,
+                 prompt: str | None = None, num_shots: int = 0, shots_file: str | None = None, chat: bool = True,
+                 batch_size: int = 8, eval_batch_size: int = 8, seed: int = 0):
         super().__init__()
-        if task not in DEFAULT_FILES:
-            raise ValueError(f"unknown task {task!r}; expected one of {sorted(DEFAULT_FILES)}")
+        self.options = get_task(task).make_options(options)
         if slice is not None and slice not in SLICES:
             raise ValueError(f"unknown slice {slice!r}; expected one of {sorted(SLICES)} or null")
         if num_shots < 0:
             raise ValueError(f"num_shots must be >= 0, got {num_shots}")
-        if task == "arithmetic" and num_problems < 1:
-            raise ValueError(f"SelfCorrectionDataModule.num_problems must be >= 1 (problems per generated arithmetic "
-                             f"split), got {num_problems}")
         self.save_hyperparameters()
         self.rows: dict[str, list[dict]] = {}
         self.shots: list[dict] = []
 
+    @property
+    def task(self) -> Task:
+        """The registry's entry (looked up by name: a spawned process gets the name, not the entry)."""
+        return get_task(self.hparams.task)
+
     # -- reading --------------------------------------------------------------------------------------
-    def _load(self, path: str, split: str | None) -> list[dict]:
-        task = self.hparams.task
-        if task == "arithmetic":
-            hp = self.hparams
-            return arithmetic_problems(hp.num_problems, ARITHMETIC_SEEDS[path], hp.digits, hp.op)
-        path = str(resolve_data_dir(path))
-        if task == "gsm8k":
-            return load_gsm8k(path)
-        if task in ("math", "math500"):
-            return load_math(path, task)
-        if task == "humaneval":
-            return load_humaneval(path)
-        return load_mbpp(path, split)
+    def _load(self, source: str, role: str) -> list[dict]:
+        source = str(resolve_data_dir(source)) if self.task.reads_files else source
+        return self.task.load(source, role, self.options)
 
     def _keep(self, rows: list[dict]) -> list[dict]:
         hp = self.hparams
@@ -113,21 +95,14 @@ class SelfCorrectionDataModule(L.LightningDataModule):
         return [r for r in rows if SLICES[hp.slice](r, hp.max_steps)]
 
     def _load_shots(self) -> list[dict]:
-        hp = self.hparams
+        hp, task = self.hparams, self.task
         if hp.num_shots == 0:
             return []
-        if hp.shots_file is not None:
-            pool = self._load(hp.shots_file, "prompt" if hp.task == "mbpp" else None)
-        elif hp.task == "gsm8k":
-            pool = self._load(DEFAULT_FILES["gsm8k"][0], None)
-        elif hp.task == "mbpp":
-            pool = self._load(DEFAULT_FILES["mbpp"][0], "prompt")
-        elif hp.task == "arithmetic":
-            pool = self._load("shots", None)
-        elif task_kind(hp.task) == "math":
-            pool = [dict(s, id=f"minerva/{i}") for i, s in enumerate(MATH_SHOTS)]
-        else:
-            raise ValueError(f"task {hp.task!r} has no few-shot pool; set shots_file or num_shots: 0")
+        source = hp.shots_file if hp.shots_file is not None else task.shots
+        if source is None:
+            raise ValueError(f"task {task.name!r} has no few-shot pool; set shots_file or num_shots: 0")
+        pool = self._load(source, "shots") if isinstance(source, str) else list(source)
+        # a slice selects problems; demonstrations that bring their worked answer are kept as they are
         pool = self._keep(pool) if pool and "demonstration" not in pool[0] else pool
         if len(pool) < hp.num_shots:
             raise ValueError(f"num_shots={hp.num_shots} but the shot pool has {len(pool)} problems")
@@ -135,8 +110,7 @@ class SelfCorrectionDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
-        default_train, default_test = ("train", "test") if hp.task == "arithmetic" else DEFAULT_FILES[hp.task]
-        train_file, test_file = hp.train_file or default_train, hp.test_file or default_test
+        train_file, test_file = hp.train_file or self.task.train_file, hp.test_file or self.task.test_file
         if not needs_split("train", stage) or "train" in self.rows:
             train_file = None   # an evaluation-only run never reads (nor fails on) the training file
         if "test" in self.rows:
@@ -146,12 +120,12 @@ class SelfCorrectionDataModule(L.LightningDataModule):
         shot_ids = {s["id"] for s in self.shots}
         if test_file:
             # a demonstration is never a test problem (it can be, when shots and test share a file)
-            test = [r for r in self._keep(self._load(test_file, hp.test_split)) if r["id"] not in shot_ids]
+            test = [r for r in self._keep(self._load(test_file, "test")) if r["id"] not in shot_ids]
             self.rows["test"] = test[:hp.limit_test] if hp.limit_test is not None else test
             if hp.limit_val:
                 self.rows["val"] = test[:hp.limit_val]
         if train_file:
-            train = [r for r in self._keep(self._load(train_file, hp.train_split)) if r["id"] not in shot_ids]
+            train = [r for r in self._keep(self._load(train_file, "train")) if r["id"] not in shot_ids]
             random.Random(hp.seed).shuffle(train)
             self.rows["train"] = train[:hp.limit_train] if hp.limit_train is not None else train
         for split, rows in self.rows.items():

@@ -3,36 +3,36 @@ evaluation-only module.
 
 Methods (``method``):
   two_attempts  attempt 1; SCoRe's fixed self-correction instruction; attempt 2 (the paper's "base model"
-                row when the generator is the base model);
+                row when ``lm`` is the base model);
   self_refine   Self-Refine: attempt 1; "review it" -> a critique; "revise using it" -> attempt 2.
 The problems, the first-attempt prompt and any demonstrations come from the DataModule
 (``datamodules.self_correction.SelfCorrectionDataModule``); rewards are the task's metric (math answer
 checking, or unit tests in the sandbox). Logs Accuracy@t1, Accuracy@t2, Delta(t1,t2), Delta_i->c and
 Delta_c->i over every rank's problems (each once), sampled pairs of attempts as TensorBoard text, and writes
-one record per problem to ``attempts.jsonl`` in the log directory.
+one record per problem to ``attempts.jsonl`` in the log directory (``training.records``).
 """
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
 
 import lightning as L
-import torch
 
-from training.models import DEFAULT_GENERATOR, load_causal_lm
-from lightning_modules.rag_eval import merge_records
-from training.distributed import gather_objects
 from rl.self_correction import BASELINES, attempt_metrics, evaluate_two_attempts, make_env
+from training.distributed import gather_objects
+from training.models import load_causal_lm
+from training.records import code_block, log_texts, merge_records, write_jsonl
+from training.settings import LM
 
 
 class SelfCorrectEvaluator(L.LightningModule):
     """Args:
         method: ``two_attempts`` or ``self_refine``.
-        generator: causal LM name or folder (``smollm2-135m-instruct`` = the offline default); dtype its weights.
-        kind: ``math`` or ``code`` (the reward and the instruction); default: that of the DataModule's task.
+        lm: the generator (``training.settings.LM``; ``smollm2-135m-instruct`` = the offline default).
+        task: a registered task (``tasks.registry``) or a kind (``math``, ``code``), for the reward, the
+            instruction and the first-attempt prompt; default: the DataModule's task.
         greedy: greedy decoding (the paper's evaluation); else sampling at ``temperature``.
         max_turn_tokens: tokens per generated turn; max_response_tokens: per problem, all turns and the
             instructions together (default: turns x max_turn_tokens + 512).
@@ -41,27 +41,30 @@ class SelfCorrectEvaluator(L.LightningModule):
 
     evaluation_only = True
 
-    def __init__(self, method: str = "two_attempts", generator: str = DEFAULT_GENERATOR, dtype: str = "float32",
-                 kind: str | None = None, greedy: bool = True, temperature: float = 1.0, max_turn_tokens: int = 256,
-                 max_response_tokens: int | None = None, num_examples: int = 5, seed: int = 0):
+    def __init__(self, method: str = "two_attempts", lm: LM = LM(), task: str | None = None, greedy: bool = True,
+                 temperature: float = 1.0, max_turn_tokens: int = 256, max_response_tokens: int | None = None,
+                 num_examples: int = 5, seed: int = 0):
         super().__init__()
         if method not in BASELINES:
             raise ValueError(f"unknown method {method!r}; expected one of {sorted(BASELINES)}")
-        self.save_hyperparameters()
-        self.lm = self.tokenizer = self.env = self.problem_format = None
+        # Lightning refuses a key in both the module's and the DataModule's hparams with different values (None)
+        self.save_hyperparameters(ignore=["task"])
+        self.lm, self.task = lm, task  # lm: the dataclass itself (hparams holds it as a dict)
+        self.generator = self.tokenizer = self.env = self.problem_format = None
         self.records: list[dict] = []
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
         dm = self.trainer.datamodule
-        self.task = hp.kind or getattr(getattr(dm, "hparams", None), "task", None)
+        self.task = self.task or getattr(getattr(dm, "hparams", None), "task", None)
         if self.task is None:
-            raise ValueError("SelfCorrectEvaluator: no task kind (set model.init_args.kind: math or code, or use "
+            raise ValueError("SelfCorrectEvaluator: no task (set model.init_args.task, or use "
                              "SelfCorrectionDataModule)")
         self.problem_format = getattr(dm, "problem_format", None)
-        if self.lm is None:
-            self.lm, self.tokenizer = load_causal_lm(hp.generator, dtype=hp.dtype, device=self.device)
-            self.lm.eval()
+        if self.generator is None:
+            self.generator, self.tokenizer = load_causal_lm(self.lm.name_or_path, **self.lm.load_kwargs(),
+                                                            device=self.device)
+            self.generator.eval()
         chat = self.problem_format.chat if self.problem_format is not None else True
         self.env = make_env(hp.method, self.tokenizer, self.task, chat=chat)
 
@@ -74,7 +77,7 @@ class SelfCorrectEvaluator(L.LightningModule):
     def test_step(self, batch: list[dict], batch_idx: int) -> None:
         hp = self.hparams
         # 1. attempt 1, the instruction(s), attempt 2; 2. each attempt graded by the task's metric
-        out = evaluate_two_attempts(self.lm, self.tokenizer, batch, self.task, env=self.env,
+        out = evaluate_two_attempts(self.generator, self.tokenizer, batch, self.task, env=self.env,
                                     problem_format=self.problem_format, greedy=hp.greedy, temperature=hp.temperature,
                                     max_turn_tokens=hp.max_turn_tokens, max_response_tokens=hp.max_response_tokens,
                                     batch_size=len(batch), with_metrics=False)
@@ -92,24 +95,17 @@ class SelfCorrectEvaluator(L.LightningModule):
         if not self.trainer.is_global_zero:
             return
         # 4. per-problem records and sampled pairs of attempts
-        log_dir.mkdir(parents=True, exist_ok=True)
-        with open(log_dir / "attempts.jsonl", "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        experiment = getattr(self.logger, "experiment", None)
-        if hasattr(experiment, "add_text"):
-            sample = random.Random(self.hparams.seed).sample(records, min(self.hparams.num_examples, len(records)))
-            for i, r in enumerate(sample):
-                experiment.add_text(f"attempts/{self.hparams.method}", attempt_pair_text(r), global_step=i)
-            experiment.add_text("metrics", " | ".join(f"{k} {v:.4g}" for k, v in metrics.items()), global_step=0)
+        write_jsonl(log_dir / "attempts.jsonl", records)
+        sample = random.Random(self.hparams.seed).sample(records, min(self.hparams.num_examples, len(records)))
+        log_texts(self.logger, f"attempts/{self.hparams.method}", [attempt_pair_text(r) for r in sample])
+        log_texts(self.logger, "metrics", [" | ".join(f"{k} {v:.4g}" for k, v in metrics.items())], step=0)
 
 
 def attempt_pair_text(record: dict) -> str:
     """Markdown of one problem's attempts for TensorBoard (code blocks keep the whitespace)."""
-    block = lambda s: "    " + s.replace("\n", "\n    ")  # noqa: E731
     gold = f"  \n**gold** {record['answer']}" if "answer" in record else ""
     parts = [f"**{record['id']}** r1 = {record['r1']:.0f}, r2 = {record['r2']:.0f}{gold}", "**prompt**",
-             block(record["prompt"])]
+             code_block(record["prompt"])]
     for k, text in enumerate(record["turns"]):
-        parts += [f"**turn {k}**", block(text)]
+        parts += [f"**turn {k}**", code_block(text)]
     return "\n\n".join(parts)

@@ -7,51 +7,21 @@ nothing is dropped or guessed, so a number computed on the data is a number abou
 from __future__ import annotations
 
 import gzip
-import json
 import logging
-import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from training.records import DataFormatError, iter_lines, read_jsonl
+
 log = logging.getLogger(__name__)
 QRELS_HEADER = ["query-id", "corpus-id", "score"]
-
-
-class DataFormatError(ValueError):
-    """A data file is malformed. The message names the file, the line and the field."""
-
-    def __init__(self, path: str | Path, line: int | None, field: str | None, problem: str):
-        where = f"{path}" + (f", line {line}" if line is not None else "") + (f", field '{field}'" if field else "")
-        super().__init__(f"{where}: {problem}")
-        self.path, self.line, self.field = str(path), line, field
 
 
 def open_text(path: str | Path) -> IO[str]:
     """Open a text file, transparently decompressing ``.gz``."""
     path = Path(path)
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
-
-
-def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
-    """``(line_number, text)`` for each line of a UTF-8 text file (``.gz`` decompressed), 1-based, without the
-    line ending. Invalid UTF-8 and a truncated or corrupt gzip stream raise :class:`DataFormatError` with the
-    line where they occur."""
-    path = Path(path)
-    number = 0
-    try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as handle:
-            for number, raw in enumerate(handle, start=1):
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as err:
-                    raise DataFormatError(path, number, None, f"invalid UTF-8 (byte {raw[err.start]:#04x} at byte "
-                                                              f"{err.start + 1} of the line)") from None
-                yield number, text.rstrip("\r\n")
-    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
-        raise DataFormatError(path, number + 1, None, f"truncated or corrupt gzip data after line {number} "
-                                                      f"({type(err).__name__}: {err})") from None
 
 
 def find_file(directory: str | Path, name: str) -> Path:
@@ -64,31 +34,6 @@ def find_file(directory: str | Path, name: str) -> Path:
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(f"{plain}: not found (nor {name}.gz)")
-
-
-def read_jsonl(path: str | Path, required: dict[str, type]) -> list[tuple[int, dict]]:
-    """Parse a JSONL file into ``(line_number, row)`` pairs, checking that each row has the ``required``
-    fields with the given types. Blank lines are errors too: a truncated or hand-edited file should not
-    pass unnoticed."""
-    rows = []
-    for number, line in iter_lines(path):
-        if not line.strip():
-            raise DataFormatError(path, number, None, "blank line")
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataFormatError(path, number, None, f"invalid JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(row, dict):
-            raise DataFormatError(path, number, None, f"expected a JSON object, got {type(row).__name__}")
-        for field, kind in required.items():
-            if field not in row:
-                raise DataFormatError(path, number, field, "missing")
-            if not isinstance(row[field], kind):
-                raise DataFormatError(path, number, field, f"expected {kind.__name__}, got {type(row[field]).__name__}")
-        rows.append((number, row))
-    if not rows:
-        raise DataFormatError(path, None, None, "file is empty")
-    return rows
 
 
 def _read_id_text(path: Path, extra: tuple[str, ...] = ()) -> dict[str, dict]:

@@ -99,9 +99,9 @@ def test_bad_train_file_does_not_break_evaluation_only_runs(name, tmp_path, tiny
     for stage in ("test", "validate"):
         dm.setup(stage)
         assert dm.test_dataloader() is not None
-    with pytest.raises(ValueError, match=r"train\.jsonl(, line 2|:2): invalid JSON"):
+    with pytest.raises(ValueError, match=r"train\.jsonl, line 2: invalid JSON"):
         dm.setup("fit")  # a run that trains still reads it, and names the line
-    with pytest.raises(ValueError, match=r"train\.jsonl(, line 2|:2): invalid JSON"):
+    with pytest.raises(ValueError, match=r"train\.jsonl, line 2: invalid JSON"):
         make().setup("fit")
 
 
@@ -109,8 +109,8 @@ def test_bad_train_file_does_not_break_evaluation_only_runs(name, tmp_path, tiny
 def test_num_problems_zero_is_a_clear_error():
     from datamodules.self_correction import SelfCorrectionDataModule
 
-    with pytest.raises(ValueError, match=r"SelfCorrectionDataModule.num_problems must be >= 1 .* got 0"):
-        SelfCorrectionDataModule(task="arithmetic", num_problems=0, num_shots=2)
+    with pytest.raises(ValueError, match=r"arithmetic options: num_problems must be >= 1 .* got 0"):
+        SelfCorrectionDataModule(task="arithmetic", options={"num_problems": 0}, num_shots=2)
 
 
 @pytest.mark.parametrize("proportions", [(math.nan, 0.5, 0.5), (0.5, math.inf, -math.inf), (math.nan,) * 3])

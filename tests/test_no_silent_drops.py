@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from datamodules.qa import read_qa_jsonl
-from retrieval.beir import DataFormatError
-from tasks.loaders import TaskDataError, load_gsm8k, load_humaneval, load_math, load_mbpp
+from tasks.loaders import load_gsm8k, load_humaneval, load_math, load_mbpp
+from training.records import DataFormatError
 
 
 def jsonl(path: Path, rows: list[dict], gz: bool = False) -> Path:
@@ -25,8 +25,8 @@ def test_math_duplicate_unique_id_names_file_line_and_id(tmp_path):
             for i in range(6)]
     rows[4]["unique_id"] = rows[1]["unique_id"]
     path = jsonl(tmp_path / "math.jsonl", rows)
-    with pytest.raises(TaskDataError,
-                       match=rf"^{path}:5: duplicate unique_id 'test/algebra/1.json' \(first at line 2\)"):
+    with pytest.raises(DataFormatError,
+                       match=rf"^{path}, line 5, field 'unique_id': duplicate unique_id 'test/algebra/1.json' \(first at line 2\)"):
         load_math(path)
     rows[4]["unique_id"] = "test/algebra/9.json"
     assert len(load_math(jsonl(path, rows))) == 6
@@ -40,7 +40,7 @@ def _humaneval(i: int, task_id: str) -> dict:
 def test_humaneval_duplicate_task_id(tmp_path):
     path = jsonl(tmp_path / "he.jsonl.gz", [_humaneval(0, "HumanEval/0"), _humaneval(1, "HumanEval/1"),
                                             _humaneval(2, "HumanEval/0")], gz=True)
-    with pytest.raises(TaskDataError, match=rf"^{path}:3: duplicate task_id 'HumanEval/0' \(first at line 1\)"):
+    with pytest.raises(DataFormatError, match=rf"^{path}, line 3, field 'task_id': duplicate task_id 'HumanEval/0' \(first at line 1\)"):
         load_humaneval(path)
 
 
@@ -53,11 +53,11 @@ def _mbpp(task_id: int, sanitized: bool = False) -> dict:
 
 def test_mbpp_duplicate_task_id_in_either_format(tmp_path):
     path = jsonl(tmp_path / "mbpp.jsonl", [_mbpp(11), _mbpp(12), _mbpp(11)])
-    with pytest.raises(TaskDataError, match=rf"^{path}:3: duplicate task_id 11 \(first at line 1\)"):
+    with pytest.raises(DataFormatError, match=rf"^{path}, line 3, field 'task_id': duplicate task_id 11 \(first at line 1\)"):
         load_mbpp(path, "test")
     sanitized = tmp_path / "sanitized-mbpp.json"
     sanitized.write_text(json.dumps([_mbpp(11, True), _mbpp(12, True), _mbpp(12, True)]))
-    with pytest.raises(TaskDataError, match=rf"^{sanitized}:item 2: duplicate task_id 12 \(first at item 1\)"):
+    with pytest.raises(DataFormatError, match=rf"^{sanitized}, item 2, field 'task_id': duplicate task_id 12 \(first at item 1\)"):
         load_mbpp(sanitized)
     rows = load_mbpp(jsonl(path, [_mbpp(11), _mbpp(12)]), "test")
     assert [r["id"] for r in rows] == ["mbpp/11", "mbpp/12"] and "where" not in rows[0]
@@ -84,14 +84,14 @@ def test_qa_duplicate_id_is_refused_for_retrobust_training(tmp_path, tiny_llama_
 
 @pytest.mark.parametrize("loader, rows, message", [
     (load_gsm8k, [{"question": "q", "answer": "1 + 1 = 2\n#### 2"}, {"question": "q", "answer": "so\n####  "}],
-     r"g\.jsonl:2: field 'answer': the gold answer is empty"),
+     r"g\.jsonl, line 2, field 'answer': the gold answer is empty"),
     (load_math, [{"problem": "p", "solution": "s", "answer": " "}],
-     r"g\.jsonl:1: field 'answer': the gold answer is empty"),
+     r"g\.jsonl, line 1, field 'answer': the gold answer is empty"),
     (load_math, [{"problem": "p", "solution": "\\boxed{3}"}, {"problem": "p", "solution": "so \\boxed{}"}],
-     r"g\.jsonl:2: field 'solution': the gold answer is empty"),
+     r"g\.jsonl, line 2, field 'solution': the gold answer is empty"),
 ])
 def test_empty_gold_answer_names_file_line_and_field(tmp_path, loader, rows, message):
-    with pytest.raises(TaskDataError, match=message):
+    with pytest.raises(DataFormatError, match=message):
         loader(jsonl(tmp_path / "g.jsonl", rows))
 
 

@@ -12,9 +12,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 from rl.rollout import rollout
-from rl.self_correction import (INSTRUCTIONS, SELF_REFINE_FEEDBACK, SELF_REFINE_REFINE, ProblemFormat,
-                                attempt_metrics, evaluate_two_attempts, render_problem, self_refine_env,
-                                task_reward, two_attempt_env)
+from rl.self_correction import attempt_metrics, evaluate_two_attempts, self_refine_env, two_attempt_env
+from tasks.problem_format import ProblemFormat, render_problem
+from tasks.prompts import INSTRUCTIONS, SELF_REFINE_FEEDBACK, SELF_REFINE_REFINE
+from tasks.registry import task_reward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parent.parent
@@ -268,7 +269,7 @@ def test_self_correct_config_runs_on_tiny_model(config, tiny_llama_dir, tmp_path
 
     from train import cli_main
 
-    cli = cli_main(["--config", config, "--model.init_args.generator", tiny_llama_dir,
+    cli = cli_main(["--config", config, "--model.init_args.lm.name_or_path", tiny_llama_dir,
                     "--model.init_args.max_turn_tokens", "3", "--model.init_args.num_examples", "2",
                     "--data.init_args.limit_test", "3", "--data.init_args.eval_batch_size", "2",
                     "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.accelerator", "cpu",
@@ -299,7 +300,9 @@ def test_ddp_two_processes_evaluate_every_problem_once(tiny_llama_dir, tmp_path)
     from datamodules.self_correction import SelfCorrectionDataModule
     from lightning_modules.self_correct_eval import SelfCorrectEvaluator
 
-    model = SelfCorrectEvaluator(generator=tiny_llama_dir, max_turn_tokens=2)
+    from training.settings import LM
+
+    model = SelfCorrectEvaluator(lm=LM(tiny_llama_dir), max_turn_tokens=2)
     dm = SelfCorrectionDataModule(task="gsm8k", limit_test=5, eval_batch_size=2)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=CSVLogger(tmp_path, name="ddp"),
                         enable_progress_bar=False, enable_model_summary=False)
@@ -316,7 +319,7 @@ def test_arithmetic_problems_and_their_datamodule():
     import re
 
     from datamodules.self_correction import SelfCorrectionDataModule
-    from rl.self_correction import arithmetic_problems
+    from tasks.arithmetic import arithmetic_problems
 
     for op, f in (("+", lambda a, b: a + b), ("-", lambda a, b: a - b), ("*", lambda a, b: a * b)):
         for ex in arithmetic_problems(20, seed=3, digits=3, op=op):
@@ -325,7 +328,7 @@ def test_arithmetic_problems_and_their_datamodule():
     assert arithmetic_problems(5, seed=1) == arithmetic_problems(5, seed=1) != arithmetic_problems(5, seed=2)
     with pytest.raises(ValueError, match="op '/'"):
         arithmetic_problems(1, op="/")
-    dm = SelfCorrectionDataModule(task="arithmetic", num_problems=50, num_shots=2, limit_test=10)
+    dm = SelfCorrectionDataModule(task="arithmetic", options={"num_problems": 50}, num_shots=2, limit_test=10)
     dm.setup("fit")
     assert len(dm.rows["test"]) == 10 and len(dm.rows["train"]) == 50 and len(dm.shots) == 2
     assert dm.rows["test"][0]["problem"] != dm.rows["train"][0]["problem"] or \

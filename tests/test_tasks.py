@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tasks.math_grading import is_equiv
-from tasks.loaders import TaskDataError, load_gsm8k, load_humaneval, load_math, load_mbpp
+from training.records import DataFormatError
+from tasks.loaders import load_gsm8k, load_humaneval, load_math, load_mbpp
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -57,49 +58,52 @@ def test_math_answer_derived_from_last_boxed(tmp_path):
 
 @pytest.mark.parametrize("content,loader,message", [
     ('{"question": "q", "answer": "#### 1"}\n{"question": "q", "answer": "#### 2"\n', load_gsm8k,
-     r"bad\.jsonl:2: invalid JSON"),
+     r"bad\.jsonl, line 2: invalid JSON"),
     ('{"question": "q", "answer": "#### 1"}\n\n{"answer": "#### 2"}\n', load_gsm8k,
-     r"bad\.jsonl:3: missing field 'question'"),
-    ('{"question": "q", "answer": 5}\n', load_gsm8k, r"bad\.jsonl:1: field 'answer' must be str, got int"),
-    ('{"question": "q", "answer": "no marker"}\n', load_gsm8k, r"bad\.jsonl:1: field 'answer' has no '####"),
-    ('{"problem": "p", "solution": "no box"}\n', load_math, r"bad\.jsonl:1: no field 'answer' and field 'solution'"),
-    ('{"problem": ["p"], "solution": "s", "answer": "1"}\n', load_math, r"bad\.jsonl:1: field 'problem' must be str"),
-    ('[1, 2]\n', load_math, r"bad\.jsonl:1: expected a JSON object"),
+     r"bad\.jsonl, line 3, field 'question': missing"),
+    ('{"question": "q", "answer": 5}\n', load_gsm8k, r"bad\.jsonl, line 1, field 'answer': expected str, got int"),
+    ('{"question": "q", "answer": "no marker"}\n', load_gsm8k, r"bad\.jsonl, line 1, field 'answer': no '####"),
+    ('{"problem": "p", "solution": "no box"}\n', load_math, r"bad\.jsonl, line 1, field 'solution': no \\boxed\{\} in it and no field 'answer'"),
+    ('{"problem": ["p"], "solution": "s", "answer": "1"}\n', load_math, r"bad\.jsonl, line 1, field 'problem': expected str"),
+    ('[1, 2]\n', load_math, r"bad\.jsonl, line 1: expected a JSON object"),
 ])
 def test_malformed_rows_name_file_line_field(tmp_path, content, loader, message):
-    with pytest.raises(TaskDataError, match=message):
+    with pytest.raises(DataFormatError, match=message):
         loader(write(tmp_path / "bad.jsonl", content))
 
 
 def test_invalid_utf8_names_line(tmp_path):
     p = write(tmp_path / "bad.jsonl", b'{"question": "q", "answer": "#### 1"}\n{"question": "\xff", "answer": "#### 2"}\n')
-    with pytest.raises(TaskDataError, match=r"bad\.jsonl:2: invalid UTF-8"):
+    with pytest.raises(DataFormatError, match=r"bad\.jsonl, line 2: invalid UTF-8"):
         load_gsm8k(p)
 
 
 def test_truncated_gzip(tmp_path):
     good = (DATA / "humaneval/HumanEval.jsonl.gz").read_bytes()
     p = write(tmp_path / "HumanEval.jsonl.gz", good[: len(good) // 2])
-    with pytest.raises(TaskDataError, match=r"HumanEval\.jsonl\.gz: cannot read gzip data.*truncated"):
+    with pytest.raises(DataFormatError, match=r"HumanEval\.jsonl\.gz, line \d+: truncated or corrupt gzip data"):
         load_humaneval(p)
 
 
 def test_humaneval_and_mbpp_field_errors(tmp_path):
     row = {"task_id": "X/0", "prompt": "def f():\n", "canonical_solution": "  return 1\n", "test": "def check(c): pass"}
-    with pytest.raises(TaskDataError, match=r"he\.jsonl\.gz:1: missing field 'entry_point'"):
+    with pytest.raises(DataFormatError, match=r"he\.jsonl\.gz, line 1, field 'entry_point': missing"):
         load_humaneval(write(tmp_path / "he.jsonl.gz", json.dumps(row) + "\n", gz=True))
     mbpp = {"text": "t", "code": "def f(): pass", "task_id": "12", "test_setup_code": "", "test_list": ["assert f()"],
             "challenge_test_list": []}
-    with pytest.raises(TaskDataError, match=r"mbpp\.jsonl:1: field 'task_id' must be int, got str"):
+    with pytest.raises(DataFormatError, match=r"mbpp\.jsonl, line 1, field 'task_id': expected int, got str"):
+        load_mbpp(write(tmp_path / "mbpp.jsonl", json.dumps(mbpp) + "\n"))
+    mbpp["task_id"] = True  # a bool is no task id (json true is a Python int subclass)
+    with pytest.raises(DataFormatError, match=r"mbpp\.jsonl, line 1, field 'task_id': expected int, got bool"):
         load_mbpp(write(tmp_path / "mbpp.jsonl", json.dumps(mbpp) + "\n"))
     mbpp["task_id"], mbpp["test_list"] = 12, ["assert f()", 3]
-    with pytest.raises(TaskDataError, match=r"mbpp\.jsonl:1: field 'test_list' must be a list of strings"):
+    with pytest.raises(DataFormatError, match=r"mbpp\.jsonl, line 1, field 'test_list': expected a list of strings"):
         load_mbpp(write(tmp_path / "mbpp.jsonl", json.dumps(mbpp) + "\n"))
     san = [{"source_file": "s", "task_id": 2, "prompt": "p", "code": "c", "test_imports": [], "test_list": ["assert f()"]},
            {"source_file": "s", "task_id": 3, "prompt": "p", "code": "c", "test_imports": []}]
-    with pytest.raises(TaskDataError, match=r"san\.json:item 1: missing field 'test_list'"):
+    with pytest.raises(DataFormatError, match=r"san\.json, item 1, field 'test_list': missing"):
         load_mbpp(write(tmp_path / "san.json", json.dumps(san)))
-    with pytest.raises(TaskDataError, match=r"san\.json:3: invalid JSON"):
+    with pytest.raises(DataFormatError, match=r"san\.json, line 3: invalid JSON"):
         load_mbpp(write(tmp_path / "san.json", '[\n{"task_id": 2},\n{oops}\n]'))
     with pytest.raises(ValueError, match="unknown MBPP split 'dev'"):
         load_mbpp(DATA / "mbpp/mbpp.jsonl.gz", split="dev")

@@ -7,11 +7,11 @@ PRECISION = "tests/test_precision.py"
 
 MUTATIONS = [
     # -- data files ---------------------------------------------------------------------------------------------
-    {"name": "invalid_utf8_replaced_silently", "file": "retrieval/beir.py",
+    {"name": "invalid_utf8_replaced_silently", "file": "training/records.py",
      "old": 'text = raw.decode("utf-8")',
      "new": 'text = raw.decode("utf-8", errors="replace")',
      "tests": [f"{BEIR}::test_invalid_utf8_names_the_line_and_byte"]},
-    {"name": "truncated_gzip_not_caught", "file": "retrieval/beir.py",
+    {"name": "truncated_gzip_not_caught", "file": "training/records.py",
      "old": "    except (EOFError, gzip.BadGzipFile, zlib.error) as err:",
      "new": "    except (gzip.BadGzipFile, zlib.error) as err:",
      "tests": [f"{BEIR}::test_truncated_gzip_names_the_file_and_line"]},

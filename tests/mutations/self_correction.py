@@ -2,6 +2,7 @@
 must be caught."""
 
 SC = "rl/self_correction.py"
+PR = "tasks/prompts.py"
 DM = "datamodules/self_correction.py"
 T = "tests/test_self_correction.py"
 
@@ -31,11 +32,11 @@ MUTATIONS = [
     {"name": "self_refine_doubles_end_of_turn", "file": SC,
      "old": "self.steps[t.turn].text_after(t.eos)", "new": "self.steps[t.turn].text_after(False)",
      "tests": [f"{T}::test_self_refine_turns_close_once_and_mask_both_instructions"]},
-    {"name": "instruction_not_verbatim", "file": SC,
+    {"name": "instruction_not_verbatim", "file": PR,
      "old": '"Please correct the error, if any, and rewrite the solution. Only output the final solution! "',
      "new": '"Please correct the error, if any, and rewrite the solution. "',
      "tests": [f"{T}::test_instructions_are_the_papers"]},
-    {"name": "calculator_annotations_kept", "file": SC,
+    {"name": "calculator_annotations_kept", "file": PR,
      "old": '        solution = _CALCULATOR.sub("", example["solution"])', "new": '        solution = (example["solution"])',
      "tests": [f"{T}::test_render_problem_prompts"]},
     {"name": "short_slice_off_by_one", "file": DM,

@@ -1,0 +1,54 @@
+"""How a problem is shown at the first attempt: a task's template (``tasks.prompts.PROMPTS`` or a literal),
+demonstrations as earlier turns, the tokenizer's chat template or plain text. Used by the self-correction
+DataModule, the two-attempt evaluation and SCoRe alike."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from generation.prompts import named_template, render_messages
+from tasks.prompts import PROMPTS, demonstration, fill
+from tasks.registry import get_task, task_kind
+
+
+def resolve_prompt(prompt: str | None, task: str) -> str:
+    """A first-attempt template by name (a key of ``PROMPTS``), None for the task's own (``Task.prompt``), or a
+    literal template with a ``{problem}`` field (``{tests}``: MBPP's asserts, one per line)."""
+    if prompt is None:
+        prompt = get_task(task).prompt
+    if prompt is None:
+        if task_kind(task) != "math":
+            raise ValueError(f"task {task!r} has no first-attempt prompt; pass a template (data.init_args.prompt)")
+        prompt = "math"
+    return named_template(prompt, PROMPTS, "problem")
+
+
+@dataclass
+class ProblemFormat:
+    """How a problem is shown at the first attempt: ``prompt`` (a ``PROMPTS`` name, a literal template, or
+    None for the task's default), ``shots`` (demonstration examples: each a problem and its worked answer,
+    given as earlier user/assistant turns of the chat, or as "template + answer" blocks in plain text) and
+    ``chat`` (use the tokenizer's chat template when it has one)."""
+    prompt: str | None = None
+    shots: Sequence[dict] = field(default_factory=tuple)
+    chat: bool = True
+
+    def messages(self, example: dict, task: str) -> list[dict]:
+        template, kind = resolve_prompt(self.prompt, task), task_kind(task)
+        out = []
+        for shot in self.shots:
+            out += [{"role": "user", "content": fill(template, shot)},
+                    {"role": "assistant", "content": demonstration(shot, kind)}]
+        return out + [{"role": "user", "content": fill(template, example)}]
+
+    def render(self, tokenizer, example: dict, task: str) -> str:
+        # Plain text: each turn separated by a blank line; the model continues after the last problem.
+        messages = [{**m, "content": m["content"].rstrip()} for m in self.messages(example, task)]
+        return render_messages(tokenizer, messages, None if self.chat else False, separator="\n\n")
+
+
+def render_problem(tokenizer, example: dict, task: str | None = None, prompt: str | None = None,
+                   shots: Sequence[dict] = (), chat: bool = True) -> str:
+    """The first-attempt prompt text of one example (task defaults to ``example["task"]``)."""
+    return ProblemFormat(prompt, shots, chat).render(tokenizer, example, task or example["task"])
