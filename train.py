@@ -175,6 +175,13 @@ class CLI(LightningCLI):
         if self.trainer.loggers and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
 
+    def _instantiate_trainer(self, config: dict, callbacks: list):
+        # `enable_checkpointing: false` from a later file (the debug preset) wins over the checkpoint callbacks
+        # an experiment lists, as any later file does; Lightning would refuse the pair
+        if "callbacks" in config:
+            config["callbacks"] = without_checkpoints(config)
+        return super()._instantiate_trainer(config, callbacks)
+
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
         if not any(isinstance(c, LogProgress) for c in trainer.callbacks):
@@ -232,6 +239,21 @@ class CLI(LightningCLI):
             raise RuntimeError(
                 f"no training step ran: the training dataloader gave {trainer.num_training_batches} batches "
                 "(a batch size larger than the training set, with drop_last?); nothing was tested or exported")
+
+
+def without_checkpoints(trainer_config: dict) -> list | None:
+    """The trainer's ``callbacks`` without ``ModelCheckpoint`` when ``enable_checkpointing`` is false (each one
+    dropped is named), else as given."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    callbacks = trainer_config.get("callbacks")
+    if trainer_config.get("enable_checkpointing") is not False or not isinstance(callbacks, list):
+        return callbacks
+    dropped = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    if dropped:
+        rank_zero_info(f"trainer.enable_checkpointing is false: {len(dropped)} ModelCheckpoint callback(s) of the "
+                       "config not used")
+    return [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
 
 
 def check_start_files(config) -> None:
