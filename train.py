@@ -260,7 +260,8 @@ def check_start_files(config) -> None:
     """The checkpoints a run starts from, checked before the model is built (training.checkpoint_checks)."""
     from lightning.pytorch.utilities import rank_zero_warn
 
-    from training.checkpoint_checks import LIGHTNING_NAMES, check_checkpoint_path, read_hyperparameters, reconcile
+    from training.checkpoint_checks import (LIGHTNING_NAMES, CheckpointError, check_checkpoint_path,
+                                            read_hyperparameters, reconcile)
 
     sub = config.get("subcommand")
     section = config[sub] if sub else config
@@ -269,13 +270,36 @@ def check_start_files(config) -> None:
     ckpt_path = section.get("ckpt_path")
     if ckpt_path and str(ckpt_path) not in LIGHTNING_NAMES:
         path = check_checkpoint_path(ckpt_path, "--ckpt_path")
+        if path.is_dir() and not reads_sharded_checkpoints(section.get("trainer") or {}):
+            raise CheckpointError(f"--ckpt_path {ckpt_path}: a sharded checkpoint (a folder, one shard per rank), "
+                                  "which only a sharded strategy reads; add --config configs/trainer/fsdp2.yaml "
+                                  "(GPUs) or configs/trainer/fsdp2_cpu.yaml (CPU), any number of processes")
         changed = reconcile(model, read_hyperparameters(path, "--ckpt_path"), ckpt_path)
         if changed:
             rank_zero_warn(f"--ckpt_path {ckpt_path}: the config sets {len(changed)} model option(s) differently from "
                            "the checkpoint; the config's values are used:\n  " + "\n  ".join(changed))
     elif (model.get("init_args") or {}).get("init_from"):
         # a resumed run takes its weights from --ckpt_path, not init_from
-        check_checkpoint_path(model["init_args"]["init_from"], "model.init_args.init_from", sharded_ok=False)
+        # a file, or the folder an FSDP2 run writes (the module reads either, whatever this run's strategy)
+        check_checkpoint_path(model["init_args"]["init_from"], "model.init_args.init_from")
+
+
+def reads_sharded_checkpoints(trainer: dict) -> bool:
+    """Whether the configured strategy loads a sharded checkpoint folder (FSDP2 / ModelParallelStrategy, FSDP);
+    any other strategy calls ``torch.load`` on it and fails with IsADirectoryError."""
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+    from training.checkpoint_checks import import_class
+
+    strategy = trainer.get("strategy")
+    strategy = strategy.as_dict() if hasattr(strategy, "as_dict") else strategy
+    if isinstance(strategy, dict):
+        strategy = import_class(str(strategy.get("class_path")))
+    if isinstance(strategy, str):
+        return strategy.startswith("fsdp")
+    if not isinstance(strategy, type):
+        strategy = type(strategy)
+    return issubclass(strategy, (FSDPStrategy, ModelParallelStrategy))
 
 
 def _configure_logging() -> None:
