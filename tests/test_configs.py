@@ -73,3 +73,27 @@ def test_unreachable_hub_name_gives_a_clear_error():
 
     with pytest.raises(OSError, match="not a local directory.*pass the folder path instead"):
         from_pretrained(AutoModel, "no-such-org/no-such-model")
+
+
+def _documented_preset_commands() -> list[list[str]]:
+    """The ``python train.py ...`` commands in the configs' header comments that layer a trainer preset."""
+    import re
+    import shlex
+
+    commands = []
+    for path in EXPERIMENTS + PRESETS:
+        for line in open(path):
+            match = re.match(r"#\s+python train\.py (.*configs/trainer/.*)", line)
+            if match:
+                args = shlex.split(match.group(1).split("  #")[0])
+                commands.append(args[1:] if args[0] in ("fit", "validate", "test", "predict") else args)
+    return commands
+
+
+@pytest.mark.parametrize("args", _documented_preset_commands(), ids=" ".join)
+def test_documented_preset_commands_resolve(args, capsys):
+    preset = next(a for a in args if a.startswith("configs/trainer/"))
+    config = print_config(args, capsys)
+    strategy = yaml.safe_load(open(preset))["trainer"].get("strategy")
+    if isinstance(strategy, dict):  # the preset's strategy is the one used
+        assert config["trainer"]["strategy"]["class_path"] == strategy["class_path"]

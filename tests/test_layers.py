@@ -16,6 +16,7 @@ CORES = ("retrieval", "generation", "rl", "tasks")
 INFRASTRUCTURE = ("training",)
 # what each layer may not import: everything above it
 FORBIDDEN = {**{p: METHODS + CORES for p in INFRASTRUCTURE}, **{p: METHODS for p in CORES}}
+FORBIDDEN["tasks"] += ("rl",)  # task data, grading and the sandbox serve evaluation without RL (SelfCorrectEvaluator)
 
 
 def imported_modules(path: Path) -> list[tuple[int, str]]:
@@ -53,7 +54,7 @@ def test_infrastructure_imports_no_core_and_no_method():
     assert violations(INFRASTRUCTURE) == []
 
 
-def test_cores_import_no_method():
+def test_cores_import_no_method_and_tasks_no_rl():
     assert violations(CORES) == []
 
 
