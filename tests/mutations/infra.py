@@ -25,4 +25,10 @@ MUTATIONS = [
      "old": "        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={\"use_reentrant\": False})",
      "new": "        pass",
      "tests": ["tests/test_sharding_options.py"]},
+    {"name": "library_deprecations_shown", "file": "training/quiet.py",
+     "old": "    for message in LIBRARY_DEPRECATIONS:", "new": "    for message in LIBRARY_DEPRECATIONS[:0]:",
+     "tests": ["tests/test_cli_quiet.py"]},
+    {"name": "manual_optimisation_warning_shown_in_a_real_fit", "file": "training/quiet.py",
+     "old": "    warnings.filterwarnings(\"ignore\", message=MANUAL_OPTIMISATION_CHECKPOINT)",
+     "new": "    pass", "tests": ["tests/test_cli_quiet.py"]},
 ]
