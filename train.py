@@ -45,7 +45,8 @@ from callbacks.progress import LogProgress  # noqa: E402
 from callbacks.run_folders import RunFolders  # noqa: E402
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-PACKAGES = ("retrieval", "generation", "rl", "datamodules", "callbacks", "lightning_modules")
+# every package of the project (the three layers, tests/test_layers.py): their INFO lines reach the console
+PACKAGES = ("lightning_modules", "datamodules", "callbacks", "retrieval", "generation", "rl", "tasks", "training")
 
 DESCRIPTION = """\
 Train and evaluate a method from a YAML config.

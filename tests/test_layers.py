@@ -104,3 +104,11 @@ def test_lightning_modules_are_short_with_few_constructor_arguments():
             if n > MAX_ARGS:
                 too_many.append(f"{path.relative_to(ROOT)}: {cls.__name__}.__init__ takes {n} arguments")
     assert too_long == [] and too_many == []
+
+
+def test_every_package_logs_to_the_console_through_train_py():
+    """train.py shows the INFO lines of each package (the precision chosen, skipped data); a package missing from
+    its list (training/ and tasks/ were, after the moves) is silent."""
+    from train import PACKAGES
+
+    assert sorted(PACKAGES) == sorted(p for p in METHODS + CORES + INFRASTRUCTURE if (ROOT / p).is_dir())

@@ -31,4 +31,7 @@ MUTATIONS = [
     {"name": "manual_optimisation_warning_shown_in_a_real_fit", "file": "training/quiet.py",
      "old": "    warnings.filterwarnings(\"ignore\", message=MANUAL_OPTIMISATION_CHECKPOINT)",
      "new": "    pass", "tests": ["tests/test_cli_quiet.py"]},
+    {"name": "training_package_silent", "file": "train.py",
+     "old": "\"rl\", \"tasks\", \"training\")", "new": "\"rl\", \"tasks\")",
+     "tests": ["tests/test_layers.py::test_every_package_logs_to_the_console_through_train_py"]},
 ]
