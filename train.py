@@ -58,8 +58,9 @@ Train and evaluate a method from a YAML config.
   python train.py fit --config configs/dpr_scifact.yaml --print_config                    # the merged config
 
 Without a subcommand a trainable method is fit, then tested with its best checkpoint and exported to
-<log_dir>/export; an evaluation-only method is tested. Trainer presets layer last, e.g.
---config configs/trainer/cpu.yaml. Subcommand options: python train.py fit --help.
+<log_dir>/export; an evaluation-only method is tested. Trainer presets layer last (later files
+override), e.g. --config configs/trainer/debug.yaml (2 steps, no logger: try any config in seconds) or
+--config configs/trainer/fsdp2.yaml. Subcommand options: python train.py fit --help.
 """
 
 
