@@ -1,4 +1,4 @@
-"""The warnings training/quiet.py silences are the ones a real fit prints (a library rewording them would let them
+"""The warnings training/quiet.py silences are the ones a real fit (or LoRA model) prints (a library rewording them would let them
 through again, and a synthetic warning would not notice): a tiny manual-optimisation fit with step checkpoints
 and torchdata's loader, as every RL run of train.py is."""
 
@@ -56,3 +56,21 @@ def test_a_real_fit_prints_the_noise_and_quiet_warnings_removes_it_alone(tmp_pat
     quiet = fit_warnings(tmp_path / "quiet", quiet=True)
     assert [m for m in quiet if any(text in m for text in NOISE.values())] == []
     assert "a warning of the run itself" in quiet
+
+
+def test_a_lora_model_prints_peft_deprecation_and_quiet_warnings_removes_it(tiny_llama_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    def lora_warnings(quiet: bool) -> list[str]:
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.resetwarnings()
+            warnings.simplefilter("always")
+            if quiet:
+                quiet_warnings()
+            get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+        return [str(w.message) for w in seen]
+
+    assert any("`is_gradient_checkpointing` is deprecated" in m for m in lora_warnings(quiet=False))
+    assert not any("`is_gradient_checkpointing` is deprecated" in m for m in lora_warnings(quiet=True))
