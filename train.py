@@ -45,7 +45,8 @@ from callbacks.progress import LogProgress  # noqa: E402
 from callbacks.run_folders import RunFolders  # noqa: E402
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-PACKAGES = ("retrieval", "generation", "rl", "datamodules", "callbacks", "lightning_modules")
+# every package of the project (the three layers, tests/test_layers.py): their INFO lines reach the console
+PACKAGES = ("lightning_modules", "datamodules", "callbacks", "retrieval", "generation", "rl", "tasks", "training")
 
 DESCRIPTION = """\
 Train and evaluate a method from a YAML config.
@@ -57,8 +58,9 @@ Train and evaluate a method from a YAML config.
   python train.py fit --config configs/dpr_scifact.yaml --print_config                    # the merged config
 
 Without a subcommand a trainable method is fit, then tested with its best checkpoint and exported to
-<log_dir>/export; an evaluation-only method is tested. Trainer presets layer last, e.g.
---config configs/trainer/cpu.yaml. Subcommand options: python train.py fit --help.
+<log_dir>/export; an evaluation-only method is tested. Trainer presets layer last (later files
+override), e.g. --config configs/trainer/debug.yaml (2 steps, no logger: try any config in seconds) or
+--config configs/trainer/fsdp2.yaml. Subcommand options: python train.py fit --help.
 """
 
 
@@ -175,6 +177,13 @@ class CLI(LightningCLI):
         if self.trainer.loggers and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
 
+    def _instantiate_trainer(self, config: dict, callbacks: list):
+        # `enable_checkpointing: false` from a later file (the debug preset) wins over the checkpoint callbacks
+        # an experiment lists, as any later file does; Lightning would refuse the pair
+        if "callbacks" in config:
+            config["callbacks"] = without_checkpoints(config)
+        return super()._instantiate_trainer(config, callbacks)
+
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
         if not any(isinstance(c, LogProgress) for c in trainer.callbacks):
@@ -234,11 +243,27 @@ class CLI(LightningCLI):
                 "(a batch size larger than the training set, with drop_last?); nothing was tested or exported")
 
 
+def without_checkpoints(trainer_config: dict) -> list | None:
+    """The trainer's ``callbacks`` without ``ModelCheckpoint`` when ``enable_checkpointing`` is false (each one
+    dropped is named), else as given."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    callbacks = trainer_config.get("callbacks")
+    if trainer_config.get("enable_checkpointing") is not False or not isinstance(callbacks, list):
+        return callbacks
+    dropped = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    if dropped:
+        rank_zero_info(f"trainer.enable_checkpointing is false: {len(dropped)} ModelCheckpoint callback(s) of the "
+                       "config not used")
+    return [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+
+
 def check_start_files(config) -> None:
     """The checkpoints a run starts from, checked before the model is built (training.checkpoint_checks)."""
     from lightning.pytorch.utilities import rank_zero_warn
 
-    from training.checkpoint_checks import LIGHTNING_NAMES, check_checkpoint_path, read_hyperparameters, reconcile
+    from training.checkpoint_checks import (LIGHTNING_NAMES, CheckpointError, check_checkpoint_path,
+                                            read_hyperparameters, reconcile)
 
     sub = config.get("subcommand")
     section = config[sub] if sub else config
@@ -247,13 +272,36 @@ def check_start_files(config) -> None:
     ckpt_path = section.get("ckpt_path")
     if ckpt_path and str(ckpt_path) not in LIGHTNING_NAMES:
         path = check_checkpoint_path(ckpt_path, "--ckpt_path")
+        if path.is_dir() and not reads_sharded_checkpoints(section.get("trainer") or {}):
+            raise CheckpointError(f"--ckpt_path {ckpt_path}: a sharded checkpoint (a folder, one shard per rank), "
+                                  "which only a sharded strategy reads; add --config configs/trainer/fsdp2.yaml "
+                                  "(GPUs) or configs/trainer/fsdp2_cpu.yaml (CPU), any number of processes")
         changed = reconcile(model, read_hyperparameters(path, "--ckpt_path"), ckpt_path)
         if changed:
             rank_zero_warn(f"--ckpt_path {ckpt_path}: the config sets {len(changed)} model option(s) differently from "
                            "the checkpoint; the config's values are used:\n  " + "\n  ".join(changed))
     elif (model.get("init_args") or {}).get("init_from"):
         # a resumed run takes its weights from --ckpt_path, not init_from
-        check_checkpoint_path(model["init_args"]["init_from"], "model.init_args.init_from", sharded_ok=False)
+        # a file, or the folder an FSDP2 run writes (the module reads either, whatever this run's strategy)
+        check_checkpoint_path(model["init_args"]["init_from"], "model.init_args.init_from")
+
+
+def reads_sharded_checkpoints(trainer: dict) -> bool:
+    """Whether the configured strategy loads a sharded checkpoint folder (FSDP2 / ModelParallelStrategy, FSDP);
+    any other strategy calls ``torch.load`` on it and fails with IsADirectoryError."""
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+    from training.checkpoint_checks import import_class
+
+    strategy = trainer.get("strategy")
+    strategy = strategy.as_dict() if hasattr(strategy, "as_dict") else strategy
+    if isinstance(strategy, dict):
+        strategy = import_class(str(strategy.get("class_path")))
+    if isinstance(strategy, str):
+        return strategy.startswith("fsdp")
+    if not isinstance(strategy, type):
+        strategy = type(strategy)
+    return issubclass(strategy, (FSDPStrategy, ModelParallelStrategy))
 
 
 def _configure_logging() -> None:

@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from training.quiet import quiet_warnings  # noqa: E402
+
+quiet_warnings()  # before the imports that print (bitsandbytes logs at import)
 
 from retrieval.beir import BeirDataset, passage_text  # noqa: E402
 from retrieval.embeddings_store import EmbeddingsStore, write_embeddings  # noqa: E402

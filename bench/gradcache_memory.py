@@ -18,6 +18,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from training.quiet import quiet_warnings  # noqa: E402
+
+quiet_warnings()  # before the imports that print (bitsandbytes logs at import)
 
 
 def one_step(batch: int, chunk: int | None, query_length: int, passage_length: int, steps: int) -> dict:

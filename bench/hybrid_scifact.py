@@ -14,6 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from training.quiet import quiet_warnings  # noqa: E402
+
+quiet_warnings()  # before the imports that print (bitsandbytes logs at import)
 
 from faiss_indexes import encode_scifact  # noqa: E402
 from retrieval.beir import passage_text  # noqa: E402

@@ -69,7 +69,8 @@ def read_hyperparameters(path: Path, option: str) -> dict:
     return dict(checkpoint.get("hyper_parameters") or {})
 
 
-def _import(class_path: str):
+def import_class(class_path: str):
+    """The class ``class_path`` names, or None when it cannot be imported."""
     module, _, name = class_path.rpartition(".")
     try:
         return getattr(importlib.import_module(module), name)
@@ -81,7 +82,7 @@ def same_class(a: str, b: str) -> bool:
     """Whether two class paths name one class (``lightning_modules.SCoRe`` and ``lightning_modules.score.SCoRe``)."""
     if a == b:
         return True
-    ca, cb = _import(a), _import(b)
+    ca, cb = import_class(a), import_class(b)
     return ca is not None and ca is cb
 
 

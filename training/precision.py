@@ -14,7 +14,6 @@ import torch
 log = logging.getLogger(__name__)
 PRECISION_ENV = "RAGKIT_PRECISION"
 PRECISIONS = ("auto", "fp32", "bf16")
-log = logging.getLogger(__name__)
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -86,13 +86,15 @@ def shard_model(model: nn.Module, mesh, param_dtype: torch.dtype | None = None,
                 reshard_after_forward: bool = True) -> nn.Module:
     """``fully_shard`` each transformer block, then the root; ``generate`` (if any) becomes an FSDP forward
     method so it may be called on the root like ``forward``."""
-    if activation_checkpointing:
+    blocks = transformer_blocks(model)
+    # a model without blocks (Search-R1's value head, one Linear) has no activations worth recomputing
+    if activation_checkpointing and blocks:
         if not hasattr(model, "gradient_checkpointing_enable"):
             raise ValueError(f"activation_checkpointing: {type(model).__name__} has no gradient_checkpointing_enable")
         # non-reentrant: the reentrant variant runs backward outside FSDP2's hooks
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
-    for block in transformer_blocks(model):
+    for block in blocks:
         fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     if hasattr(model, "generate"):
