@@ -193,6 +193,24 @@ def test_cached_lm_scores_equal_fresh_scores_and_are_invalidated_by_lm_or_prompt
         assert not torch.allclose(scores, fresh), kw
 
 
+def test_settings_groups_reach_the_encoders_and_the_lm(tiny_bert_dir, tiny_llama_dir):
+    """``encoder`` and ``lm`` are the models' settings, not defaults that a dropped field falls back to; the frozen
+    scorer refuses what only a trained LM uses."""
+    from lightning_modules.replug_lsr import ReplugLSR
+    from retrieval.settings import EncoderSettings
+    from training.precision import lm_precision
+    from training.settings import LM
+
+    encoder = EncoderSettings(tiny_bert_dir, pooling="cls", query_max_length=16, passage_max_length=24, precision="bf16")
+    model = ReplugLSR(encoder, LM(tiny_llama_dir, dtype="bfloat16", precision="bf16"), train_passage_encoder=False)
+    model.configure_model()
+    for enc in (model.passage_encoder, model.query_encoder):
+        assert (enc.pooling, enc.precision) == ("cls", "bf16")
+    assert next(model.frozen.model.parameters()).dtype == torch.bfloat16 and lm_precision(model.frozen.model) == "bf16"
+    with pytest.raises(ValueError, match="frozen scorer"):
+        ReplugLSR(encoder, LM(tiny_llama_dir, lora={"r": 4})).configure_model()
+
+
 @pytest.mark.parametrize("train_passage_encoder", [True, False])
 def test_gradients_reach_the_retriever_and_never_the_lm(tiny_bert_dir, tiny_llama_dir, train_passage_encoder):
     from training.schedule import decay_groups

@@ -7,6 +7,7 @@ GRAD = [f"{T}::test_gradients_reach_the_retriever_and_never_the_lm"]
 CACHE_UNIT = [f"{T}::test_cache_scores_only_new_triples_and_survives_reopening", f"{T}::test_cache_is_keyed_by_lm_and_prompt"]
 CACHE_MODULE = [f"{T}::test_cached_lm_scores_equal_fresh_scores_and_are_invalidated_by_lm_or_prompt"]
 LM_FIT = [f"{T}::test_lm_setup_fit_excludes_own_passage_and_reports_perplexity"]
+SETTINGS = [f"{T}::test_settings_groups_reach_the_encoders_and_the_lm"]
 
 MUTATIONS = [
     # the loss
@@ -47,6 +48,13 @@ MUTATIONS = [
     {"name": "fingerprint_keeps_load_path", "file": "retrieval/lsr.py",
      "old": 'if k != "_name_or_path"}', "new": "}",
      "tests": [f"{T}::test_module_fingerprint_follows_the_weights_not_the_path"]},
+    # the settings groups reach the models
+    {"name": "lsr_lm_settings_dropped", "file": "retrieval/lsr_lm.py",
+     "old": "return cls(*load_causal_lm(lm.name_or_path, **lm.load_kwargs(), device=\"cpu\"))",
+     "new": "return cls(*load_causal_lm(lm.name_or_path, device=\"cpu\"))", "tests": SETTINGS},
+    {"name": "lsr_encoder_precision_dropped", "file": "lightning_modules/replug_lsr.py",
+     "old": "make = partial(Encoder, enc.name_or_path, enc.pooling, normalize=True, precision=enc.precision)",
+     "new": "make = partial(Encoder, enc.name_or_path, enc.pooling, normalize=True)", "tests": SETTINGS},
     # retrieval in the LM set-up
     {"name": "own_passage_not_excluded", "file": "retrieval/lsr_retriever.py",
      "old": "row = [h for h in row if h[0] not in set(skip)][:k]", "new": "row = row[:k]", "tests": LM_FIT},
