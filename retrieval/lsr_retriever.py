@@ -2,13 +2,15 @@
 training, what a checkpoint keeps of the index, its QA metrics, and the checks that a run's depths fit the corpus.
 
 - :func:`retriever_scores`: s(d, x), the dot product of normalised embeddings (cosine), with gradient;
-- :func:`stored_index`: with a frozen passage encoder (Atlas's variant) the corpus embeddings never change, so
-  they are written once to an on-disk store keyed by everything that changes the numbers, and reused by later runs;
+- :func:`corpus_index`, :func:`stored_index`: the exact index of the corpus; with a frozen passage encoder (Atlas's
+  variant) its embeddings never change, so they are written once to an on-disk store keyed by everything that
+  changes the numbers, and reused by later runs;
 - :func:`retrieve_excluding`: the top k of each input without its excluded passages (the LM set-up's own passage);
 - :class:`IndexWeights` and :func:`swapped_weights`: with a trained passage encoder, the weights the current index
   was encoded with, kept for a checkpoint written between two refreshes and re-encoded by the resumed run;
 - :func:`gold_metrics`: nDCG and recall of the gold passage at ``eval_k`` (QA);
-- :func:`check_depths`: every depth the run retrieves at, plus the excluded passages, fits in the corpus.
+- :func:`check_depths`: every depth the run retrieves at, plus the excluded passages, fits in the corpus;
+- :func:`save_encoders`: the export (Hugging Face + sentence-transformers folders).
 """
 
 from __future__ import annotations
