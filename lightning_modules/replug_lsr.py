@@ -36,7 +36,7 @@ from retrieval.search import DenseRetriever
 from retrieval.settings import EncoderSettings
 from training.rng_state import load_rng_state, save_rng_state
 from training.schedule import warmup_then_decay
-from training.settings import LM
+from training.settings import LM, save_settings
 from training.sharding import full_parameters, shard
 
 
@@ -65,7 +65,7 @@ class ReplugLSR(L.LightningModule):
                  encode_batch_size: int = 64, optimizer: OptimizerCallable = adam, warmup: float = 0.1,
                  eval_k: int = 10, replug: ReplugEval = ReplugEval()):
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer"])
+        save_settings(self)
         # the groups as given (under LightningCLI, hparams hold their config dicts instead)
         self.encoder, self.lm, self.loss, self.scoring, self.replug = encoder, lm, loss, scoring, replug
         self.optimizer_factory = optimizer

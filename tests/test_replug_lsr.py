@@ -211,6 +211,29 @@ def test_settings_groups_reach_the_encoders_and_the_lm(tiny_bert_dir, tiny_llama
         ReplugLSR(encoder, LM(tiny_llama_dir, lora={"r": 4})).configure_model()
 
 
+def test_a_directly_built_module_checkpoints_plain_settings(tiny_bert_dir, tiny_llama_dir, tmp_path):
+    """Built without LightningCLI, the module saves its settings groups as LightningCLI does (plain dicts): the
+    checkpoint loads with ``weights_only=True``, and ``load_from_checkpoint`` gives the groups back as dataclasses."""
+    import lightning as L
+
+    from generation.prompts import PromptFormat
+    from lightning_modules.replug_lsr import ReplugLSR
+
+    model = _module(tiny_bert_dir, tiny_llama_dir, loss={"gamma": 0.5, "direction": "q||p_r"},
+                    prompt=PromptFormat(chat=False, answer_prefix="A:"), target_prefix="")
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "direct.ckpt")
+    saved = torch.load(tmp_path / "direct.ckpt", weights_only=True)["hyper_parameters"]
+    assert saved["loss"] == {"top_k": 3, "gamma": 0.5, "beta": 0.1, "direction": "q||p_r"}
+    restored = ReplugLSR.load_from_checkpoint(tmp_path / "direct.ckpt")
+    assert (restored.encoder, restored.lm, restored.loss, restored.scoring, restored.replug) == (
+        model.encoder, model.lm, model.loss, model.scoring, model.replug)
+    assert restored.prompt == model.prompt and restored.prompt.answer_prefix == "A:"
+    state = model.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in restored.state_dict().items())
+
+
 @pytest.mark.parametrize("train_passage_encoder", [True, False])
 def test_gradients_reach_the_retriever_and_never_the_lm(tiny_bert_dir, tiny_llama_dir, train_passage_encoder):
     from training.schedule import decay_groups

@@ -55,6 +55,9 @@ MUTATIONS = [
     {"name": "lsr_encoder_precision_dropped", "file": "lightning_modules/replug_lsr.py",
      "old": "make = partial(Encoder, enc.name_or_path, enc.pooling, normalize=True, precision=enc.precision)",
      "new": "make = partial(Encoder, enc.name_or_path, enc.pooling, normalize=True)", "tests": SETTINGS},
+    {"name": "lsr_direct_checkpoint_holds_dataclasses", "file": "lightning_modules/replug_lsr.py",
+     "old": "        save_settings(self)\n", "new": "        self.save_hyperparameters(ignore=[\"optimizer\"])\n",
+     "tests": [f"{T}::test_a_directly_built_module_checkpoints_plain_settings"]},
     # retrieval in the LM set-up
     {"name": "own_passage_not_excluded", "file": "retrieval/lsr_retriever.py",
      "old": "row = [h for h in row if h[0] not in set(skip)][:k]", "new": "row = row[:k]", "tests": LM_FIT},
