@@ -66,7 +66,7 @@ class ReplugLSR(L.LightningModule):
                  eval_k: int = 10, replug: ReplugEval = ReplugEval()):
         super().__init__()
         save_settings(self)
-        # the groups as given (under LightningCLI, hparams hold their config dicts instead)
+        # the groups as dataclasses (hparams hold them as dicts: training.settings.save_settings)
         self.encoder, self.lm, self.loss, self.scoring, self.replug = encoder, lm, loss, scoring, replug
         self.optimizer_factory = optimizer
         self.prompt = prompt_format(scoring.prompt)
