@@ -79,9 +79,9 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     common = ["--model.init_args.train_passage_encoder", "false",
-              "--model.init_args.score_cache", str(out / "lm_scores.sqlite"),
+              "--model.init_args.scoring.cache", str(out / "lm_scores.sqlite"),
               "--model.init_args.embeddings_dir", str(out / "embeddings"),
-              "--model.init_args.top_k", str(args.top_k), "--model.init_args.replug_k", str(args.replug_k),
+              "--model.init_args.loss.top_k", str(args.top_k), "--model.init_args.replug.k", str(args.replug_k),
               "--model.init_args.optimizer.init_args.lr", str(args.lr),
               "--data.init_args.batch_size", str(args.batch_size), "--trainer.max_epochs", str(args.epochs),
               "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(out / "tb")]
@@ -104,7 +104,7 @@ def main(argv=None) -> None:
         setups[setup] = base = [*base, "--config", str(callbacks)]
         trained = ["--ckpt_path", str(ckpt_dir / "last.ckpt")]
         if setup == "qa":
-            full = [*base, "--data.init_args.test_limit", "null", "--model.init_args.replug_k", "0"]
+            full = [*base, "--data.init_args.test_limit", "null", "--model.init_args.replug.k", "0"]
             if args.retrieval_only_all:
                 results["qa_initial_all"] = run_phase(out, "qa_initial_all", lambda: metrics_of(cli_main(["test", *full])))
         else:

@@ -39,7 +39,9 @@ import torch  # noqa: E402
 from datamodules.lsr import LSRQADataModule  # noqa: E402
 from training.schedule import decay_groups  # noqa: E402
 from lightning_modules.replug_lsr import ReplugLSR  # noqa: E402
-from retrieval.lsr import LMScoreCache, lsr_loss  # noqa: E402
+from retrieval.lsr import LMScoreCache, LSRLoss, lsr_loss  # noqa: E402
+from retrieval.lsr_lm import LMScoring  # noqa: E402
+from retrieval.settings import EncoderSettings  # noqa: E402
 
 
 def timed(fn):
@@ -65,7 +67,8 @@ def main(argv=None) -> None:
     keep = set(dm.doc_ids[:args.corpus]) | {r["gold_id"] for b in batches for r in b}
     passages = {d: dm.passages[d] for d in dm.doc_ids if d in keep}
 
-    model = ReplugLSR(top_k=args.top_k, passage_max_length=192, lm_batch_size=8)
+    model = ReplugLSR(EncoderSettings(passage_max_length=192), loss=LSRLoss(top_k=args.top_k),
+                      scoring=LMScoring(batch_size=8))
     model.configure_model()
     model.train()
     model.attach_corpus(passages)
@@ -79,7 +82,7 @@ def main(argv=None) -> None:
         logliks, t_lm = timed(lambda: model.lm_scores(inputs, docs, targets))
 
         def update():
-            loss = lsr_loss(model.retriever_scores(inputs, docs), logliks, model.hparams.gamma, model.hparams.beta)
+            loss = lsr_loss(model.retriever_scores(inputs, docs), logliks, model.loss.gamma, model.loss.beta)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()

@@ -10,6 +10,9 @@ For a query x with gold continuation y and the top-k documents D' of the current
 Q is a softmax over log-likelihoods: on raw probabilities of a multi-token y (all near 0) it is uniform.
 The LM's scores do not depend on the retriever, so they are cached by (LM, prompt, x, d, y): re-runs,
 later epochs and candidates that stay in the top-k after an index refresh are not scored again.
+
+The LM's side (the frozen scorer, its settings, the REPLUG evaluation): retrieval/lsr_lm.py; the index the
+retriever searches during training: retrieval/lsr_index.py.
 """
 
 from __future__ import annotations
@@ -19,11 +22,35 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 DIRECTIONS = ("p_r||q", "q||p_r")
+
+
+@dataclass
+class LSRLoss:
+    """The settings of the loss (``--model.init_args.loss.top_k 8``; a config overrides single fields).
+
+    Args:
+        top_k: retrieved documents per input, the D' of the loss (paper: 20).
+        gamma / beta: temperatures of P_R and Q (paper: 0.1 and 0.1).
+        direction: ``p_r||q`` (arXiv, default) or ``q||p_r`` (NAACL, official code); see :func:`lsr_loss`.
+    """
+    top_k: int = 20
+    gamma: float = 0.1
+    beta: float = 0.1
+    direction: str = "p_r||q"
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"loss.direction {self.direction!r}: expected one of {DIRECTIONS}")
+        if self.gamma <= 0 or self.beta <= 0:
+            raise ValueError(f"loss.gamma and loss.beta must be positive, got {self.gamma}, {self.beta}")
+        if self.top_k < 1:
+            raise ValueError(f"loss.top_k must be >= 1, got {self.top_k}")
 
 
 def lsr_loss(retriever_scores: torch.Tensor, lm_logliks: torch.Tensor, gamma: float = 0.1, beta: float = 0.1,
@@ -135,7 +162,7 @@ class LMScoreCache:
             return run()
         except sqlite3.Error as err:
             raise ScoreCacheError(f"LM score cache {self.path}: cannot {doing} ({type(err).__name__}: {err}); "
-                                  "set model.init_args.score_cache to another file, or null to score without a "
+                                  "set model.init_args.scoring.cache to another file, or null to score without a "
                                   "cache") from None
 
     @staticmethod

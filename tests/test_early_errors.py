@@ -42,7 +42,7 @@ def test_lsr_score_cache_that_is_not_a_database_names_the_file(tiny_bert_dir, ti
     assert exit_.value.code == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"error: ScoreCacheError: LM score cache {cache}: cannot create the table (DatabaseError: "
-                           "file is not a database); set model.init_args.score_cache to another file"), last
+                           "file is not a database); set model.init_args.scoring.cache to another file"), last
 
 
 def test_score_cache_errors_name_the_file(tmp_path):

@@ -376,6 +376,10 @@ def _lsr(retriever_dir, lm_dir, train_passage_encoder, batch_size):
     from datamodules.lsr import collate_lsr
     from generation.prompts import PromptFormat
     from lightning_modules.replug_lsr import ReplugLSR
+    from retrieval.lsr import LSRLoss
+    from retrieval.lsr_lm import LMScoring, ReplugEval
+    from retrieval.settings import EncoderSettings
+    from training.settings import LM
 
     class Data(L.LightningDataModule):
         passages, doc_ids = LSR_PASSAGES, list(LSR_PASSAGES)
@@ -383,10 +387,10 @@ def _lsr(retriever_dir, lm_dir, train_passage_encoder, batch_size):
         def train_dataloader(self):
             return DataLoader(LSR_ROWS, batch_size=batch_size, collate_fn=collate_lsr)
 
-    model = ReplugLSR(retriever_dir, lm_dir, train_passage_encoder=train_passage_encoder, query_max_length=16,
-                      passage_max_length=16, top_k=3, gamma=0.1, beta=0.1, lm_batch_size=16,
-                      prompt=PromptFormat(chat=False, answer_prefix="Answer:"),
-                      optimizer=sgd, warmup=0, replug_k=0)
+    model = ReplugLSR(EncoderSettings(retriever_dir, query_max_length=16, passage_max_length=16), LM(lm_dir),
+                      train_passage_encoder, loss=LSRLoss(top_k=3, gamma=0.1, beta=0.1),
+                      scoring=LMScoring(PromptFormat(chat=False, answer_prefix="Answer:"), batch_size=16),
+                      optimizer=sgd, warmup=0, replug=ReplugEval(k=0))
     return model, Data(), ["train/loss"]
 
 

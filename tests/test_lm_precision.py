@@ -153,7 +153,7 @@ def test_modules_pass_their_precision_option_to_the_lm(tiny_llama_dir):
 
 def test_lsr_score_cache_key_holds_the_lm_precision(lm):
     """bf16 scores must not be served from (or stored in) a cache of fp32 ones; fp32 keys stay as they were."""
-    from lightning_modules.replug_lsr import FrozenLM
+    from retrieval.lsr_lm import FrozenLM
 
     model, tok = lm
     fp32 = FrozenLM(set_precision(model, "fp32"), tok).fingerprint

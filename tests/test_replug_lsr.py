@@ -136,11 +136,17 @@ def other_llama_dir(tiny_llama_dir, tmp_path_factory) -> str:
     return str(path)
 
 
-def _module(tiny_bert_dir, tiny_llama_dir, **kw):
+def _module(tiny_bert_dir, tiny_llama_dir, train_passage_encoder=True, loss=None, **scoring):
+    """The module with its settings groups: ``loss`` the LSRLoss fields, ``scoring`` the LMScoring ones."""
     from lightning_modules.replug_lsr import ReplugLSR
+    from retrieval.lsr import LSRLoss
+    from retrieval.lsr_lm import LMScoring
+    from retrieval.settings import EncoderSettings
+    from training.settings import LM
 
-    kw = {"query_max_length": 16, "passage_max_length": 24, "top_k": 3, "lm_batch_size": 4, **kw}
-    model = ReplugLSR(retriever=tiny_bert_dir, lm=tiny_llama_dir, **kw)
+    model = ReplugLSR(EncoderSettings(tiny_bert_dir, query_max_length=16, passage_max_length=24), LM(tiny_llama_dir),
+                      train_passage_encoder, loss=LSRLoss(**{"top_k": 3, **(loss or {})}),
+                      scoring=LMScoring(**{"batch_size": 4, **scoring}))
     model.configure_model()
     model.configure_model()     # idempotent
     return model
@@ -158,7 +164,7 @@ def test_cached_lm_scores_equal_fresh_scores_and_are_invalidated_by_lm_or_prompt
     from generation.scoring import score_triples
 
     cache = str(tmp_path / "scores.sqlite")
-    model = _module(tiny_bert_dir, tiny_llama_dir, score_cache=cache)
+    model = _module(tiny_bert_dir, tiny_llama_dir, cache=cache)
     fresh = model.lm_scores(QUERIES, DOCS, TARGETS)
     # what generation.scoring gives for the same triples, one by one, with the module's prompt and " " prefix
     direct = torch.stack([score_triples(model.frozen.model, model.frozen.tokenizer, docs, [q] * 3, [" " + y] * 3,
@@ -173,18 +179,59 @@ def test_cached_lm_scores_equal_fresh_scores_and_are_invalidated_by_lm_or_prompt
     again = model.lm_scores(QUERIES, DOCS, TARGETS)
     assert torch.equal(again, fresh) and model.score_cache.hits == 6 and model.score_cache.misses == 6
     # a second module with the same LM and prompt (a re-run) reads everything from the file
-    rerun = _module(tiny_bert_dir, tiny_llama_dir, score_cache=cache)
+    rerun = _module(tiny_bert_dir, tiny_llama_dir, cache=cache)
     assert torch.equal(rerun.lm_scores(QUERIES, DOCS, TARGETS), fresh) and rerun.score_cache.misses == 0
     # another LM, another prompt or another target prefix: nothing is reused, and the numbers differ
     for lm_dir, kw in ((other_llama_dir, {}), (tiny_llama_dir, {"prompt": "zero_shot_chat"}),
                        (tiny_llama_dir, {"target_prefix": ""}),
                        (tiny_llama_dir, {"prompt": PromptFormat(chat=False, answer_prefix="A:")}),
                        # the per-token mean, and prompts cut to their last 16 tokens, are other numbers too
-                       (tiny_llama_dir, {"lm_reduction": "mean"}), (tiny_llama_dir, {"lm_max_length": 16})):
-        other = _module(tiny_bert_dir, lm_dir, score_cache=cache, **kw)
+                       (tiny_llama_dir, {"reduction": "mean"}), (tiny_llama_dir, {"max_length": 16})):
+        other = _module(tiny_bert_dir, lm_dir, cache=cache, **kw)
         scores = other.lm_scores(QUERIES, DOCS, TARGETS)
         assert other.score_cache.misses == 6 and other.score_cache.hits == 0, kw
         assert not torch.allclose(scores, fresh), kw
+
+
+def test_settings_groups_reach_the_encoders_and_the_lm(tiny_bert_dir, tiny_llama_dir):
+    """``encoder`` and ``lm`` are the models' settings, not defaults that a dropped field falls back to; the frozen
+    scorer refuses what only a trained LM uses."""
+    from lightning_modules.replug_lsr import ReplugLSR
+    from retrieval.settings import EncoderSettings
+    from training.precision import lm_precision
+    from training.settings import LM
+
+    encoder = EncoderSettings(tiny_bert_dir, pooling="cls", query_max_length=16, passage_max_length=24, precision="bf16")
+    model = ReplugLSR(encoder, LM(tiny_llama_dir, dtype="bfloat16", precision="bf16"), train_passage_encoder=False)
+    model.configure_model()
+    for enc in (model.passage_encoder, model.query_encoder):
+        assert (enc.pooling, enc.precision) == ("cls", "bf16")
+    assert next(model.frozen.model.parameters()).dtype == torch.bfloat16 and lm_precision(model.frozen.model) == "bf16"
+    with pytest.raises(ValueError, match="frozen scorer"):
+        ReplugLSR(encoder, LM(tiny_llama_dir, lora={"r": 4})).configure_model()
+
+
+def test_a_directly_built_module_checkpoints_plain_settings(tiny_bert_dir, tiny_llama_dir, tmp_path):
+    """Built without LightningCLI, the module saves its settings groups as LightningCLI does (plain dicts): the
+    checkpoint loads with ``weights_only=True``, and ``load_from_checkpoint`` gives the groups back as dataclasses."""
+    import lightning as L
+
+    from generation.prompts import PromptFormat
+    from lightning_modules.replug_lsr import ReplugLSR
+
+    model = _module(tiny_bert_dir, tiny_llama_dir, loss={"gamma": 0.5, "direction": "q||p_r"},
+                    prompt=PromptFormat(chat=False, answer_prefix="A:"), target_prefix="")
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "direct.ckpt")
+    saved = torch.load(tmp_path / "direct.ckpt", weights_only=True)["hyper_parameters"]
+    assert saved["loss"] == {"top_k": 3, "gamma": 0.5, "beta": 0.1, "direction": "q||p_r"}
+    restored = ReplugLSR.load_from_checkpoint(tmp_path / "direct.ckpt")
+    assert (restored.encoder, restored.lm, restored.loss, restored.scoring, restored.replug) == (
+        model.encoder, model.lm, model.loss, model.scoring, model.replug)
+    assert restored.prompt == model.prompt and restored.prompt.answer_prefix == "A:"
+    state = model.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in restored.state_dict().items())
 
 
 @pytest.mark.parametrize("train_passage_encoder", [True, False])
@@ -226,7 +273,7 @@ def test_training_step_passes_gamma_beta_and_direction_to_the_loss(tiny_bert_dir
     own retrieval, scores and LM scores (gamma != beta and the non-default direction, so that a swap or a dropped
     option changes the number)."""
     gamma, beta = 0.02, 0.5
-    model = _module(tiny_bert_dir, tiny_llama_dir, gamma=gamma, beta=beta, direction="q||p_r", top_k=3)
+    model = _module(tiny_bert_dir, tiny_llama_dir, loss={"gamma": gamma, "beta": beta, "direction": "q||p_r"})
     model.eval()    # no dropout: the step and the check below encode alike
     passages = {f"d{i}": d for i, d in enumerate(d for docs in DOCS for d in docs)}
     model.attach_corpus(passages)
@@ -321,12 +368,12 @@ def test_qa_datamodule_rejects_unknown_gold_passage(tmp_path):
 def _qa_args(tiny_bert_dir, tiny_llama_dir, tmp_path, *extra):
     root = _write_qa(tmp_path / "pool")
     return ["--config", "configs/replug_lsr_nq.yaml",
-            "--model.init_args.retriever", tiny_bert_dir, "--model.init_args.lm", tiny_llama_dir,
-            "--model.init_args.passage_max_length", "32", "--model.init_args.top_k", "3",
-            "--model.init_args.replug_k", "2", "--model.init_args.max_new_tokens", "3",
-            "--model.init_args.lm_batch_size", "6", "--model.init_args.warmup", "0",
+            "--model.init_args.encoder.name_or_path", tiny_bert_dir, "--model.init_args.lm.name_or_path", tiny_llama_dir,
+            "--model.init_args.encoder.passage_max_length", "32", "--model.init_args.loss.top_k", "3",
+            "--model.init_args.replug.k", "2", "--model.init_args.replug.max_new_tokens", "3",
+            "--model.init_args.scoring.batch_size", "6", "--model.init_args.warmup", "0",
             "--model.init_args.optimizer.init_args.lr", "1e-3",
-            "--model.init_args.score_cache", str(tmp_path / "cache" / "scores.sqlite"),
+            "--model.init_args.scoring.cache", str(tmp_path / "cache" / "scores.sqlite"),
             "--data.init_args.corpus", str(root), "--data.init_args.train_file", str(root / "train.jsonl"),
             "--data.init_args.test_file", str(root / "test.jsonl"), "--data.init_args.batch_size", "3",
             "--data.init_args.eval_batch_size", "2",
@@ -358,7 +405,7 @@ def test_qa_fit_refresh_test_export_and_rerun_from_cache(tiny_bert_dir, tiny_lla
     # the LM did not change; the retriever did
     from transformers import AutoModel
 
-    from lightning_modules.replug_lsr import FrozenLM
+    from retrieval.lsr_lm import FrozenLM
     from training.models import load_causal_lm
 
     assert FrozenLM(*load_causal_lm(tiny_llama_dir, device="cpu")).fingerprint == lm_fp
@@ -395,7 +442,7 @@ def test_two_process_fsdp2_default_run_fits_tests_and_exports(tiny_bert_dir, tin
 def test_qa_resume_from_checkpoint(tiny_bert_dir, tiny_llama_dir, tmp_path):
     from train import cli_main
 
-    args = _qa_args(tiny_bert_dir, tiny_llama_dir, tmp_path, "--model.init_args.replug_k", "0")
+    args = _qa_args(tiny_bert_dir, tiny_llama_dir, tmp_path, "--model.init_args.replug.k", "0")
     first = cli_main(["fit", *args, "--trainer.max_steps", "2"])
     ckpt = first.trainer.checkpoint_callback.last_model_path or first.trainer.checkpoint_callback.best_model_path
     state = torch.load(ckpt, weights_only=False)
@@ -420,10 +467,10 @@ def test_lm_setup_fit_excludes_own_passage_and_reports_perplexity(tiny_bert_dir,
     root = _write_qa(tmp_path / "pool")
     emb = tmp_path / "emb"
     args = ["--config", "configs/replug_lsr_lm.yaml",
-            "--model.init_args.retriever", tiny_bert_dir, "--model.init_args.lm", tiny_llama_dir,
-            "--model.init_args.passage_max_length", "32", "--model.init_args.top_k", "3",
-            "--model.init_args.replug_k", "2", "--model.init_args.warmup", "0",
-            "--model.init_args.score_cache", str(tmp_path / "scores.sqlite"),
+            "--model.init_args.encoder.name_or_path", tiny_bert_dir, "--model.init_args.lm.name_or_path", tiny_llama_dir,
+            "--model.init_args.encoder.passage_max_length", "32", "--model.init_args.loss.top_k", "3",
+            "--model.init_args.replug.k", "2", "--model.init_args.warmup", "0",
+            "--model.init_args.scoring.cache", str(tmp_path / "scores.sqlite"),
             "--model.init_args.embeddings_dir", str(emb),
             "--data.init_args.corpus", str(root), "--data.init_args.num_train", "4", "--data.init_args.num_test", "3",
             "--data.init_args.min_words", "20", "--data.init_args.batch_size", "2",
@@ -460,10 +507,10 @@ def test_qa_resume_equals_an_uninterrupted_run(tiny_bert_dir, tiny_llama_dir, st
     The runs share one score cache: the uninterrupted run scores every triple with the LM, the resumed one
     reads them back, and must not see a different number."""
     from callbacks import IndexRefresh
-    from lightning_modules.replug_lsr import ReplugLSR
+    from retrieval.lsr_retriever import IndexWeights
     from test_resume import assert_same_weights, full_and_resumed
 
-    args = _qa_args(tiny_bert_dir, tiny_llama_dir, tmp_path, "--model.init_args.replug_k", "0",
+    args = _qa_args(tiny_bert_dir, tiny_llama_dir, tmp_path, "--model.init_args.replug.k", "0",
                     "--model.init_args.optimizer.init_args.lr", "1e-2", "--trainer.callbacks.init_args.every_n_steps",
                     "2", "--trainer.logger", "false", "--trainer.enable_model_summary", "false",
                     "--trainer.max_epochs", "-1")
@@ -471,7 +518,7 @@ def test_qa_resume_equals_an_uninterrupted_run(tiny_bert_dir, tiny_llama_dir, st
     assert full.model.score_cache.misses > 0 and resumed.model.score_cache.misses == 0
     assert next(c for c in full.trainer.callbacks if isinstance(c, IndexRefresh)).num_refreshes == 2
     ckpt = torch.load(next((tmp_path / "checkpoints").glob("*.ckpt")), weights_only=True)
-    assert (ReplugLSR.INDEX_WEIGHTS in ckpt) == (stop % 2 == 1)
+    assert (IndexWeights.KEY in ckpt) == (stop % 2 == 1)
     assert_same_weights(full, resumed)
 
 
@@ -482,11 +529,11 @@ def test_lm_resume_equals_an_uninterrupted_run(tiny_bert_dir, tiny_llama_dir, tm
 
     root = _write_qa(tmp_path / "pool")
     args = ["--config", "configs/replug_lsr_lm.yaml",
-            "--model.init_args.retriever", tiny_bert_dir, "--model.init_args.lm", tiny_llama_dir,
-            "--model.init_args.passage_max_length", "32", "--model.init_args.top_k", "3",
-            "--model.init_args.replug_k", "2", "--model.init_args.warmup", "0",
+            "--model.init_args.encoder.name_or_path", tiny_bert_dir, "--model.init_args.lm.name_or_path", tiny_llama_dir,
+            "--model.init_args.encoder.passage_max_length", "32", "--model.init_args.loss.top_k", "3",
+            "--model.init_args.replug.k", "2", "--model.init_args.warmup", "0",
             "--model.init_args.optimizer.init_args.lr", "1e-2",
-            "--model.init_args.score_cache", str(tmp_path / "scores.sqlite"),
+            "--model.init_args.scoring.cache", str(tmp_path / "scores.sqlite"),
             "--model.init_args.embeddings_dir", str(tmp_path / "emb"),
             "--data.init_args.corpus", str(root), "--data.init_args.num_train", "4", "--data.init_args.num_test", "3",
             "--data.init_args.min_words", "20", "--data.init_args.batch_size", "2",

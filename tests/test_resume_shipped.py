@@ -20,7 +20,7 @@ def test_replug_lsr_resume_under_the_shipped_schedule(tiny_bert_dir, tiny_llama_
     """6 questions in batches of 3, 2 epochs (shipped), warm-up 0.1: 4 steps == 3 + 1 resumed mid-epoch. (At
     the epoch boundary the early loader did no harm: ReplugLSR draws nothing, and the next epoch's order is
     a function of the epoch.)"""
-    args = _qa_args(tiny_bert_dir, tiny_llama_dir, tmp_path, "--model.init_args.replug_k", "0",
+    args = _qa_args(tiny_bert_dir, tiny_llama_dir, tmp_path, "--model.init_args.replug.k", "0",
                     "--model.init_args.optimizer.init_args.lr", "1e-2", "--model.init_args.warmup", "0.1",
                     "--trainer.callbacks.init_args.every_n_steps", "2", "--trainer.logger", "false",
                     "--trainer.enable_model_summary", "false")

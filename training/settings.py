@@ -5,7 +5,9 @@ fields (``--model.init_args.lm.precision fp32``) and keeps the rest."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import inspect
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, is_dataclass
 
 from training.models import DEFAULT_GENERATOR
 from training.precision import PRECISIONS
@@ -42,3 +44,18 @@ class LM:
         kwargs = asdict(self)
         del kwargs["name_or_path"], kwargs["gradient_checkpointing"]
         return kwargs
+
+
+CLI_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+
+
+def save_settings(module, ignore: Sequence[str] = ("optimizer",)) -> None:
+    """``module.save_hyperparameters`` for a module whose ``__init__`` (the caller) takes settings groups. Built by
+    LightningCLI, its hyperparameters are the parsed config (groups as dicts, with Lightning's instantiator); built
+    directly they would hold the dataclasses themselves, which ``torch.load(weights_only=True)`` (Lightning's
+    default) refuses in a checkpoint: they are saved as LightningCLI saves them, and ``load_from_checkpoint`` parses
+    the dicts back into dataclasses."""
+    module.save_hyperparameters(ignore=list(ignore), frame=inspect.currentframe().f_back)
+    if "_instantiator" not in module.hparams:
+        module.hparams.update({k: asdict(v) for k, v in module.hparams.items()
+                               if is_dataclass(v) and not isinstance(v, type)}, _instantiator=CLI_INSTANTIATOR)

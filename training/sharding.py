@@ -187,12 +187,23 @@ def export_whole(module, path) -> None:
         state = {name: (value.full_tensor() if isinstance(value, DTensor) else value).detach().cpu()
                  for name, value in module.state_dict().items()}
         if rank == 0:
-            whole = type(module)(**init_hparams(module))
+            whole = rebuild(module)
             whole.configure_model()
             whole.load_state_dict(state)
             whole.export(path)
     if size > 1:
         torch.distributed.barrier()
+
+
+def rebuild(module):
+    """A new ``module`` built from its saved hyperparameters. Under LightningCLI they are the parsed config, where
+    settings groups (dataclasses) and ``class_path`` objects are dicts: parsed against the signature again, as
+    Lightning's ``load_from_checkpoint`` does; otherwise they are the ``__init__`` arguments as given."""
+    if "_instantiator" in module.hparams:
+        from lightning.pytorch.cli import instantiate_module
+
+        return instantiate_module(type(module), init_hparams(module))
+    return type(module)(**init_hparams(module))
 
 
 def init_hparams(module) -> dict:

@@ -26,7 +26,7 @@ MUTATIONS = [
      "new": "        if hasattr(self.model, \"export\") and self.trainer.is_global_zero:",
      "tests": [f"{FSDP2}::test_train_py_default_run_under_fsdp2_fits_tests_and_exports"]},
     {"name": "export_copy_from_cli_hparams_as_they_are", "file": "training/sharding.py",
-     "old": "            whole = type(module)(**init_hparams(module))",
+     "old": "            whole = rebuild(module)",
      "new": "            whole = type(module)(**module.hparams)",
      "tests": [f"{FSDP2}::test_train_py_default_run_under_fsdp2_fits_tests_and_exports"]},
     {"name": "export_writes_the_sharded_module", "file": "training/sharding.py",

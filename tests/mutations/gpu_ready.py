@@ -6,25 +6,26 @@ of its range, a rank normalises by its own count); each must make the named test
 L = "tests/test_replug_lsr.py"
 R = "tests/test_retrobust.py"
 LSR = "lightning_modules/replug_lsr.py"
+LSR_LM = "retrieval/lsr_lm.py"
 CACHE = [f"{L}::test_cached_lm_scores_equal_fresh_scores_and_are_invalidated_by_lm_or_prompt"]
 STEP = [f"{L}::test_training_step_passes_gamma_beta_and_direction_to_the_loss"]
 SHARED = [f"{L}::test_shared_encoder_gets_gradient_through_both_sides"]
 
 MUTATIONS = [
-    {"name": "lsr_cache_key_without_reduction", "file": LSR,
-     "old": "prompt_id = settings_fingerprint(self.prompt, hp.target_prefix, hp.lm_reduction, hp.lm_max_length)",
-     "new": "prompt_id = settings_fingerprint(self.prompt, hp.target_prefix, hp.lm_max_length)", "tests": CACHE},
-    {"name": "lsr_cache_key_without_max_length", "file": LSR,
-     "old": "prompt_id = settings_fingerprint(self.prompt, hp.target_prefix, hp.lm_reduction, hp.lm_max_length)",
-     "new": "prompt_id = settings_fingerprint(self.prompt, hp.target_prefix, hp.lm_reduction)", "tests": CACHE},
+    {"name": "lsr_cache_key_without_reduction", "file": LSR_LM,
+     "old": "prompt_id = settings_fingerprint(prompt, scoring.target_prefix, scoring.reduction, scoring.max_length)",
+     "new": "prompt_id = settings_fingerprint(prompt, scoring.target_prefix, scoring.max_length)", "tests": CACHE},
+    {"name": "lsr_cache_key_without_max_length", "file": LSR_LM,
+     "old": "prompt_id = settings_fingerprint(prompt, scoring.target_prefix, scoring.reduction, scoring.max_length)",
+     "new": "prompt_id = settings_fingerprint(prompt, scoring.target_prefix, scoring.reduction)", "tests": CACHE},
     {"name": "lsr_module_swaps_gamma_and_beta", "file": LSR,
-     "old": "loss = lsr_loss(scores, logliks, hp.gamma, hp.beta, hp.direction)",
-     "new": "loss = lsr_loss(scores, logliks, hp.beta, hp.gamma, hp.direction)", "tests": STEP},
+     "old": "loss = lsr_loss(scores, logliks, self.loss.gamma, self.loss.beta, self.loss.direction)",
+     "new": "loss = lsr_loss(scores, logliks, self.loss.beta, self.loss.gamma, self.loss.direction)", "tests": STEP},
     {"name": "lsr_module_ignores_direction", "file": LSR,
-     "old": "loss = lsr_loss(scores, logliks, hp.gamma, hp.beta, hp.direction)",
-     "new": "loss = lsr_loss(scores, logliks, hp.gamma, hp.beta)", "tests": STEP},
-    {"name": "lsr_shared_passage_side_without_gradient", "file": LSR,
-     "old": "with torch.set_grad_enabled(torch.is_grad_enabled() and hp.train_passage_encoder):",
+     "old": "loss = lsr_loss(scores, logliks, self.loss.gamma, self.loss.beta, self.loss.direction)",
+     "new": "loss = lsr_loss(scores, logliks, self.loss.gamma, self.loss.beta)", "tests": STEP},
+    {"name": "lsr_shared_passage_side_without_gradient", "file": "retrieval/lsr_retriever.py",
+     "old": "with torch.set_grad_enabled(torch.is_grad_enabled() and train_passage_encoder):",
      "new": "with torch.no_grad():", "tests": SHARED},
     {"name": "retrobust_low_rank_never_reaches_the_end", "file": "datamodules/retrobust.py",
      "old": "rank = rng.randint(lo, hi)", "new": "rank = rng.randrange(lo, hi)",

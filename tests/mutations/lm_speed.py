@@ -28,7 +28,7 @@ MUTATIONS = [
     {"name": "module_drops_its_precision_option", "file": "rl/policy_module.py",
      "old": 'precision=hp.get("precision"))', "new": "precision=None)",
      "tests": [F + "test_modules_pass_their_precision_option_to_the_lm"]},
-    {"name": "score_cache_key_without_precision", "file": "lightning_modules/replug_lsr.py",
+    {"name": "score_cache_key_without_precision", "file": "retrieval/lsr_lm.py",
      "old": '            self.fingerprint += f"-{lm_precision(model)}"', "new": "            pass",
      "tests": [F + "test_lsr_score_cache_key_holds_the_lm_precision"]},
     # -- shared-prefix scoring ----------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ MUTATIONS = [
      "new": "        elif failed == searches:",
      "tests": [f"{LOAD}::test_search_r1_summary_counts_a_partial_failure"]},
     # -- item 9: early, clear errors ---------------------------------------------------------------------------
-    {"name": "lsr_depth_not_checked_at_setup", "file": "lightning_modules/replug_lsr.py",
+    {"name": "lsr_depth_not_checked_at_setup", "file": "retrieval/lsr_retriever.py",
      "old": "        if k + extra > corpus_size:",
      "new": "        if k + extra > corpus_size + 100:",
      "tests": [f"{EARLY}::test_lsr_eval_k_deeper_than_the_corpus_fails_before_fit"]},

@@ -74,11 +74,11 @@ MUTATIONS += [
           "[(self.namespace, k, round(float(v), 3)) for k, v in values.items()]", [*LSR_QA, *LSR_LM]),
     # ReplugLSR resumed between two index refreshes: the index of the weights the interrupted run searched with
     *each("lsr_index_weights_not_restored", "lightning_modules/replug_lsr.py",
-          "        self._resume_index_weights = checkpoint.get(self.INDEX_WEIGHTS)",
-          "        self._resume_index_weights = None", LSR_QA[:1]),
+          "        self.index_weights.resumed = checkpoint.get(IndexWeights.KEY)",
+          "        self.index_weights.resumed = None", LSR_QA[:1]),
     *each("lsr_index_weights_not_kept_at_refresh", "lightning_modules/replug_lsr.py",
-          "        if self.hparams.train_passage_encoder:\n            self._index_weights =",
-          "        if self._index_weights is None:\n            self._index_weights =", LSR_QA[:1]),
+          "        if self.hparams.train_passage_encoder:\n            self.index_weights.refreshed(",
+          "        if self.index_weights.at_refresh is None:\n            self.index_weights.refreshed(", LSR_QA[:1]),
     # RetRobust's adapters-only checkpoint read with strict_loading False: adapters silently not loaded
     *each("retrobust_adapters_not_loaded", "lightning_modules/retrobust.py", "        load_rng_state(checkpoint)",
           "        load_rng_state(checkpoint)\n        checkpoint[\"state_dict\"] = {}", RR),
