@@ -41,7 +41,8 @@ class EncoderSettings:
         if self.precision is not None and self.precision not in PRECISIONS:
             raise ValueError(f"encoder.precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
         if self.dtype is not None and not isinstance(getattr(torch, self.dtype, None), torch.dtype):
-            raise ValueError(f"encoder.dtype {self.dtype!r}: expected a torch dtype name such as 'float32' or 'bfloat16'")
+            raise ValueError(f"encoder.dtype {self.dtype!r}: expected a torch dtype name such as 'float32' or "
+                             "'bfloat16'")
 
     @property
     def corpus_max_length(self) -> int:

@@ -51,6 +51,7 @@ def test_toy_loss_from_a_config_is_what_the_step_optimises(tiny_bert_dir, tiny_b
                     "--model.init_args.encoder.passage_max_length", "32", "--model.init_args.encoder.precision", "fp32",
                     "--data.init_args.data_dir", str(tiny_beir_dir), "--data.init_args.batch_size", "3",
                     "--data.init_args.num_negatives", "1", "--trainer.accelerator", "cpu", "--trainer.logger", "false",
+                    "--trainer.default_root_dir", str(tmp_path),
                     "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
                     "--trainer.enable_model_summary", "false",
                     *(["--model.init_args.gradcache.chunk_size", gradcache] if gradcache else [])], run=False)
