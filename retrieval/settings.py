@@ -5,7 +5,7 @@ fields and keeps the rest."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -140,8 +140,9 @@ class PriorSettings:
 
 
 def as_settings(value, cls):
-    """``value`` as a ``cls`` instance: LightningCLI hands a module's saved hyperparameters back as dicts
-    (a checkpoint, an FSDP2 export rebuilding the module), the Python API passes instances."""
-    if value is None or isinstance(value, cls):
-        return value
-    return cls(**dict(value))
+    """``value`` as a ``cls`` instance of the module's own: LightningCLI hands a module's saved hyperparameters
+    back as dicts (a checkpoint, an FSDP2 export rebuilding the module), the Python API passes instances, and a
+    default instance is shared by every call (a copy, so changing one module's settings changes no other)."""
+    if value is None:
+        return None
+    return replace(value) if isinstance(value, cls) else cls(**dict(value))
