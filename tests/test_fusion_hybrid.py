@@ -59,3 +59,19 @@ def test_hybrid_rejects_bad_fusion(tiny_bert_dir):
         HybridRetriever(EncoderSettings(tiny_bert_dir), fusion=FusionSettings(method="max"))
     with pytest.raises(ValueError, match=r"expected \[bm25, dense\]"):
         HybridRetriever(EncoderSettings(tiny_bert_dir), fusion=FusionSettings(weights=[1.0]))
+
+
+def test_bm25_retriever_ranks_with_the_configured_parameters(tiny_beir_dir, tmp_path):
+    """BM25Retriever through the CLI with one field of its ``bm25`` group overridden (the others kept)."""
+    cli = cli_main(["--config", "configs/bm25_scifact.yaml", "--model.init_args.bm25.k1", "1.2",
+                    "--data.init_args.data_dir", str(tiny_beir_dir), "--trainer.logger.init_args.save_dir",
+                    str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false"])
+    metrics = json.loads((Path(cli.trainer.log_dir) / "test_metrics.json").read_text())
+    assert metrics["num_queries"] == 4 and 0 < metrics["ndcg@10"] <= 1
+    model, dm = cli.model, cli.datamodule
+    assert (model.bm25.k1, model.bm25.b, model.bm25.stemmer) == (1.2, 0.4, "english")
+    ids, qids = dm.doc_ids, sorted(dm.eval_qrels("test"))
+    texts, qtexts = [dm.passages[d] for d in ids], [dm.data.queries[q] for q in qids]
+    expected = {q: dict(h) for q, h in zip(qids, BM25(ids, texts, k1=1.2, b=0.4).search(qtexts, 10))}
+    assert model.rank({"ids": ids, "texts": texts}, {"ids": qids, "texts": qtexts}, 10) == expected
+    assert expected != {q: dict(h) for q, h in zip(qids, BM25(ids, texts).search(qtexts, 10))}   # k1 matters here

@@ -1,5 +1,5 @@
-"""Deliberate one-line bugs in the contrastive retrievers (retrieval/losses.py, retrieval/contrastive.py,
-retrieval/bi_encoder.py, lightning_modules/contrastive_retriever.py, lightning_modules/hybrid_retriever.py);
+"""Deliberate one-line bugs in the retrievers (retrieval/losses.py, retrieval/contrastive.py,
+lightning_modules/contrastive_retriever.py, lightning_modules/hybrid_retriever.py, lightning_modules/bm25_retriever.py);
 each must make the named tests fail. Run: .venv/bin/python tests/mutation_check.py --area contrastive"""
 
 LOSSES = "tests/test_losses_metrics.py"
@@ -46,6 +46,10 @@ MUTATIONS = [
     {"name": "hybrid_ignores_the_prior_weight", "file": "lightning_modules/hybrid_retriever.py",
      "old": "run = mix_prior(run, prior, p.weight, log_prior=p.log)", "new": "run = mix_prior(run, prior, 0.1, log_prior=p.log)",
      "tests": [HYBRID]},
+    {"name": "bm25_retriever_ignores_k1", "file": "lightning_modules/bm25_retriever.py",
+     "old": "bm25 = BM25(corpus[\"ids\"], corpus[\"texts\"], k1=b.k1,",
+     "new": "bm25 = BM25(corpus[\"ids\"], corpus[\"texts\"], k1=0.9,",
+     "tests": ["tests/test_fusion_hybrid.py::test_bm25_retriever_ranks_with_the_configured_parameters"]},
     {"name": "hybrid_weights_ignored", "file": "lightning_modules/hybrid_retriever.py",
      "old": "run = weighted_fusion([sparse, dense], f.weights, f.normalization)",
      "new": "run = weighted_fusion([sparse, dense], None, f.normalization)", "tests": [HYBRID]},
