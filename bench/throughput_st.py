@@ -34,6 +34,7 @@ import torch  # noqa: E402
 
 from datamodules.beir import BEIRDataModule  # noqa: E402
 from lightning_modules.contrastive_retriever import ContrastiveRetriever  # noqa: E402
+from retrieval.settings import EncoderSettings  # noqa: E402
 from training.models import resolve_model_path  # noqa: E402
 
 
@@ -71,7 +72,7 @@ def ours_training(data: list[dict], batch: int, max_length: int, steps: int) -> 
         return {"queries": [x["anchor"] for x in items],
                 "passages": [x["positive"] for x in items] + [x["negative"] for x in items]}
 
-    model = ContrastiveRetriever(query_max_length=max_length, passage_max_length=max_length, warmup=0)
+    model = ContrastiveRetriever(EncoderSettings(query_max_length=max_length, passage_max_length=max_length), warmup=0)
     timer = StepTimer()
     trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
@@ -113,7 +114,7 @@ def encoding(texts: list[str], batch: int, max_length: int, repeats: int) -> tup
     change in machine load hits both sides alike."""
     from sentence_transformers import SentenceTransformer
 
-    module = ContrastiveRetriever(passage_max_length=max_length)
+    module = ContrastiveRetriever(EncoderSettings(passage_max_length=max_length))
     module.configure_model()  # encoders are built there (idempotent), not in __init__
     ours = module.passage_encoder
     st = SentenceTransformer(resolve_model_path("all-MiniLM-L6-v2"), device="cpu")

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 
 from retrieval.metrics import evaluate, write_metrics, write_trec_run
+from training.records import first_of_each_id
 
 
 def _merge(parts: list[dict]) -> dict:
@@ -25,11 +26,7 @@ def _merge(parts: list[dict]) -> dict:
 
 def _dedupe(merged: dict) -> dict:
     """Drop repeated ids (a distributed sampler pads the last batch with copies)."""
-    seen, keep = set(), []
-    for i, _id in enumerate(merged["ids"]):
-        if _id not in seen:
-            seen.add(_id)
-            keep.append(i)
+    keep = first_of_each_id(merged["ids"])
     out = {"ids": [merged["ids"][i] for i in keep]}
     for key, val in merged.items():
         if key != "ids":

@@ -7,18 +7,19 @@ import lightning as L
 
 from callbacks.retrieval_eval import RetrievalEvaluator
 from retrieval.bm25 import BM25
+from retrieval.settings import BM25Settings, as_settings
 
 
 class BM25Retriever(L.LightningModule):
-    """Args: k1, b: BM25 saturation and length normalisation; stemmer: Snowball language or None;
-    eval_k: ranking depth kept for evaluation."""
+    """Args: bm25: ``k1``, ``b`` (saturation and length normalisation), ``stemmer`` (Snowball language or
+    None), ``stopwords``; eval_k: ranking depth kept for evaluation."""
 
     evaluation_only = True
 
-    def __init__(self, k1: float = 0.9, b: float = 0.4, stemmer: str | None = "english", stopwords: str | None = "en",
-                 eval_k: int = 100):
+    def __init__(self, bm25: BM25Settings = BM25Settings(), eval_k: int = 100):
         super().__init__()
         self.save_hyperparameters()
+        self.bm25 = as_settings(bm25, BM25Settings)
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         return {"ids": batch["ids"], "texts": batch["texts"]}
@@ -26,8 +27,8 @@ class BM25Retriever(L.LightningModule):
     test_step = validation_step
 
     def rank(self, corpus: dict, queries: dict, k: int) -> dict[str, dict[str, float]]:
-        hp = self.hparams
-        bm25 = BM25(corpus["ids"], corpus["texts"], k1=hp.k1, b=hp.b, stemmer=hp.stemmer, stopwords=hp.stopwords)
+        b = self.bm25
+        bm25 = BM25(corpus["ids"], corpus["texts"], k1=b.k1, b=b.b, stemmer=b.stemmer, stopwords=b.stopwords)
         return {q: dict(hits) for q, hits in zip(queries["ids"], bm25.search(queries["texts"], k))}
 
     def configure_optimizers(self):

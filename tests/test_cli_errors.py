@@ -15,8 +15,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture
 def dpr_args(tiny_bert_dir, tiny_beir_dir, tmp_path):
-    return ["--config", "configs/dpr_scifact.yaml", "--model.init_args.model_name_or_path", tiny_bert_dir,
-            "--model.init_args.passage_max_length", "32", "--model.init_args.eval_passage_max_length", "32",
+    return ["--config", "configs/dpr_scifact.yaml", "--model.init_args.encoder.name_or_path", tiny_bert_dir,
+            "--model.init_args.encoder.passage_max_length", "32", "--model.init_args.encoder.eval_passage_max_length", "32",
             "--data.init_args.data_dir", str(tiny_beir_dir), "--data.init_args.batch_size", "3",
             "--data.init_args.num_negatives", "0", "--data.init_args.eval_batch_size", "6",
             "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.log_every_n_steps", "1",
@@ -92,7 +92,7 @@ def test_missing_model_path_is_one_short_last_line_without_download_advice(dpr_a
     args = dpr_args if config == "dpr_scifact" else [
         "test", "--config", f"configs/{config}.yaml", "--data.init_args.data_dir", str(tiny_beir_dir)]
     with pytest.raises(SystemExit) as exit_:
-        main([*args, "--model.init_args.model_name_or_path", path])
+        main([*args, "--model.init_args.encoder.name_or_path", path])
     assert exit_.value.code == 1
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
@@ -113,8 +113,8 @@ def test_malformed_corpus_is_one_short_last_line(dpr_args, tiny_beir_dir, capsys
     (["--model.init_args.temprature", "3"],
      "error: model (lightning_modules.ContrastiveRetriever): Option 'temprature' is not accepted (the options: "
      "python train.py fit --model.help lightning_modules.ContrastiveRetriever)"),
-    (["--model.init_args.temperature", "warm"],
-     "error: model.temperature (lightning_modules.ContrastiveRetriever): Expected a <class 'float'>. Got value: warm"),
+    (["--model.init_args.loss.init_args.temperature", "warm"],
+     "error: model.loss.temperature (retrieval.losses.InfoNCE): Expected a <class 'float'>. Got value: warm"),
     (["--trainer.max_epochz", "3"], "error: unrecognized arguments: --trainer.max_epochz 3"),
 ])
 def test_config_errors_are_short_with_the_useful_line_last(capsys, override, expected):

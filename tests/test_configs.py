@@ -51,16 +51,16 @@ def test_interpolation_sees_command_line_overrides(capsys):
 
 
 def test_overrides_reach_nested_init_args(capsys):
-    config = print_config(["--config", "configs/dpr_scifact.yaml", "--model.init_args.temperature", "0.1",
+    config = print_config(["--config", "configs/dpr_scifact.yaml", "--model.init_args.loss.init_args.temperature", "0.1",
                            "--model.init_args.optimizer.init_args.lr", "1e-4", "--trainer.max_epochs", "9"], capsys)
-    assert config["model"]["init_args"]["temperature"] == 0.1
+    assert config["model"]["init_args"]["loss"]["init_args"]["temperature"] == 0.1
     assert config["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 1e-4
     assert config["trainer"]["max_epochs"] == 9
 
 
 def test_bad_config_value_is_rejected(capsys):
     with pytest.raises(SystemExit) as exit_:
-        cli_main(["fit", "--config", "configs/dpr_scifact.yaml", "--model.init_args.temperature", "warm",
+        cli_main(["fit", "--config", "configs/dpr_scifact.yaml", "--model.init_args.loss.init_args.temperature", "warm",
                   "--print_config"])
     assert exit_.value.code == 2
     assert "temperature" in capsys.readouterr().err

@@ -13,10 +13,10 @@ from train import cli_main
 @pytest.fixture
 def dpr_args(tiny_bert_dir, tiny_beir_dir, tmp_path):
     return ["--config", "configs/dpr_scifact.yaml",
-            "--model.init_args.model_name_or_path", tiny_bert_dir,
-            "--model.init_args.passage_max_length", "32", "--model.init_args.eval_passage_max_length", "32",
+            "--model.init_args.encoder.name_or_path", tiny_bert_dir,
+            "--model.init_args.encoder.passage_max_length", "32", "--model.init_args.encoder.eval_passage_max_length", "32",
             # fp32 on every CPU: the export is compared with sentence-transformers' fp32 encoding to 1e-5
-            "--model.init_args.encoder_precision", "fp32",
+            "--model.init_args.encoder.precision", "fp32",
             "--data.init_args.data_dir", str(tiny_beir_dir), "--data.init_args.batch_size", "3",
             "--data.init_args.num_negatives", "1", "--data.init_args.eval_batch_size", "5",
             "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.accelerator", "cpu",
@@ -63,13 +63,13 @@ def test_training_changes_weights_and_loss_is_finite(dpr_args):
     assert torch.isfinite(logged["train/loss"]) and 0 <= logged["train/in_batch_accuracy"] <= 1
     from transformers import AutoModel
 
-    start = AutoModel.from_pretrained(cli.model.hparams.model_name_or_path).state_dict()
+    start = AutoModel.from_pretrained(cli.model.settings.name_or_path).state_dict()
     trained = cli.model.passage_encoder.model.state_dict()
     assert any(not torch.equal(start[k], trained[k]) for k in start)
 
 
 def test_separate_encoders_and_cls_pooling(dpr_args):
-    cli = cli_main([*dpr_args, "--model.init_args.shared_encoder", "false", "--model.init_args.pooling", "cls",
+    cli = cli_main([*dpr_args, "--model.init_args.shared_encoder", "false", "--model.init_args.encoder.pooling", "cls",
                     "--model.init_args.similarity", "dot"])
     export = Path(cli.trainer.log_dir) / "export"
     assert (export / "query" / "modules.json").exists() and (export / "passage" / "modules.json").exists()

@@ -8,17 +8,19 @@ import pytest
 import torch
 
 from lightning_modules import ContrastiveRetriever
+from retrieval.losses import InfoNCE
+from retrieval.settings import EncoderSettings, GradCacheSettings, Negatives
 from train import cli_main
 
 
 def _module(tiny_bert_dir, **kw):
-    module = ContrastiveRetriever(tiny_bert_dir, passage_max_length=32, **kw)
+    module = ContrastiveRetriever(EncoderSettings(tiny_bert_dir, passage_max_length=32), **kw)
     module.configure_model()
     return module
 
 
 def test_moco_loss_by_hand(tiny_bert_dir):
-    m = _module(tiny_bert_dir, moco_queue_size=4, temperature=0.5)
+    m = _module(tiny_bert_dir, negatives=Negatives(queue_size=4), loss=InfoNCE(temperature=0.5))
     m._enqueue(torch.tensor([[0.0, 1.0] + [0.0] * 30]))          # one key in the queue: u = e_2
     q = torch.zeros(2, 32)
     q[0, 0] = q[1, 1] = 1.0                                      # q0 = e_1, q1 = e_2
@@ -28,7 +30,7 @@ def test_moco_loss_by_hand(tiny_bert_dir):
     # q0: pos 1/0.5 = 2, queue 0 -> -log(e^2 / (e^2 + e^0)) = log(1 + e^-2)
     # q1: pos 2, queue q1.u = 1 -> 2 -> log 2
     assert loss.item() == pytest.approx((math.log(1 + math.exp(-2)) + math.log(2)) / 2, rel=1e-6)
-    m.hparams.moco_in_batch_negatives = True
+    m.negatives.queue_in_batch = True
     # now q0 also sees k1 (score 0): log(1 + 2 e^-2); q1 also sees k0 (score 0): log(2 + e^-2)
     loss, _ = m._loss(q, k, {})
     assert loss.item() == pytest.approx((math.log(1 + 2 * math.exp(-2)) + math.log(2 + math.exp(-2))) / 2, rel=1e-6)
@@ -40,12 +42,12 @@ def test_moco_training_step_scores_against_the_queue_before_this_batch_joins_it(
     import copy
 
     torch.manual_seed(0)
-    m = _module(tiny_bert_dir, moco_queue_size=8, temperature=0.5, moco_momentum=0.5)
+    m = _module(tiny_bert_dir, negatives=Negatives(queue_size=8, momentum=0.5), loss=InfoNCE(temperature=0.5))
     m._enqueue(torch.nn.functional.normalize(torch.randn(3, m.passage_encoder.dim), dim=-1))
     batch = {"queries": ["topic one question", "topic two question"],
              "passages": ["document about topic one", "document about topic two"]}
     ref = copy.deepcopy(m)
-    q = ref.embed(batch["queries"], True, ref.hparams.query_max_length)
+    q = ref.embed(batch["queries"], True, ref.settings.query_max_length)
     keys = ref._momentum_keys(batch["passages"])
     expected, _ = ref._loss(q, keys, batch)                           # queue: the 3 old keys only
     queue_before = m.moco_queue[:3].clone()
@@ -59,22 +61,22 @@ def test_moco_training_step_scores_against_the_queue_before_this_batch_joins_it(
 
 
 def test_configure_model_is_idempotent_and_builds_the_dtype_asked(tiny_bert_dir):
-    m = ContrastiveRetriever(tiny_bert_dir, shared_encoder=False, lora_r=2, dtype="bfloat16", moco_queue_size=0)
+    m = ContrastiveRetriever(EncoderSettings(tiny_bert_dir, dtype="bfloat16"), shared_encoder=False, lora={"r": 2})
     assert m.passage_encoder is None and not list(m.parameters())          # nothing built in __init__
     m.configure_model()
     encoders = (m.passage_encoder, m.query_encoder)
     m.configure_model()
     assert (m.passage_encoder, m.query_encoder) == encoders and m.query_encoder is not m.passage_encoder
     assert {p.dtype for p in m.parameters()} == {torch.bfloat16}
-    assert m.query_encoder.max_length == m.hparams.query_max_length
+    assert m.query_encoder.max_length == m.settings.query_max_length
     trainable = [n for n, p in m.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     with pytest.raises(ValueError, match="dtype 'float31'"):
-        ContrastiveRetriever(tiny_bert_dir, dtype="float31")
+        EncoderSettings(tiny_bert_dir, dtype="float31")
 
 
 def test_ema_update_and_ring_buffer_by_hand(tiny_bert_dir):
-    m = _module(tiny_bert_dir, moco_queue_size=3, moco_momentum=0.9)
+    m = _module(tiny_bert_dir, negatives=Negatives(queue_size=3, momentum=0.9))
     key_w = m.key_encoder.model.embeddings.word_embeddings.weight
     q_w = m.passage_encoder.model.embeddings.word_embeddings.weight
     with torch.no_grad():
@@ -92,14 +94,14 @@ def test_ema_update_and_ring_buffer_by_hand(tiny_bert_dir):
     assert m.moco_queue[:, 0].tolist() == [4.0, 2.0, 3.0]
     assert m.moco_queue_ptr.item() == 1 and m.moco_queue_len.item() == 3
     with pytest.raises(ValueError, match="needs shared_encoder=True"):
-        _module(tiny_bert_dir, moco_queue_size=3, shared_encoder=False)
+        _module(tiny_bert_dir, negatives=Negatives(queue_size=3), shared_encoder=False)
 
 
 def _contriever_args(tiny_bert_dir, tiny_beir_dir, tmp_path, *extra):
     return ["--config", "configs/contriever_scifact.yaml",
-            "--model.init_args.model_name_or_path", tiny_bert_dir, "--model.init_args.passage_max_length", "16",
-            "--model.init_args.query_max_length", "16", "--model.init_args.eval_passage_max_length", "16",
-            "--model.init_args.moco_queue_size", "8",
+            "--model.init_args.encoder.name_or_path", tiny_bert_dir, "--model.init_args.encoder.passage_max_length", "16",
+            "--model.init_args.encoder.query_max_length", "16", "--model.init_args.encoder.eval_passage_max_length", "16",
+            "--model.init_args.negatives.queue_size", "8",
             "--data.init_args.data_dir", str(tiny_beir_dir), "--data.init_args.batch_size", "4",
             "--data.init_args.eval_batch_size", "6", "--trainer.accelerator", "cpu",
             "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false",
@@ -154,8 +156,9 @@ def test_gradcache_step_equals_plain_step(tiny_beir_dir, tmp_path):
     for chunk in (None, 2):
         L.seed_everything(0)
         # fp32 on every CPU: GradCache equals the plain step to 1e-6 only without bf16 rounding
-        model = ContrastiveRetriever(path, passage_max_length=24, warmup=0, gradcache_chunk_size=chunk,
-                                     optimizer=lambda params: torch.optim.SGD(params, lr=0.5), encoder_precision="fp32")
+        model = ContrastiveRetriever(EncoderSettings(path, passage_max_length=24, precision="fp32"), warmup=0,
+                                     gradcache=GradCacheSettings(chunk_size=chunk),
+                                     optimizer=lambda params: torch.optim.SGD(params, lr=0.5))
         dm = BEIRDataModule(str(tiny_beir_dir), num_negatives=1, batch_size=5, seed=0)
         trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)

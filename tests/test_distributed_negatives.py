@@ -98,8 +98,14 @@ def test_lightning_ddp_two_cpu_processes_moco_gradcache_gather(tiny_bert_dir, ti
     from datamodules import CropPairsDataModule
     from lightning_modules import ContrastiveRetriever
 
-    model = ContrastiveRetriever(tiny_bert_dir, passage_max_length=16, query_max_length=16, gather_negatives=True,
-                                 gradcache_chunk_size=1, moco_queue_size=16, moco_in_batch_negatives=True)
+    from retrieval.settings import EncoderSettings, GradCacheSettings, Negatives
+
+    model = ContrastiveRetriever(EncoderSettings(tiny_bert_dir, passage_max_length=16, query_max_length=16),
+                                 negatives=Negatives(gather=True, queue_size=16, queue_in_batch=True),
+                                 gradcache=GradCacheSettings(chunk_size=1))
+    # built here too: ddp_spawn loads rank 0's state into this process's module non-strictly, which would skip
+    # encoders and MoCo buffers that only the workers built
+    model.configure_model()
     dm = CropPairsDataModule(str(tiny_beir_dir), batch_size=2, seed=0)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=2, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

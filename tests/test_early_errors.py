@@ -145,7 +145,7 @@ class FillDisk(Callback):
 def test_a_full_disk_is_one_line_naming_the_file_and_tmpdir(tiny_bert_dir, tiny_beir_dir, tmp_path, capsys):
     import tempfile
 
-    args = ["--config", "configs/dpr_scifact.yaml", "--model.init_args.model_name_or_path", tiny_bert_dir,
+    args = ["--config", "configs/dpr_scifact.yaml", "--model.init_args.encoder.name_or_path", tiny_bert_dir,
             "--data.init_args.data_dir", str(tiny_beir_dir), "--data.init_args.batch_size", "3",
             "--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.max_steps", "1",
             "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.callbacks+=test_early_errors.FillDisk"]

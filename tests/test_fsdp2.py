@@ -41,11 +41,15 @@ def sgd(params):
     return torch.optim.SGD(params, lr=0.5)
 
 
-def _retriever(model_dir, optimizer=sgd, **kw):
+def _retriever(model_dir, optimizer=sgd, gradcache_chunk_size=None):
     from lightning_modules import ContrastiveRetriever
+    from retrieval.losses import InfoNCE
+    from retrieval.settings import EncoderSettings, GradCacheSettings, Negatives
 
-    return ContrastiveRetriever(model_dir, shared_encoder=False, similarity="dot", temperature=1.0, optimizer=optimizer,
-                                warmup=0, query_max_length=16, passage_max_length=16, gather_negatives=True, **kw)
+    return ContrastiveRetriever(EncoderSettings(model_dir, query_max_length=16, passage_max_length=16),
+                                shared_encoder=False, similarity="dot", loss=InfoNCE(temperature=1.0), optimizer=optimizer,
+                                warmup=0, negatives=Negatives(gather=True),
+                                gradcache=GradCacheSettings(chunk_size=gradcache_chunk_size))
 
 
 def _trainer(devices, strategy, root, **kw):
@@ -601,7 +605,7 @@ def test_train_py_default_run_under_fsdp2_fits_tests_and_exports(tiny_bert_dir, 
     from transformers import AutoModel
 
     run_train_py(["--config", "configs/dpr_scifact.yaml", "--config", "configs/trainer/fsdp2_cpu.yaml",
-                  "--model.init_args.model_name_or_path", tiny_bert_dir, "--data.init_args.data_dir", str(tiny_beir_dir),
+                  "--model.init_args.encoder.name_or_path", tiny_bert_dir, "--data.init_args.data_dir", str(tiny_beir_dir),
                   "--trainer.max_steps", "2", "--data.init_args.batch_size", "2", "--data.init_args.eval_batch_size", "4",
                   "--model.init_args.optimizer.init_args.lr", "0.01",
                   "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")], RAGKIT_PRECISION="fp32")

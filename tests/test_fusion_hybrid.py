@@ -10,12 +10,13 @@ from retrieval.bm25 import BM25
 from retrieval.fusion import mix_prior, reciprocal_rank_fusion, weighted_fusion
 from retrieval.index import DenseIndex
 from retrieval.pagerank import pagerank
+from retrieval.settings import EncoderSettings, FusionSettings, PriorSettings
 from train import cli_main
 
 
 def _args(tiny_bert_dir, tiny_beir_dir, tmp_path, *extra):
-    return ["--config", "configs/hybrid_scifact.yaml", "--model.init_args.model_name_or_path", tiny_bert_dir,
-            "--model.init_args.passage_max_length", "24", "--model.init_args.depth", "5",
+    return ["--config", "configs/hybrid_scifact.yaml", "--model.init_args.encoder.name_or_path", tiny_bert_dir,
+            "--model.init_args.encoder.passage_max_length", "24", "--model.init_args.fusion.depth", "5",
             "--data.init_args.data_dir", str(tiny_beir_dir), "--data.init_args.eval_batch_size", "5",
             "--trainer.accelerator", "cpu", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
             "--trainer.enable_progress_bar", "false", *extra]
@@ -40,7 +41,8 @@ def test_hybrid_rrf_and_weighted_with_pagerank(tiny_bert_dir, tiny_beir_dir, tmp
     dense = {q: dict(h) for q, h in zip(qids, index.search(queries["embeddings"], 5))}
     assert model.rank(corpus, queries, 10) == reciprocal_rank_fusion([sparse, dense], 60)
 
-    model.hparams.update(fusion="weighted", weights=[0.3, 0.7], link_graph=str(links), prior_weight=0.2)
+    model.fusion = FusionSettings(method="weighted", weights=[0.3, 0.7], depth=5)
+    model.prior = PriorSettings(link_graph=str(links), weight=0.2)
     fused = weighted_fusion([sparse, dense], [0.3, 0.7])
     expected = mix_prior(fused, pagerank([("d1", "d0"), ("d2", "d0"), ("d3", "d0"), ("d0", "d6")], nodes=ids), 0.2,
                          log_prior=True)
@@ -54,6 +56,22 @@ def test_hybrid_rejects_bad_fusion(tiny_bert_dir):
     from lightning_modules import HybridRetriever
 
     with pytest.raises(ValueError, match="unknown fusion"):
-        HybridRetriever(tiny_bert_dir, fusion="max")
+        HybridRetriever(EncoderSettings(tiny_bert_dir), fusion=FusionSettings(method="max"))
     with pytest.raises(ValueError, match=r"expected \[bm25, dense\]"):
-        HybridRetriever(tiny_bert_dir, weights=[1.0])
+        HybridRetriever(EncoderSettings(tiny_bert_dir), fusion=FusionSettings(weights=[1.0]))
+
+
+def test_bm25_retriever_ranks_with_the_configured_parameters(tiny_beir_dir, tmp_path):
+    """BM25Retriever through the CLI with one field of its ``bm25`` group overridden (the others kept)."""
+    cli = cli_main(["--config", "configs/bm25_scifact.yaml", "--model.init_args.bm25.k1", "1.2",
+                    "--data.init_args.data_dir", str(tiny_beir_dir), "--trainer.logger.init_args.save_dir",
+                    str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false"])
+    metrics = json.loads((Path(cli.trainer.log_dir) / "test_metrics.json").read_text())
+    assert metrics["num_queries"] == 4 and 0 < metrics["ndcg@10"] <= 1
+    model, dm = cli.model, cli.datamodule
+    assert (model.bm25.k1, model.bm25.b, model.bm25.stemmer) == (1.2, 0.4, "english")
+    ids, qids = dm.doc_ids, sorted(dm.eval_qrels("test"))
+    texts, qtexts = [dm.passages[d] for d in ids], [dm.data.queries[q] for q in qids]
+    expected = {q: dict(h) for q, h in zip(qids, BM25(ids, texts, k1=1.2, b=0.4).search(qtexts, 10))}
+    assert model.rank({"ids": ids, "texts": texts}, {"ids": qids, "texts": qtexts}, 10) == expected
+    assert expected != {q: dict(h) for q, h in zip(qids, BM25(ids, texts).search(qtexts, 10))}   # k1 matters here

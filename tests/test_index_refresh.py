@@ -10,6 +10,7 @@ from datamodules import BEIRDataModule
 from lightning_modules import ContrastiveRetriever
 from retrieval.bm25 import mine_hard_negatives
 from retrieval.index import DenseIndex
+from retrieval.settings import EncoderSettings
 
 
 class Recorder(ContrastiveRetriever):
@@ -20,7 +21,7 @@ class Recorder(ContrastiveRetriever):
 @pytest.mark.parametrize("on_disk", [True, False])
 def test_refresh_swaps_index_and_remines_negatives(tiny_bert_dir, tiny_beir_dir, tmp_path, on_disk):
     L.seed_everything(0)
-    model = Recorder(tiny_bert_dir, passage_max_length=24, warmup=0,
+    model = Recorder(EncoderSettings(tiny_bert_dir, passage_max_length=24), warmup=0,
                      optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
     dm = BEIRDataModule(str(tiny_beir_dir), num_negatives=1, negatives_depth=5, batch_size=3)
     refresh = IndexRefresh(every_n_steps=1, refresh_on_train_start=True, remine_negatives=True, negatives_depth=5,

@@ -9,11 +9,11 @@ from train import cli_main
 
 
 def test_lora_fit_and_merged_export(tiny_bert_dir, tiny_beir_dir, tmp_path):
-    cli = cli_main(["--config", "configs/dpr_lora_scifact.yaml", "--model.init_args.model_name_or_path", tiny_bert_dir,
-                    "--model.init_args.passage_max_length", "24", "--model.init_args.eval_passage_max_length", "24",
-                    "--model.init_args.lora_r", "4", "--model.init_args.lora_dropout", "0.0",
+    cli = cli_main(["--config", "configs/dpr_lora_scifact.yaml", "--model.init_args.encoder.name_or_path", tiny_bert_dir,
+                    "--model.init_args.encoder.passage_max_length", "24", "--model.init_args.encoder.eval_passage_max_length", "24",
+                    "--model.init_args.lora.r", "4", "--model.init_args.lora.dropout", "0.0",
                     # fp32 on every CPU: the export is compared with sentence-transformers' fp32 encoding to 1e-5
-                    "--model.init_args.encoder_precision", "fp32",
+                    "--model.init_args.encoder.precision", "fp32",
                     "--model.init_args.optimizer.init_args.lr", "0.05", "--model.init_args.warmup", "0",
                     "--data.init_args.data_dir", str(tiny_beir_dir), "--data.init_args.batch_size", "3",
                     "--data.init_args.eval_batch_size", "6", "--trainer.max_steps", "2", "--trainer.accelerator", "cpu",

@@ -327,7 +327,7 @@ def test_a_port_clash_fails_fast_and_leaves_no_rank_behind(tiny_bert_dir, tiny_b
     key, value = tag.split("=")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(held.getsockname()[1]), key: value}
-    args = ["fit", "--config", "configs/dpr_scifact.yaml", "--model.init_args.model_name_or_path", tiny_bert_dir,
+    args = ["fit", "--config", "configs/dpr_scifact.yaml", "--model.init_args.encoder.name_or_path", tiny_bert_dir,
             "--data.init_args.data_dir", str(tiny_beir_dir), "--data.init_args.batch_size", "2",
             "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
             "--trainer.max_steps", "1", "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]

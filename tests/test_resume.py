@@ -134,9 +134,9 @@ def test_drawing_datasets_refuse_workers_and_round_trip_their_counters():
 def _dpr_args(tiny_bert_dir, tiny_beir_dir, tmp_path):
     # 6 training queries, batches of 2: 3 steps an epoch; BM25 windows of 4 negatives, 1 drawn per fetch
     return ["--config", "configs/dpr_scifact.yaml",
-            "--model.init_args.model_name_or_path", tiny_bert_dir, "--model.init_args.passage_max_length", "16",
-            "--model.init_args.query_max_length", "16", "--model.init_args.encoder_precision", "fp32",
-            "--model.init_args.encoder_dropout", "true",  # so the RNG state matters
+            "--model.init_args.encoder.name_or_path", tiny_bert_dir, "--model.init_args.encoder.passage_max_length", "16",
+            "--model.init_args.encoder.query_max_length", "16", "--model.init_args.encoder.precision", "fp32",
+            "--model.init_args.encoder.dropout", "true",  # so the RNG state matters
             "--data.init_args.data_dir", str(tiny_beir_dir), "--data.init_args.batch_size", "2",
             "--data.init_args.num_negatives", "1", "--data.init_args.negatives_depth", "4",
             "--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
@@ -146,9 +146,9 @@ def _dpr_args(tiny_bert_dir, tiny_beir_dir, tmp_path):
 def _contriever_args(tiny_bert_dir, tiny_beir_dir, tmp_path):
     # 12 documents, batches of 4: 3 steps an epoch; crops drawn per fetch; MoCo queue of 8
     return ["--config", "configs/contriever_scifact.yaml",
-            "--model.init_args.model_name_or_path", tiny_bert_dir, "--model.init_args.passage_max_length", "16",
-            "--model.init_args.query_max_length", "16", "--model.init_args.moco_queue_size", "8",
-            "--model.init_args.encoder_precision", "fp32", "--model.init_args.encoder_dropout", "true",
+            "--model.init_args.encoder.name_or_path", tiny_bert_dir, "--model.init_args.encoder.passage_max_length", "16",
+            "--model.init_args.encoder.query_max_length", "16", "--model.init_args.negatives.queue_size", "8",
+            "--model.init_args.encoder.precision", "fp32", "--model.init_args.encoder.dropout", "true",
             "--data.init_args.data_dir", str(tiny_beir_dir), "--data.init_args.batch_size", "4",
             "--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false", "--trainer.max_epochs", "2"]  # shipped: 1, too short for 5 steps

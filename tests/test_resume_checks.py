@@ -15,8 +15,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture
 def dpr_args(tiny_bert_dir, tiny_beir_dir, tmp_path):
-    return ["--config", "configs/dpr_scifact.yaml", "--model.init_args.model_name_or_path", tiny_bert_dir,
-            "--model.init_args.passage_max_length", "32", "--model.init_args.eval_passage_max_length", "32",
+    return ["--config", "configs/dpr_scifact.yaml", "--model.init_args.encoder.name_or_path", tiny_bert_dir,
+            "--model.init_args.encoder.passage_max_length", "32", "--model.init_args.encoder.eval_passage_max_length", "32",
             "--data.init_args.data_dir", str(tiny_beir_dir), "--data.init_args.batch_size", "3",
             "--data.init_args.num_negatives", "0", "--data.init_args.eval_batch_size", "6",
             "--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
@@ -26,23 +26,23 @@ def dpr_args(tiny_bert_dir, tiny_beir_dir, tmp_path):
 @pytest.fixture
 def dpr_checkpoint(dpr_args, tmp_path) -> Path:
     """A DPR checkpoint after 1 step, trained with temperature 0.05."""
-    cli = cli_main(["fit", *dpr_args, "--model.init_args.temperature", "0.05", "--trainer.max_steps", "1"])
+    cli = cli_main(["fit", *dpr_args, "--model.init_args.loss.init_args.temperature", "0.05", "--trainer.max_steps", "1"])
     ckpt = Path(cli.trainer.checkpoint_callback.last_model_path or cli.trainer.checkpoint_callback.best_model_path)
-    assert torch.load(ckpt, weights_only=False)["hyper_parameters"]["temperature"] == 0.05
+    assert torch.load(ckpt, weights_only=False)["hyper_parameters"]["loss"]["init_args"]["temperature"] == 0.05
     return ckpt
 
 
 def test_resume_uses_a_changed_option_and_names_both_values(dpr_args, dpr_checkpoint, tmp_path):
-    with pytest.warns(UserWarning, match=r"model.init_args.temperature: checkpoint 0.05, config 0.5 -> using 0.5"):
-        resumed = cli_main(["fit", *dpr_args, "--model.init_args.temperature", "0.5", "--trainer.max_steps", "2",
+    with pytest.warns(UserWarning, match=r"model.init_args.loss: checkpoint \{.*'temperature': 0.05\}\}, config \{.*'temperature': 0.5\}\} -> using"):
+        resumed = cli_main(["fit", *dpr_args, "--model.init_args.loss.init_args.temperature", "0.5", "--trainer.max_steps", "2",
                             "--ckpt_path", str(dpr_checkpoint)])
-    assert resumed.model.hparams.temperature == 0.5 and resumed.trainer.global_step == 2
+    assert resumed.model.loss.temperature == 0.5 and resumed.trainer.global_step == 2
 
 
 def test_resume_with_the_same_options_says_nothing(dpr_args, dpr_checkpoint, recwarn):
-    resumed = cli_main(["fit", *dpr_args, "--model.init_args.temperature", "0.05", "--trainer.max_steps", "2",
+    resumed = cli_main(["fit", *dpr_args, "--model.init_args.loss.init_args.temperature", "0.05", "--trainer.max_steps", "2",
                         "--ckpt_path", str(dpr_checkpoint)])
-    assert resumed.model.hparams.temperature == 0.05 and resumed.trainer.global_step == 2
+    assert resumed.model.loss.temperature == 0.05 and resumed.trainer.global_step == 2
     assert not [w for w in recwarn if "--ckpt_path" in str(w.message)]
 
 

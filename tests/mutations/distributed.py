@@ -99,8 +99,8 @@ MUTATIONS = [
      "old": "    return all_reduce(torch.as_tensor(value).float()) / dist.get_world_size()",
      "new": "    return all_reduce(torch.as_tensor(value).float())",
      "tests": ["tests/test_data_parallel_normaliser.py"]},
-    {"name": "retriever_encodes_the_corpus_through_the_sharded_encoder", "file": "lightning_modules/contrastive_retriever.py",
-     "old": "        with full_parameters(self.passage_encoder.model):\n            return self.passage_encoder.encode(",
-     "new": "        if True:\n            return self.passage_encoder.encode(",
+    {"name": "retriever_encodes_the_corpus_through_the_sharded_encoder", "file": "retrieval/bi_encoder.py",
+     "old": "    with full_parameters(encoder.model):\n        return encoder.encode(",
+     "new": "    if True:\n        return encoder.encode(",
      "tests": [f"{FSDP2}::test_contrastive_retriever_fsdp2_step_equals_one_process"]},
 ]
