@@ -25,19 +25,20 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 
 from generation.prompts import prompt_format
+from retrieval.bi_encoder import build_encoder, encode_texts, export_encoders
 from retrieval.encoders import Encoder
 from retrieval.index import DenseIndex
 from retrieval.lsr import LMScoreCache, LSRLoss, lsr_loss
 from retrieval.lsr_lm import (FrozenLM, LMScoring, ReplugEval, lm_metrics, lm_scores, lm_sums, open_score_cache,
                               qa_metrics)
 from retrieval.lsr_retriever import (Hits, IndexWeights, check_depths, corpus_index, retrieve_excluding,
-                                     retriever_scores, save_encoders, swapped_weights)
+                                     retriever_scores, swapped_weights)
 from retrieval.search import DenseRetriever
 from retrieval.settings import EncoderSettings
 from training.rng_state import load_rng_state, save_rng_state
 from training.schedule import warmup_then_decay
 from training.settings import LM, save_settings
-from training.sharding import full_parameters, shard
+from training.sharding import shard
 
 
 def adam(params) -> torch.optim.Optimizer:
@@ -84,10 +85,9 @@ class ReplugLSR(L.LightningModule):
         if self.passage_encoder is not None:
             return
         enc = self.encoder
-        make = partial(Encoder, enc.name_or_path, enc.pooling, normalize=True, precision=enc.precision)
-        self.passage_encoder = make(max_length=enc.passage_max_length)
+        self.passage_encoder = build_encoder(enc, normalize=True, max_length=enc.passage_max_length)
         if not self.hparams.train_passage_encoder:
-            self.query_encoder = make(max_length=enc.query_max_length)
+            self.query_encoder = build_encoder(enc, normalize=True, max_length=enc.query_max_length)
             self.passage_encoder.requires_grad_(False)
         self.frozen = FrozenLM.load(self.lm)
         self.score_cache = open_score_cache(self.frozen, self.scoring, self.prompt)
@@ -102,12 +102,10 @@ class ReplugLSR(L.LightningModule):
 
     def encode_passages(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         """(N, H) corpus embeddings (IndexRefresh calls it); under FSDP2 from whole parameters, ranks unsynchronised."""
-        with full_parameters(self.passage_encoder.model):
-            return self.passage_encoder.encode(texts, batch_size, self.encoder.passage_max_length, show_progress=False)
+        return encode_texts(self.passage_encoder, texts, self.encoder.passage_max_length, batch_size)
 
     def encode_queries(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-        with full_parameters(self.q_encoder.model):
-            return self.q_encoder.encode(texts, batch_size, self.encoder.query_max_length, show_progress=False)
+        return encode_texts(self.q_encoder, texts, self.encoder.query_max_length, batch_size)
 
     # -- the index ----------------------------------------------------------------------------------------
     def attach_corpus(self, passages: dict[str, str]) -> None:
@@ -246,4 +244,4 @@ class ReplugLSR(L.LightningModule):
 
     def export(self, path: str | Path) -> None:
         """Hugging Face + sentence-transformers folders: the shared encoder, or ``query/`` and ``passage/``."""
-        save_encoders(path, self.passage_encoder, self.query_encoder)
+        export_encoders(path, self.passage_encoder, self.query_encoder)

@@ -10,7 +10,6 @@ training, what a checkpoint keeps of the index, its QA metrics, and the checks t
   was encoded with, kept for a checkpoint written between two refreshes and re-encoded by the resumed run;
 - :func:`gold_metrics`: nDCG and recall of the gold passage at ``eval_k`` (QA);
 - :func:`check_depths`: every depth the run retrieves at, plus the excluded passages, fits in the corpus;
-- :func:`save_encoders`: the export (Hugging Face + sentence-transformers folders).
 """
 
 from __future__ import annotations
@@ -140,17 +139,6 @@ def swapped_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]):
         yield
     finally:
         model.load_state_dict(own)
-
-
-def save_encoders(path: str | Path, passage_encoder: Encoder, query_encoder: Encoder | None = None) -> None:
-    """Hugging Face + sentence-transformers folders (retrieval.encoders.Encoder.save, as the DPR export): the shared
-    encoder at ``path``, or ``path/query`` and ``path/passage`` (Atlas's variant)."""
-    path = Path(path)
-    if query_encoder is None:
-        passage_encoder.save(path)
-    else:
-        query_encoder.save(path / "query")
-        passage_encoder.save(path / "passage")
 
 
 def check_depths(depths: dict[str, int], corpus_size: int, splits: dict, corpus: str | None) -> None:
