@@ -88,10 +88,10 @@ def meta_model(name: str, lora: dict | None, encoder: bool = False):
     with torch.device("meta"):
         model = (AutoModel if encoder else AutoModelForCausalLM).from_config(config)
     if lora is not None:
-        from training.models import apply_lora
+        from training.lora import apply_lora
 
         try:
-            model = apply_lora(model, **lora)
+            model = apply_lora(model, task_type=None if encoder else "CAUSAL_LM", **lora)
         except ValueError as err:   # peft: "Target modules {...} not found in the base model"
             raise DryRunError(f"model.init_args.lora.target_modules {lora.get('target_modules')} on {name} "
                               f"({type(model).__name__}): {err}") from None

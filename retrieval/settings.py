@@ -29,3 +29,13 @@ class EncoderSettings:
             raise ValueError(f"encoder.pooling {self.pooling!r}: expected 'mean' or 'cls'")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise ValueError(f"encoder.precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+
+
+@dataclass
+class BM25Settings:
+    """BM25 (bm25s): ``k1`` saturation, ``b`` length normalisation (Pyserini's BEIR values), Snowball
+    ``stemmer`` and ``stopwords`` language (None: none)."""
+    k1: float = 0.9
+    b: float = 0.4
+    stemmer: str | None = "english"
+    stopwords: str | None = "en"
