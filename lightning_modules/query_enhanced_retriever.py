@@ -15,7 +15,7 @@ from retrieval.search import retriever_from_settings
 from retrieval.settings import BM25Settings, EncoderSettings
 from training.models import load_causal_lm
 from training.records import code_block, log_texts
-from training.settings import LM
+from training.settings import LM, as_settings, plain_settings
 
 METHODS = ("none", "hyde", "lamer")
 
@@ -49,8 +49,11 @@ class QueryEnhancedRetriever(L.LightningModule):
         if retriever not in ("bm25", "dense"):
             raise ValueError(f"retriever must be 'bm25' or 'dense', got {retriever!r}")
         self.save_hyperparameters()
+        plain_settings(self.hparams)
         # the groups as given (under LightningCLI, hparams hold their config dicts instead)
-        self.lm_settings, self.encoder, self.bm25, self.hyde, self.lamer = lm, encoder, bm25, hyde, lamer
+        self.lm_settings, self.encoder, self.bm25 = as_settings(LM, lm), as_settings(EncoderSettings, encoder), \
+            as_settings(BM25Settings, bm25)
+        self.hyde, self.lamer = as_settings(HyDE, hyde), as_settings(LameR, lamer)
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         return {"ids": batch["ids"], "texts": batch["texts"]}

@@ -31,7 +31,7 @@ from retrieval.settings import BM25Settings, EncoderSettings
 from training.distributed import gather_objects
 from training.models import load_causal_lm
 from training.records import code_block, log_texts, merge_records, write_jsonl
-from training.settings import LM
+from training.settings import LM, as_settings, plain_settings
 
 
 class RAGEvaluator(L.LightningModule):
@@ -62,9 +62,12 @@ class RAGEvaluator(L.LightningModule):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
         self.save_hyperparameters(ignore=["prompt"])
+        plain_settings(self.hparams)
         self.prompt = prompt_format(prompt)
         # the groups as given (under LightningCLI, hparams hold their config dicts instead)
-        self.lm_settings, self.encoder, self.bm25, self.nli, self.generation = lm, encoder, bm25, nli, generation
+        self.lm_settings, self.encoder, self.bm25 = as_settings(LM, lm), as_settings(EncoderSettings, encoder), \
+            as_settings(BM25Settings, bm25)
+        self.nli, self.generation = as_settings(NLIFilter, nli), as_settings(Generation, generation)
         self.lm = self.tokenizer = self.search = self.judge = None
         self.records: list[dict] = []
 

@@ -34,7 +34,7 @@ from training.models import load_causal_lm
 from training.records import merge_records
 from training.rng_state import load_rng_state, save_rng_state
 from training.schedule import warmup_then_decay
-from training.settings import LM
+from training.settings import LM, as_settings, plain_settings
 from training.sharding import full_parameters, is_sharded, shard
 
 
@@ -64,6 +64,8 @@ class RetRobust(L.LightningModule):
                  nli_kinds: tuple[str, ...] = KINDS, generation: Generation = Generation()):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
+        plain_settings(self.hparams)
+        lm = as_settings(LM, lm)
         if evaluate_base and lm.lora is None:
             raise ValueError("RetRobust: evaluate_base needs lm.lora (the base row is the model with its adapters off)")
         unknown = [k for k in nli_kinds if k not in KINDS]
@@ -73,7 +75,8 @@ class RetRobust(L.LightningModule):
             raise ValueError(f"RetRobust.warmup must be >= 0 (a share of the steps, or a number of steps), got {warmup}")
         self.optimizer_factory = optimizer
         # the groups as given (under LightningCLI, hparams hold their config dicts instead)
-        self.lm_settings, self.nli, self.generation = lm, nli, generation
+        self.lm_settings, self.nli, self.generation = as_settings(LM, lm), as_settings(NLIFilter, nli), \
+            as_settings(Generation, generation)
         self.lm = self.tokenizer = self.judge = None
         # Checkpoints hold only the trainable parameters; on_load_checkpoint checks they are all there.
         self.strict_loading = False

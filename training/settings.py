@@ -42,3 +42,21 @@ class LM:
         kwargs = asdict(self)
         del kwargs["name_or_path"], kwargs["gradient_checkpointing"]
         return kwargs
+
+
+def plain_settings(hparams) -> None:
+    """Turn the settings groups in a module's ``hparams`` into plain dicts, as LightningCLI stores them: a
+    module built in Python (a test, a bench script) would otherwise write its dataclasses into checkpoints,
+    which ``torch.load(weights_only=True)`` (Lightning's resume) refuses to read."""
+    from dataclasses import is_dataclass
+
+    for key, value in list(hparams.items()):
+        if is_dataclass(value) and not isinstance(value, type):
+            hparams[key] = asdict(value)
+
+
+def as_settings(cls, value):
+    """``value`` as a ``cls`` settings group: a module rebuilt from its saved hyperparameters (the unsharded copy
+    that ``training.sharding.export_whole`` exports, a checkpoint's ``load_from_checkpoint``) gets the groups
+    back as dicts."""
+    return cls(**value) if isinstance(value, dict) else value
