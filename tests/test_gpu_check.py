@@ -40,11 +40,13 @@ def test_run_resolves_to_the_tiny_gpu_setting(name, capsys):
     config = yaml.safe_load(capsys.readouterr().out)
     trainer, hp = config["trainer"], config["model"]["init_args"]
     assert trainer["accelerator"] == "gpu" and str(trainer["devices"]) == "1"
-    models = {hp.get(k) for k in ("model_name_or_path", "lm", "retriever")} - {None}
+    lm = hp.get("lm")
+    models = {hp.get(k) for k in ("model_name_or_path", "retriever")} - {None}
+    models |= {lm["name_or_path"] if isinstance(lm, dict) else lm} - {None}
     models |= {hp["search"]["init_args"]["model_name_or_path"]} if isinstance(hp.get("search"), dict) else set()
     assert models and models <= {LM, "all-MiniLM-L6-v2"}, models
     if name == "retrobust_qlora":
-        assert hp["load_in_4bit"] and hp["dtype"] == "bfloat16" and "PagedAdamW" in hp["optimizer"]["class_path"]
+        assert lm["load_in_4bit"] and lm["dtype"] == "bfloat16" and "PagedAdamW" in hp["optimizer"]["class_path"]
     else:
         strategy = trainer["strategy"]
         assert strategy["class_path"].endswith("FSDP2Strategy") and strategy["init_args"]["param_dtype"] == "bfloat16"
