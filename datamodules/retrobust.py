@@ -173,7 +173,7 @@ class RetRobustDataModule(QADataModule):
         out = []
         for r, kind, (pid, rank) in zip(rows, kinds, contexts):
             ex = {"id": r["id"], "question": r["question"], "answers": r["answers"], "kind": kind, "passage_id": pid,
-                  "rank": rank, "target": f" {r['answers'][0].strip()}{hp.answer_suffix}"}
+                  "rank": rank, "target": f" {r['answers'][0].strip()}"}
             ex["segments"] = self.segments(r["question"], self.passages[pid], ex["target"], where=r["id"])
             out.append(ex)
         return out
