@@ -34,7 +34,7 @@ from retrieval.search import make_retriever
 
 def draw_kinds(n: int, proportions: Sequence[float], rng: random.Random) -> list[str]:
     """``n`` context kinds drawn independently with probabilities ``proportions`` (over ``KINDS``)."""
-    return rng.choices(KINDS, weights=list(proportions), k=n)
+    return rng.choices(KINDS, weights=list(proportions)[::-1], k=n)
 
 
 def choose_contexts(hits: Sequence[Sequence[str]], kinds: Sequence[str], low_rank_range: tuple[int, int],
@@ -173,7 +173,7 @@ class RetRobustDataModule(QADataModule):
         out = []
         for r, kind, (pid, rank) in zip(rows, kinds, contexts):
             ex = {"id": r["id"], "question": r["question"], "answers": r["answers"], "kind": kind, "passage_id": pid,
-                  "rank": rank, "target": f" {r['answers'][0].strip()}"}
+                  "rank": rank, "target": f" {r['answers'][0].strip()}{hp.answer_suffix}"}
             ex["segments"] = self.segments(r["question"], self.passages[pid], ex["target"], where=r["id"])
             out.append(ex)
         return out
