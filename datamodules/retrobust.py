@@ -34,7 +34,7 @@ from retrieval.search import make_retriever
 
 def draw_kinds(n: int, proportions: Sequence[float], rng: random.Random) -> list[str]:
     """``n`` context kinds drawn independently with probabilities ``proportions`` (over ``KINDS``)."""
-    return rng.choices(KINDS, weights=list(proportions)[::-1], k=n)
+    return rng.choices(KINDS, weights=list(proportions), k=n)
 
 
 def choose_contexts(hits: Sequence[Sequence[str]], kinds: Sequence[str], low_rank_range: tuple[int, int],
