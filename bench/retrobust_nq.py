@@ -35,6 +35,8 @@ from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 from datamodules.retrobust import RetRobustDataModule  # noqa: E402
 from generation.qa_metrics import exact_match, f1_score  # noqa: E402
 from lightning_modules.retrobust import RetRobust  # noqa: E402
+from generation.settings import Generation, NLIFilter  # noqa: E402
+from training.settings import LM  # noqa: E402
 
 ARMS = {"top1_only": (1.0, 0.0, 0.0), "mix": (1 / 3, 1 / 3, 1 / 3)}
 COLUMNS = [("closed_book", "no retrieval"), ("top1", "top-1"), ("low_rank", "low-rank"), ("random", "random"),
@@ -48,13 +50,11 @@ def log(line: str, out) -> None:
 
 
 def make_module(args, evaluate_base: bool) -> RetRobust:
-    return RetRobust(model_name_or_path=args.model, lora=dict(r=args.r, alpha=args.alpha, dropout=args.dropout,
-                                                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
-                     load_in_4bit=args.load_in_4bit, evaluate_base=evaluate_base,
-                     optimizer=lambda p: torch.optim.AdamW(p, lr=args.lr, weight_decay=0.0), warmup_ratio=0.03,
-                     micro_batch_size=args.batch_size, nli_threshold=args.nli_threshold, nli_kinds=("top1",),
-                     max_new_tokens=args.max_new_tokens, gen_batch_size=args.gen_batch_size)
-
+    lora = dict(r=args.r, alpha=args.alpha, dropout=args.dropout, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    return RetRobust(LM(args.model, lora=lora, load_in_4bit=args.load_in_4bit), evaluate_base=evaluate_base,
+                     optimizer=lambda p: torch.optim.AdamW(p, lr=args.lr, weight_decay=0.0), warmup=0.03,
+                     micro_batch_size=args.batch_size, nli=NLIFilter(threshold=args.nli_threshold), nli_kinds=("top1",),
+                     generation=Generation(max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size))
 
 def make_data(args, proportions) -> RetRobustDataModule:
     return RetRobustDataModule(tokenizer=args.model, num_train=args.num_train, limit_val=None, limit_test=args.n,

@@ -81,13 +81,13 @@ def run_ours(args, mode: str, checkpointing: bool) -> dict:
     from lightning.pytorch.callbacks import Callback
 
     from lightning_modules.retrobust import RetRobust
+    from training.settings import LM
 
     dm, order = examples(args)
     lora = None if mode == "full" else dict(r=args.r, alpha=args.alpha, dropout=args.dropout, target_modules=TARGETS)
-    module = RetRobust(args.model, lora=lora, load_in_4bit=mode == "qlora", evaluate_base=False,
-                       gradient_checkpointing=checkpointing,
-                       optimizer=lambda p: torch.optim.AdamW(p, lr=args.lr, weight_decay=0.0), warmup_ratio=0.03,
-                       micro_batch_size=args.batch_size)
+    module = RetRobust(LM(args.model, lora=lora, load_in_4bit=mode == "qlora", gradient_checkpointing=checkpointing),
+                       evaluate_base=False, optimizer=lambda p: torch.optim.AdamW(p, lr=args.lr, weight_decay=0.0),
+                       warmup=0.03, micro_batch_size=args.batch_size)
     module.configure_model()
     loaded = rss_mb()
     timer = StepTimer()

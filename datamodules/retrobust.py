@@ -27,10 +27,9 @@ from datamodules.qa import QADataModule, QADataset
 from datamodules.resumable import StatefulDataLoader, train_loader
 from training.models import DEFAULT_GENERATOR, load_tokenizer
 from generation.prompts import PromptFormat, prompt_format, uses_chat
+from generation.robust_table import KINDS
 from generation.tokens import TokenBatch
 from retrieval.search import make_retriever
-
-KINDS = ("top1", "low_rank", "random")
 
 
 def draw_kinds(n: int, proportions: Sequence[float], rng: random.Random) -> list[str]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from transformers import StoppingCriteriaList
 
 from training.precision import lm_autocast
+from generation.stopping import StopOnStrings
 from generation.scoring import MIN_SHARED_PREFIX, prefix_cache, repeat_cache, shared_prefix_length
 from generation.tokens import pad
 
@@ -22,7 +24,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
     """Continuations of ``prompts`` (decoded, special tokens skipped).
 
     ``add_special_tokens`` is False for prompts rendered with a chat template. ``stop_strings`` end a row
-    early once its continuation contains one of them (the stop string stays in the returned text).
+    early once its continuation contains one of them (:class:`generation.stopping.StopOnStrings`; the stop
+    string stays in the returned text).
     ``shared_prefix``: start every batch from the cache of the prompts' common leading tokens (when there are
     at least ``generation.scoring.MIN_SHARED_PREFIX`` of them)."""
     if tokenizer.padding_side != "left":
@@ -39,8 +42,6 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
         kwargs.update(temperature=temperature, top_p=top_p)
     else:  # keep generation_config's sampling defaults from triggering warnings in greedy mode
         kwargs.update(temperature=None, top_p=None, top_k=None)
-    if stop_strings:
-        kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         if cache is None:
@@ -53,8 +54,9 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
                      "attention_mask": torch.cat([torch.ones_like(head), mask], 1),
                      "past_key_values": repeat_cache(cache, len(rows))}
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        stopping = [StopOnStrings(tokenizer, stop_strings, batch["input_ids"].shape[1])] if stop_strings else []
         with lm_autocast(model):
-            seqs = model.generate(**batch, **kwargs)
+            seqs = model.generate(**batch, **kwargs, stopping_criteria=StoppingCriteriaList(stopping))
         new = seqs[:, batch["input_ids"].shape[1]:]
         for r, i in enumerate(rows):
             out[i] = tokenizer.decode(new[r], skip_special_tokens=True)

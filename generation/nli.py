@@ -134,3 +134,27 @@ class LMJudge:
         self.threshold = calibrate_threshold(self.entailment_probs(supporting, hypotheses),
                                              self.entailment_probs(unrelated, hypotheses))
         return self.threshold
+
+
+class AdaptersOffJudge:
+    """A judge run on the base model (a peft model's adapters disabled), whichever row is evaluated:
+    RetRobust's filter must not change between the base and trained rows, only the reader does."""
+
+    def __init__(self, judge: LMJudge, model):
+        self.judge, self.model = judge, model
+
+    def entails(self, premises, hypotheses) -> list[bool]:
+        with self.model.disable_adapter():
+            return self.judge.entails(premises, hypotheses)
+
+
+def make_judge(settings, model, tokenizer, *, batch_size: int = 8, device: str | None = None,
+               adapters_off: bool = False):
+    """The judge of an :class:`generation.settings.NLIFilter`: ``model`` (the reader) as a prompted
+    :class:`LMJudge` (threshold 0.5 unless set; with ``adapters_off``, its base without LoRA adapters), or an
+    :class:`NLIClassifier` loaded from ``settings.model``."""
+    if settings.model != "lm":
+        return NLIClassifier(settings.model, threshold=settings.threshold, device=device)
+    judge = LMJudge(model, tokenizer, threshold=0.5 if settings.threshold is None else settings.threshold,
+                    batch_size=batch_size)
+    return AdaptersOffJudge(judge, model) if adapters_off else judge

@@ -18,6 +18,7 @@ from training.precision import lm_autocast
 from generation.logprobs import position_ids, supports_logits_to_keep
 from generation.prompts import PromptFormat, uses_chat
 from generation.scoring import token_logprobs
+from generation.stopping import has_stop
 
 
 def replug_weights(scores: torch.Tensor | Sequence[float], temperature: float = 1.0) -> torch.Tensor:
@@ -126,7 +127,7 @@ def replug_generate(model, tokenizer, questions: Sequence[str], passages: Sequen
                         done[g] = True
                     else:
                         tokens[g].append(nxt[g].item())
-                        if any(s in tokenizer.decode(tokens[g]) for s in stop_strings):
+                        if has_stop(tokenizer.decode(tokens[g]), stop_strings):  # generation.stopping's rule
                             done[g] = True
             if bool(done.all()):
                 break

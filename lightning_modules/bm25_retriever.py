@@ -7,7 +7,8 @@ import lightning as L
 
 from callbacks.retrieval_eval import RetrievalEvaluator
 from retrieval.bm25 import BM25
-from retrieval.settings import BM25Settings, as_settings
+from retrieval.settings import BM25Settings
+from training.settings import as_settings, save_settings
 
 
 class BM25Retriever(L.LightningModule):
@@ -18,7 +19,7 @@ class BM25Retriever(L.LightningModule):
 
     def __init__(self, bm25: BM25Settings = BM25Settings(), eval_k: int = 100):
         super().__init__()
-        self.save_hyperparameters()
+        save_settings(self, ignore=())
         self.bm25 = as_settings(bm25, BM25Settings)
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:

@@ -32,7 +32,8 @@ from retrieval.encoders import Encoder
 from retrieval.gradcache import grad_cache, split_inputs
 from retrieval.index import DenseIndex
 from retrieval.losses import ContrastiveLoss, InfoNCE, in_batch_accuracy
-from retrieval.settings import EncoderSettings, GradCacheSettings, IndexSettings, Negatives, as_settings
+from training.settings import as_settings, save_settings
+from retrieval.settings import EncoderSettings, GradCacheSettings, IndexSettings, Negatives
 from training.rng_state import load_rng_state, save_rng_state
 from training.schedule import adamw, warmup_then_decay
 from training.sharding import shard
@@ -73,7 +74,7 @@ class ContrastiveRetriever(L.LightningModule):
                  negatives: Negatives = Negatives(), gradcache: GradCacheSettings = GradCacheSettings(),
                  lora: dict[str, int | float | list[str] | None] | None = None, index: IndexSettings = IndexSettings()):
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer"])
+        save_settings(self)
         # (hyperparameters saved by LightningCLI hold the loss as {class_path, init_args}: a module rebuilt from
         # them, by an FSDP2 export or load_from_checkpoint, builds the same loss)
         self.optimizer_factory = optimizer

@@ -18,8 +18,8 @@ from retrieval.bm25 import BM25
 from retrieval.fusion import mix_prior, reciprocal_rank_fusion, weighted_fusion
 from retrieval.index import DenseIndex
 from retrieval.pagerank import pagerank, read_edge_list
-from retrieval.settings import (BM25Settings, EncoderSettings, FusionSettings, IndexSettings, PriorSettings,
-                                as_settings)
+from training.settings import as_settings, save_settings
+from retrieval.settings import (BM25Settings, EncoderSettings, FusionSettings, IndexSettings, PriorSettings)
 
 
 class HybridRetriever(L.LightningModule):
@@ -41,7 +41,7 @@ class HybridRetriever(L.LightningModule):
                  bm25: BM25Settings = BM25Settings(), fusion: FusionSettings = FusionSettings(),
                  index: IndexSettings = IndexSettings(), prior: PriorSettings = PriorSettings(), eval_k: int = 100):
         super().__init__()
-        self.save_hyperparameters()
+        save_settings(self, ignore=())
         if similarity not in ("dot", "cosine"):
             raise ValueError(f"unknown similarity {similarity!r}; expected 'dot' or 'cosine'")
         self.settings = as_settings(encoder, EncoderSettings)

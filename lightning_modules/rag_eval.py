@@ -15,49 +15,37 @@ one ``predictions.jsonl`` in the log directory.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
 
-from training.models import DEFAULT_GENERATOR, load_causal_lm
-from generation.nli import LMJudge, NLIClassifier
+from generation.nli import make_judge
 from generation.prompts import PromptFormat, prompt_format
 from generation.qa_metrics import exact_match, f1_score, has_answer
 from generation.rag import METHODS, NO_RETRIEVAL, Answers, answer_questions
+from generation.settings import Generation, NLIFilter
+from retrieval.search import retriever_from_settings
+from retrieval.settings import BM25Settings, EncoderSettings
 from training.distributed import gather_objects
-from retrieval.encoders import DEFAULT_ENCODER
-from retrieval.search import make_retriever
-
-
-
-def merge_records(parts: list[list[dict]]) -> list[dict]:
-    """The prediction records of every rank (``parts`` in rank order) as one list, each question once: a
-    distributed sampler pads the last ranks with repeats of the first questions to equal lengths."""
-    seen, out = set(), []
-    for part in parts:
-        for r in part:
-            if r["id"] not in seen:
-                seen.add(r["id"])
-                out.append(r)
-    return out
+from training.models import load_causal_lm
+from training.records import code_block, log_texts, merge_records, write_jsonl
+from training.settings import LM, as_settings, save_settings
 
 
 class RAGEvaluator(L.LightningModule):
     """Args:
         method: one of ``METHODS``.
-        generator: causal LM name or folder (``smollm2-135m-instruct`` = the offline default).
+        lm: the causal LM that answers (``smollm2-135m-instruct`` = the offline default).
         retriever: ``bm25``, ``dense`` or ``random`` (ignored by closed_book and recitation).
         top_k: passages per question.
-        encoder, encoder_max_length: the dense retriever's encoder.
-        nli_model: ``"lm"`` for the prompted-LM judge (the generator itself), else an NLI classifier's
-            name or folder (e.g. a local copy of facebook/bart-large-mnli).
-        nli_threshold: entailment probability needed (None with a classifier: argmax is entailment;
-            the LM judge defaults to 0.5).
+        encoder / bm25: the dense retriever's encoder, BM25's parameters.
+        nli: the NLI filter's judge (``nli.model: lm``: the LM itself, prompted; else an NLI classifier's name
+            or folder) and its entailment threshold.
         replug_temperature: softmax temperature over the retrieval scores.
-        max_new_tokens, recitation_tokens, gen_batch_size: generation settings (gen_batch_size prompts at once).
+        generation: greedy answers (``max_new_tokens``; ``batch_size`` prompts at once).
+        recitation_tokens: the longest recitation, in tokens.
         prompt: a preset name of ``generation.prompts.PRESETS`` (``few_shot``: plain text with four NQ-train
             demonstrations, the default for SmolLM2; ``zero_shot_chat``) or a :class:`PromptFormat`.
         num_examples: prompts/answers logged as text.
@@ -65,16 +53,20 @@ class RAGEvaluator(L.LightningModule):
 
     evaluation_only = True
 
-    def __init__(self, method: str = "read", generator: str = DEFAULT_GENERATOR, retriever: str = "bm25",
-                 top_k: int = 5, encoder: str = DEFAULT_ENCODER, encoder_max_length: int = 256, bm25_k1: float = 0.9,
-                 bm25_b: float = 0.4, nli_model: str = "lm", nli_threshold: float | None = None,
-                 replug_temperature: float = 1.0, max_new_tokens: int = 24, recitation_tokens: int = 96,
-                 gen_batch_size: int = 8, prompt: str | PromptFormat = "few_shot", num_examples: int = 5, seed: int = 0):
+    def __init__(self, method: str = "read", lm: LM = LM(), retriever: str = "bm25", top_k: int = 5,
+                 encoder: EncoderSettings = EncoderSettings(query_max_length=256), bm25: BM25Settings = BM25Settings(),
+                 nli: NLIFilter = NLIFilter(), replug_temperature: float = 1.0, generation: Generation = Generation(),
+                 recitation_tokens: int = 96, prompt: str | PromptFormat = "few_shot", num_examples: int = 5,
+                 seed: int = 0):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-        self.save_hyperparameters(ignore=["prompt"])
+        save_settings(self, ignore=["prompt"])
         self.prompt = prompt_format(prompt)
+        # the groups as given (under LightningCLI, hparams hold their config dicts instead)
+        self.lm_settings, self.encoder, self.bm25 = as_settings(lm, LM), as_settings(encoder, EncoderSettings), \
+            as_settings(bm25, BM25Settings)
+        self.nli, self.generation = as_settings(nli, NLIFilter), as_settings(generation, Generation)
         self.lm = self.tokenizer = self.search = self.judge = None
         self.records: list[dict] = []
 
@@ -86,25 +78,17 @@ class RAGEvaluator(L.LightningModule):
     def setup(self, stage: str) -> None:
         hp = self.hparams
         if self.lm is None:
-            self.lm, self.tokenizer = load_causal_lm(hp.generator, device=self.device)
+            self.lm, self.tokenizer = load_causal_lm(self.lm_settings.name_or_path, device=self.device,
+                                                     **self.lm_settings.load_kwargs())
             self.lm.eval()
         if self.uses_retrieval and self.search is None:
             dm = self.trainer.datamodule
             if not getattr(dm, "passages", None):
                 raise ValueError(f"method {hp.method!r} retrieves, but the datamodule has no passage pool (data.corpus)")
-            encoder = None
-            if hp.retriever == "dense":
-                from retrieval.encoders import Encoder
-
-                encoder = Encoder(hp.encoder, normalize=True, max_length=hp.encoder_max_length)
-            self.search = make_retriever(hp.retriever, dm.corpus, encoder=encoder, k1=hp.bm25_k1, b=hp.bm25_b,
-                                         seed=hp.seed)
+            self.search = retriever_from_settings(hp.retriever, dm.corpus, encoder=self.encoder, bm25=self.bm25,
+                                                  seed=hp.seed)
         if hp.method == "nli_filter" and self.judge is None:
-            if hp.nli_model == "lm":
-                self.judge = LMJudge(self.lm, self.tokenizer, threshold=0.5 if hp.nli_threshold is None else hp.nli_threshold,
-                                     batch_size=hp.gen_batch_size)
-            else:
-                self.judge = NLIClassifier(hp.nli_model, threshold=hp.nli_threshold)
+            self.judge = make_judge(self.nli, self.lm, self.tokenizer, batch_size=self.generation.batch_size)
 
     def configure_optimizers(self):
         return None
@@ -112,8 +96,9 @@ class RAGEvaluator(L.LightningModule):
     def answer(self, questions: list[str], passages: list[list[str]], scores: list[list[float]]) -> Answers:
         hp = self.hparams
         return answer_questions(hp.method, self.lm, self.tokenizer, questions, passages, scores, prompt_format=self.prompt,
-                                judge=self.judge, max_new_tokens=hp.max_new_tokens, recitation_tokens=hp.recitation_tokens,
-                                replug_temperature=hp.replug_temperature, batch_size=hp.gen_batch_size)
+                                judge=self.judge, max_new_tokens=self.generation.max_new_tokens,
+                                recitation_tokens=hp.recitation_tokens, replug_temperature=hp.replug_temperature,
+                                batch_size=self.generation.batch_size)
 
     def on_test_epoch_start(self) -> None:
         self.records, self._start = [], time.perf_counter()
@@ -156,14 +141,11 @@ class RAGEvaluator(L.LightningModule):
         if not self.trainer.is_global_zero:
             return
         self.records = records
-        log_dir.mkdir(parents=True, exist_ok=True)
-        with open(log_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
-            for r in self.records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        experiment = getattr(self.logger, "experiment", None)
-        if hasattr(experiment, "add_text"):
-            for i, r in enumerate(self.records[:self.hparams.num_examples]):
-                text = (f"**question** {r['question']}  \n**gold** {r['answers']}  \n**prediction** {r['prediction']} "
-                        f"(EM {r['em']:.0f}, F1 {r['f1']:.2f})  \n**generation** {r['generation']!r}\n\n"
-                        f"    " + r["prompt"].replace("\n", "\n    "))
-                experiment.add_text(f"examples/{self.hparams.method}", text, global_step=i)
+        write_jsonl(log_dir / "predictions.jsonl", records)
+        log_texts(self.logger, f"examples/{self.hparams.method}", [example_text(r) for r in records[:self.hparams.num_examples]])
+
+
+def example_text(r: dict) -> str:
+    """One prediction record as Markdown: question, gold, prediction with its scores, generation, prompt."""
+    return (f"**question** {r['question']}  \n**gold** {r['answers']}  \n**prediction** {r['prediction']} "
+            f"(EM {r['em']:.0f}, F1 {r['f1']:.2f})  \n**generation** {r['generation']!r}\n\n" + code_block(r["prompt"]))

@@ -22,6 +22,7 @@ index refreshed during training.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -36,6 +37,37 @@ HYDE_TEMPLATES = {
 LAMER_TEMPLATE = ("Give the question and some passages that may contain its answer. Write a short answer to the "
                   "question.\n\n{candidates}\n\nQuestion: {query}")
 
+
+
+@dataclass
+class HyDE:
+    """HyDE's settings: ``num_docs`` sampled hypothetical documents of at most ``doc_tokens`` tokens at
+    ``temperature``, the prompt ``template`` (a key of ``HYDE_TEMPLATES`` or a template with ``{query}``), and
+    whether the query's own embedding joins the mean (``include_query``, as in the original code)."""
+    num_docs: int = 4
+    doc_tokens: int = 128
+    temperature: float = 0.7
+    template: str = "web"
+    include_query: bool = True
+
+    def __post_init__(self) -> None:
+        if self.template not in HYDE_TEMPLATES and "{query}" not in self.template:
+            raise ValueError(f"hyde.template {self.template[:60]!r}: neither a known name {sorted(HYDE_TEMPLATES)} "
+                             "nor a template with a {query} field")
+
+    @property
+    def prompt(self) -> str:
+        return HYDE_TEMPLATES.get(self.template, self.template)
+
+
+@dataclass
+class LameR:
+    """LameR's settings: ``num_candidates`` first-round passages shown to the LM, ``num_drafts`` greedy answer
+    drafts of at most ``draft_tokens`` tokens, the prompt ``template`` (``{candidates}`` and ``{query}``)."""
+    num_candidates: int = 5
+    num_drafts: int = 1
+    draft_tokens: int = 32
+    template: str = LAMER_TEMPLATE
 
 def hyde_documents(generate: Generate, queries: Sequence[str], num_docs: int = 4,
                    template: str = HYDE_TEMPLATES["web"]) -> list[list[str]]:

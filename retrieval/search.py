@@ -92,11 +92,12 @@ class Retriever:
 class BM25Retriever(Retriever):
     kind = "bm25"
 
-    def __init__(self, passages: str | Path | Mapping, k1: float = 0.9, b: float = 0.4):
+    def __init__(self, passages: str | Path | Mapping, k1: float = 0.9, b: float = 0.4,
+                 stemmer: str | None = "english", stopwords: str | None = "en"):
         from retrieval.bm25 import BM25
 
         super().__init__(passages)
-        self.bm25 = BM25(self.ids, self.texts(), k1=k1, b=b)
+        self.bm25 = BM25(self.ids, self.texts(), k1=k1, b=b, stemmer=stemmer, stopwords=stopwords)
 
     def search(self, queries: Sequence[str], k: int) -> Hits:
         return self.bm25.search(list(queries), k)
@@ -193,3 +194,25 @@ def make_retriever(kind: str, passages: str | Path | Mapping, *, encoder=None, k
     if kind == "random":
         return RandomRetriever(passages, seed=seed)
     raise ValueError(f"unknown retriever {kind!r}; expected one of {RETRIEVERS}")
+
+
+def retriever_from_settings(kind: str, passages: str | Path | Mapping, *, encoder=None, bm25=None,
+                            seed: int = 0) -> Retriever:
+    """:func:`make_retriever` from grouped settings, the one way the evaluation modules and RetRobust's data
+    build their engine: ``bm25`` (a :class:`retrieval.settings.BM25Settings`), ``dense`` (an
+    :class:`retrieval.settings.EncoderSettings`: L2-normalised embeddings, passages truncated at
+    ``passage_max_length`` tokens, queries at ``query_max_length``) or ``random`` (``seed``)."""
+    from dataclasses import asdict
+
+    from retrieval.settings import BM25Settings, EncoderSettings
+
+    if kind == "bm25":
+        return BM25Retriever(passages, **asdict(bm25 or BM25Settings()))
+    if kind != "dense":
+        return make_retriever(kind, passages, seed=seed)
+    from retrieval.encoders import Encoder
+
+    s = encoder or EncoderSettings()
+    model = Encoder(s.name_or_path, s.pooling, normalize=True, max_length=s.passage_max_length, precision=s.precision)
+    return DenseRetriever(passages, model, encode_queries=lambda q: model.encode(
+        q, batch_size=64, max_length=s.query_max_length, show_progress=False))

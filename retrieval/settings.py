@@ -5,7 +5,7 @@ fields and keeps the rest."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -137,12 +137,3 @@ class PriorSettings:
     weight: float = 0.1
     damping: float = 0.85
     log: bool = True
-
-
-def as_settings(value, cls):
-    """``value`` as a ``cls`` instance of the module's own: LightningCLI hands a module's saved hyperparameters
-    back as dicts (a checkpoint, an FSDP2 export rebuilding the module), the Python API passes instances, and a
-    default instance is shared by every call (a copy, so changing one module's settings changes no other)."""
-    if value is None:
-        return None
-    return replace(value) if isinstance(value, cls) else cls(**dict(value))

@@ -54,7 +54,7 @@ def test_a_config_that_cannot_fit_stops(capsys):
 
 def test_lora_targets_matching_no_module_stop():
     config = resolve_config(["--config", "configs/retrobust_llama13b_qlora.yaml",
-                             "--model.init_args.lora.target_modules", "[query, value]"])
+                             "--model.init_args.lm.lora.target_modules", "[query, value]"])
     with pytest.raises(DryRunError, match=r"target_modules \['query', 'value'\] on meta-llama/Llama-2-13b-hf"):
         estimate(config, 1, 24)
 

@@ -436,6 +436,7 @@ def _retrobust(lm_dir, batch_size, rows=RETROBUST_ROWS, micro_batch_size=1):
     from torch.utils.data import DataLoader
 
     from lightning_modules.retrobust import RetRobust
+    from training.settings import LM
 
     class SetAdapters(RetRobust):
         def configure_model(self):
@@ -444,9 +445,9 @@ def _retrobust(lm_dir, batch_size, rows=RETROBUST_ROWS, micro_batch_size=1):
             if fresh:
                 _set_adapters(self.lm)
 
-    model = SetAdapters(lm_dir, lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-                        evaluate_base=False, optimizer=sgd, warmup_ratio=0.0, micro_batch_size=micro_batch_size,
-                        nli_kinds=())
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    model = SetAdapters(LM(lm_dir, lora=lora), evaluate_base=False, optimizer=sgd, warmup=0.0,
+                        micro_batch_size=micro_batch_size, nli_kinds=())
     return model, DataLoader(rows, batch_size=batch_size, collate_fn=_retrobust_collate), ["train/loss"]
 
 

@@ -40,14 +40,14 @@ def test_run_resolves_to_the_tiny_gpu_setting(name, capsys):
     config = yaml.safe_load(capsys.readouterr().out)
     trainer, hp = config["trainer"], config["model"]["init_args"]
     assert trainer["accelerator"] == "gpu" and str(trainer["devices"]) == "1"
+    lm = hp.get("lm")
     # a model is named by a string, or by the name_or_path of a settings group (lm: LM, encoder: EncoderSettings)
     models = {v["name_or_path"] if isinstance(v, dict) else v
               for v in (hp.get(k) for k in ("model_name_or_path", "lm", "retriever", "encoder"))} - {None}
     models |= {hp["search"]["init_args"]["model_name_or_path"]} if isinstance(hp.get("search"), dict) else set()
-    models |= {hp["encoder"]["name_or_path"]} if isinstance(hp.get("encoder"), dict) else set()
     assert models and models <= {LM, "all-MiniLM-L6-v2"}, models
     if name == "retrobust_qlora":
-        assert hp["load_in_4bit"] and hp["dtype"] == "bfloat16" and "PagedAdamW" in hp["optimizer"]["class_path"]
+        assert lm["load_in_4bit"] and lm["dtype"] == "bfloat16" and "PagedAdamW" in hp["optimizer"]["class_path"]
     else:
         strategy = trainer["strategy"]
         assert strategy["class_path"].endswith("FSDP2Strategy") and strategy["init_args"]["param_dtype"] == "bfloat16"

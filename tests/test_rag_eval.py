@@ -46,6 +46,11 @@ def tensorboard_texts(log_dir: Path) -> list[str]:
     return [t for t in acc.Tags().get("tensors", []) if "text_summary" in t]
 
 
+def tiny_lm_and_encoder(lm_dir: str, encoder_dir: str) -> list[str]:
+    return ["--model.init_args.lm.name_or_path", lm_dir, "--model.init_args.encoder.name_or_path", encoder_dir,
+            "--model.init_args.encoder.query_max_length", "32", "--model.init_args.encoder.passage_max_length", "32"]
+
+
 def test_rag_configs_cover_every_method():
     methods = {yaml.safe_load(open(p))["model"]["init_args"]["method"] for p in RAG_CONFIGS}
     assert methods == {"closed_book", "read", "replug", "recitation", "nli_filter"}
@@ -53,9 +58,8 @@ def test_rag_configs_cover_every_method():
 
 @pytest.mark.parametrize("config", RAG_CONFIGS, ids=lambda p: Path(p).stem)
 def test_rag_config_runs_on_tiny_models(config, tiny_llama_dir, tiny_bert_dir, tiny_pool, tmp_path):
-    cli = cli_main(["--config", config, "--model.init_args.generator", tiny_llama_dir,
-                    "--model.init_args.encoder", tiny_bert_dir, "--model.init_args.encoder_max_length", "32",
-                    "--model.init_args.max_new_tokens", "3", "--model.init_args.recitation_tokens", "3",
+    cli = cli_main(["--config", config, *tiny_lm_and_encoder(tiny_llama_dir, tiny_bert_dir),
+                    "--model.init_args.generation.max_new_tokens", "3", "--model.init_args.recitation_tokens", "3",
                     "--model.init_args.num_examples", "2", "--data.init_args.limit", "3",
                     "--data.init_args.batch_size", "2", "--data.init_args.corpus", str(tiny_pool),
                     "--data.init_args.test_file", str(tiny_pool / "test.jsonl"), "--trainer.logger.init_args.save_dir", str(tmp_path),
@@ -77,10 +81,9 @@ def test_rag_config_runs_on_tiny_models(config, tiny_llama_dir, tiny_bert_dir, t
 
 @pytest.mark.parametrize("config", QE_CONFIGS, ids=lambda p: Path(p).stem)
 def test_query_enhancement_config_runs_on_tiny_models(config, tiny_llama_dir, tiny_bert_dir, tiny_pool, tmp_path):
-    cli = cli_main(["--config", config, "--model.init_args.generator", tiny_llama_dir,
-                    "--model.init_args.encoder", tiny_bert_dir, "--model.init_args.encoder_max_length", "32",
-                    "--model.init_args.doc_tokens", "3", "--model.init_args.num_docs", "2",
-                    "--model.init_args.draft_tokens", "3", "--model.init_args.gen_batch_size", "12",
+    cli = cli_main(["--config", config, *tiny_lm_and_encoder(tiny_llama_dir, tiny_bert_dir),
+                    "--model.init_args.hyde.doc_tokens", "3", "--model.init_args.hyde.num_docs", "2",
+                    "--model.init_args.lamer.draft_tokens", "3", "--model.init_args.gen_batch_size", "12",
                     "--model.init_args.answers_file", str(tiny_pool / "test.jsonl"),
                     "--data.init_args.data_dir", str(tiny_pool),
                     "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.accelerator", "cpu",
@@ -99,7 +102,7 @@ def test_hyde_needs_dense():
 
 
 def test_merge_records_keeps_every_rank_once():
-    from lightning_modules.rag_eval import merge_records
+    from training.records import merge_records
 
     # DistributedSampler over 5 questions and 2 ranks: rank 0 gets 0, 2, 4; rank 1 gets 1, 3 and a repeat of 0
     parts = [[{"id": "q0"}, {"id": "q2"}, {"id": "q4"}], [{"id": "q1"}, {"id": "q3"}, {"id": "q0"}]]
@@ -114,7 +117,10 @@ def test_ddp_two_processes_write_the_predictions_of_both_ranks(tiny_llama_dir, t
     from datamodules import QADataModule
     from lightning_modules import RAGEvaluator
 
-    model = RAGEvaluator(method="closed_book", generator=tiny_llama_dir, max_new_tokens=2, gen_batch_size=2)
+    from generation.settings import Generation
+    from training.settings import LM
+
+    model = RAGEvaluator(method="closed_book", lm=LM(tiny_llama_dir), generation=Generation(max_new_tokens=2, batch_size=2))
     dm = QADataModule(test_file=str(tiny_pool / "test.jsonl"), corpus=None, limit=5, batch_size=2)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=CSVLogger(tmp_path, name="ddp"),
                         enable_progress_bar=False, enable_model_summary=False)
@@ -145,7 +151,10 @@ def test_inference_configs_state_only_what_differs_from_their_family_base(config
     assert resolved["trainer"]["logger"]["init_args"]["name"] == Path(config).stem
     for key, value in base["model"]["init_args"].items():
         if key not in own.get("model", {}).get("init_args", {}):
-            assert resolved["model"]["init_args"][key] == value, key
+            got = resolved["model"]["init_args"][key]
+            if isinstance(value, dict):  # a settings group: the base's fields, the others at their defaults
+                got = {k: got[k] for k in value}
+            assert got == value, key
     for key, value in base["data"]["init_args"].items():
         if f"data.init_args.{key}" not in own:
             assert resolved["data"]["init_args"][key] == value, key

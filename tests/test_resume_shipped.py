@@ -31,8 +31,8 @@ def test_replug_lsr_resume_under_the_shipped_schedule(tiny_bert_dir, tiny_llama_
 
 def test_retrobust_resume_under_the_shipped_schedule(pool_dir, tiny_llama64_dir, tmp_path):  # noqa: F811
     """8 examples in batches of 2, 1 epoch (shipped), warm-up ratio 0.03: 3 steps == 2 + 1 resumed mid-epoch."""
-    args = ["--model", "lightning_modules.retrobust.RetRobust", "--model.model_name_or_path", tiny_llama64_dir,
-            "--model.lora", json.dumps(LORA), "--model.evaluate_base", "false", "--model.warmup_ratio", "0.03",
+    args = ["--model", "lightning_modules.retrobust.RetRobust", "--model.lm.name_or_path", tiny_llama64_dir,
+            "--model.lm.lora", json.dumps(LORA), "--model.evaluate_base", "false", "--model.warmup", "0.03",
             "--model.optimizer", "torch.optim.AdamW", "--model.optimizer.lr", "0.01",
             "--data", "datamodules.retrobust.RetRobustDataModule",
             "--data.train_file", str(pool_dir / "train.jsonl"), "--data.val_file", str(pool_dir / "dev.jsonl"),

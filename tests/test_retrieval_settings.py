@@ -4,8 +4,8 @@ hyperparameters (dicts under LightningCLI) rebuild the same settings, and a modu
 import pytest
 
 from retrieval.losses import InfoNCE
-from retrieval.settings import (BM25Settings, EncoderSettings, FusionSettings, GradCacheSettings, Negatives,
-                                as_settings)
+from training.settings import as_settings
+from retrieval.settings import (BM25Settings, EncoderSettings, FusionSettings, GradCacheSettings, Negatives)
 
 
 @pytest.mark.parametrize("build, message", [

@@ -12,6 +12,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from generation.settings import Generation, NLIFilter
+from training.settings import LM
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
@@ -101,7 +104,7 @@ def test_training_loss_is_the_answer_nll_computed_by_hand(pool_dir, tiny_llama64
     dm.setup()
     examples = dm.examples["train"][:3]
     batch = dm.collate_train(examples)
-    module = RetRobust(tiny_llama64_dir, lora=LORA, evaluate_base=False)
+    module = RetRobust(LM(tiny_llama64_dir, lora=LORA), evaluate_base=False)
     module.configure_model()
     module.lm.eval()  # no dropout: the hand computation must see the same model
     with torch.no_grad():  # a random tiny LM is near uniform (every NLL ~ log V): sharpen it so tokens differ
@@ -259,7 +262,7 @@ def test_checkpoint_holds_adapters_only_and_resume_equals_uninterrupted(pool_dir
 
     def run(root, **kw):
         L.seed_everything(3, verbose=False)
-        module = RetRobust(tiny_llama64_dir, lora=LORA, evaluate_base=False, warmup_ratio=0.3,
+        module = RetRobust(LM(tiny_llama64_dir, lora=LORA), evaluate_base=False, warmup=0.3,
                            optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
         dm = datamodule(pool_dir, tiny_llama64_dir, num_train=12)
         fit(module, dm, root, **kw)
@@ -293,7 +296,7 @@ def test_lora_dropout_is_on_in_training(pool_dir, tiny_llama64_dir, tmp_path):
             drops = [m for n, m in pl_module.lm.named_modules() if n.endswith("lora_dropout.default")]
             modes.append((len(drops), all(m.training for m in drops)))
 
-    module = RetRobust(tiny_llama64_dir, lora=LORA, evaluate_base=False)
+    module = RetRobust(LM(tiny_llama64_dir, lora=LORA), evaluate_base=False)
     fit(module, datamodule(pool_dir, tiny_llama64_dir, num_train=8), tmp_path, max_epochs=1, extra=[Record()])
     assert modes == [(8, True), (8, True)]  # 2 layers x q/k/v/o, in both steps
 
@@ -301,7 +304,7 @@ def test_lora_dropout_is_on_in_training(pool_dir, tiny_llama64_dir, tmp_path):
 def test_checkpoint_with_other_adapters_is_refused(tiny_llama64_dir):
     from lightning_modules.retrobust import RetRobust
 
-    module = RetRobust(tiny_llama64_dir, lora=LORA, evaluate_base=False)
+    module = RetRobust(LM(tiny_llama64_dir, lora=LORA), evaluate_base=False)
     module.configure_model()
     with pytest.raises(ValueError, match="same lora settings"):
         module.on_load_checkpoint({"state_dict": {"lm.some.other.lora_A.weight": torch.zeros(1)}})
@@ -321,7 +324,7 @@ def test_merged_export_equals_the_adapted_model(tiny_llama64_dir, tmp_path):
 
     from lightning_modules.retrobust import RetRobust
 
-    module = RetRobust(tiny_llama64_dir, lora=LORA, evaluate_base=False)
+    module = RetRobust(LM(tiny_llama64_dir, lora=LORA), evaluate_base=False)
     module.configure_model()
     randomize_adapters(module)
     module.lm.eval()
@@ -346,7 +349,7 @@ def test_merged_export_of_a_4bit_model_merges_into_the_unquantised_base(tiny_lla
 
     from lightning_modules.retrobust import RetRobust
 
-    module = RetRobust(tiny_llama64_dir, lora=LORA, load_in_4bit=True, evaluate_base=False)
+    module = RetRobust(LM(tiny_llama64_dir, lora=LORA, load_in_4bit=True), evaluate_base=False)
     module.configure_model()
     randomize_adapters(module)
     target = module.export(tmp_path / "export4")
@@ -369,9 +372,9 @@ def test_fast_fit_test_export_through_the_cli(pool_dir, tiny_llama64_dir, tmp_pa
     cli_main(["--config", "configs/retrobust_nq.yaml",
               "--trainer.max_epochs", "1", "--trainer.logger.init_args.save_dir", str(tmp_path),
               "--trainer.enable_progress_bar", "false",
-              "--model.init_args.model_name_or_path", tiny_llama64_dir,
-              "--model.init_args.load_in_4bit", str(four_bit).lower(),
-              "--model.init_args.max_new_tokens", "4", "--model.init_args.nli_kinds", "[top1]",
+              "--model.init_args.lm.name_or_path", tiny_llama64_dir,
+              "--model.init_args.lm.load_in_4bit", str(four_bit).lower(),
+              "--model.init_args.generation.max_new_tokens", "4", "--model.init_args.nli_kinds", "[top1]",
               "--data.init_args.train_file", str(pool_dir / "train.jsonl"),
               "--data.init_args.val_file", str(pool_dir / "dev.jsonl"),
               "--data.init_args.test_file", str(pool_dir / "test.jsonl"),
@@ -397,8 +400,8 @@ def test_two_process_fsdp2_run_tables_every_ranks_questions(pool_dir, tiny_llama
 
     run_train_py(["--config", "configs/retrobust_nq.yaml", "--config", "configs/trainer/fsdp2_cpu.yaml",
            "--trainer.max_epochs", "1", "--trainer.logger.init_args.save_dir", str(tmp_path),
-           "--trainer.enable_progress_bar", "false", "--model.init_args.model_name_or_path", tiny_llama64_dir,
-           "--model.init_args.max_new_tokens", "2", "--model.init_args.nli_kinds", "[]",
+           "--trainer.enable_progress_bar", "false", "--model.init_args.lm.name_or_path", tiny_llama64_dir,
+           "--model.init_args.generation.max_new_tokens", "2", "--model.init_args.nli_kinds", "[]",
            "--data.init_args.train_file", str(pool_dir / "train.jsonl"),
            "--data.init_args.val_file", str(pool_dir / "dev.jsonl"),
            "--data.init_args.test_file", str(pool_dir / "test.jsonl"), "--data.init_args.corpus", str(pool_dir),
@@ -416,7 +419,7 @@ def test_linear_schedule_with_warmup(tiny_llama64_dir):
     """lr_t = lr * t / w for t < w (w = ceil(0.25 * 10) = 3 steps), then lr * (T - t) / (T - w), T = 10."""
     from lightning_modules.retrobust import RetRobust
 
-    module = RetRobust(tiny_llama64_dir, lora=LORA, evaluate_base=False, warmup_ratio=0.25,
+    module = RetRobust(LM(tiny_llama64_dir, lora=LORA), evaluate_base=False, warmup=0.25,
                        optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
     module.configure_model()
 
@@ -442,7 +445,7 @@ def test_base_row_is_the_model_without_adapters(tiny_llama64_dir):
 
     from lightning_modules.retrobust import RetRobust
 
-    module = RetRobust(tiny_llama64_dir, lora=LORA)
+    module = RetRobust(LM(tiny_llama64_dir, lora=LORA))
     module.configure_model()
     randomize_adapters(module)
     module.lm.eval()
@@ -465,8 +468,8 @@ def test_nli_columns_keep_the_read_answer_only_when_entailed(pool_dir, tiny_llam
     dm = datamodule(pool_dir, tiny_llama64_dir)
     dm.setup()
     batch = dm.collate_eval(dm.examples["test"][:4])
-    module = RetRobust(tiny_llama64_dir, lora=LORA, nli_threshold=threshold, nli_kinds=("top1", "random"),
-                       max_new_tokens=3, gen_batch_size=4)
+    module = RetRobust(LM(tiny_llama64_dir, lora=LORA), nli=NLIFilter(threshold=threshold),
+                       nli_kinds=("top1", "random"), generation=Generation(max_new_tokens=3, batch_size=4))
     module.configure_model()
     randomize_adapters(module)
     module.setup_judge()
@@ -487,8 +490,8 @@ def test_resume_through_the_cli_equals_an_uninterrupted_run(pool_dir, tiny_llama
     (tests/test_resume.py); the frozen base comes from the model files, the adapters from the checkpoint."""
     from test_resume import assert_same_weights, full_and_resumed
 
-    args = ["--model", "lightning_modules.retrobust.RetRobust", "--model.model_name_or_path", tiny_llama64_dir,
-            "--model.lora", json.dumps(LORA), "--model.evaluate_base", "false", "--model.warmup_ratio", "0",
+    args = ["--model", "lightning_modules.retrobust.RetRobust", "--model.lm.name_or_path", tiny_llama64_dir,
+            "--model.lm.lora", json.dumps(LORA), "--model.evaluate_base", "false", "--model.warmup", "0",
             "--model.optimizer", "torch.optim.AdamW", "--model.optimizer.lr", "0.01",
             "--data", "datamodules.retrobust.RetRobustDataModule",
             "--data.train_file", str(pool_dir / "train.jsonl"), "--data.val_file", str(pool_dir / "dev.jsonl"),

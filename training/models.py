@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from training import lora
+from training.lora import apply_lora
 from training.precision import set_precision
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
@@ -186,16 +186,8 @@ def load_causal_lm(name_or_path: str = DEFAULT_GENERATOR, *, dtype: str = "float
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if lora is not None:
-        model = apply_lora(model, quantized=load_in_4bit, **lora)
+        model = apply_lora(model, task_type="CAUSAL_LM", quantized=load_in_4bit, **lora)
     return set_precision(model, precision), tokenizer
-
-
-def apply_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules: list[str] | str | None = None,
-               quantized: bool = False):
-    """LoRA on a causal LM (:func:`training.lora.apply_lora`); ``target_modules`` defaults to every
-    linear layer of the decoder blocks (``"all-linear"``)."""
-    return lora.apply_lora(model, r, alpha, dropout, target_modules or "all-linear", task_type="CAUSAL_LM",
-                           quantized=quantized)
 
 
 def main(argv: list[str] | None = None) -> None:

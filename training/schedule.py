@@ -3,6 +3,8 @@ decay, and the number of optimizer steps a schedule spans, counted without break
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -43,13 +45,20 @@ def decay_groups(module: torch.nn.Module, weight_decay: float | None = None) -> 
     return groups
 
 
-def warmup_then_decay(module: torch.nn.Module, optimizer_factory, warmup: float) -> dict:
-    """Lightning's optimizer config for a retriever: ``optimizer_factory`` on :func:`decay_groups`, the
-    learning rate warmed up linearly over ``warmup`` (a fraction of the training steps if < 1, else a
-    number of steps), then decayed linearly to 0."""
-    optimizer = optimizer_factory(decay_groups(module))
+def warmup_then_decay(module: torch.nn.Module, optimizer_factory, warmup: float, params=None,
+                      round_up: bool = False) -> dict:
+    """Lightning's optimizer config: ``optimizer_factory`` on ``params`` (None: :func:`decay_groups` of
+    ``module``), the learning rate warmed up linearly over ``warmup`` (a fraction of the T training steps if
+    < 1, else a number of steps), then decayed linearly to 0:
+
+        lr_t = lr t / w  for t < w,   lr (T - t) / (T - w)  after,   w = floor(warmup T) (ceil with ``round_up``)
+    """
+    optimizer = optimizer_factory(decay_groups(module) if params is None else params)
     total = planned_steps(module.trainer)
-    warmup_steps = int(warmup * total) if warmup < 1 else int(warmup)
+    if warmup >= 1:
+        warmup_steps = int(warmup)
+    else:
+        warmup_steps = math.ceil(warmup * total) if round_up else int(warmup * total)
     from transformers import get_linear_schedule_with_warmup
 
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total)

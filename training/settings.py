@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass, replace
 
 from training.models import DEFAULT_GENERATOR
 from training.precision import PRECISIONS
@@ -59,3 +59,12 @@ def save_settings(module, ignore: Sequence[str] = ("optimizer",)) -> None:
     if "_instantiator" not in module.hparams:
         module.hparams.update({k: asdict(v) for k, v in module.hparams.items()
                                if is_dataclass(v) and not isinstance(v, type)}, _instantiator=CLI_INSTANTIATOR)
+
+
+def as_settings(value, cls):
+    """``value`` as a ``cls`` instance of the module's own: LightningCLI hands a module's saved hyperparameters
+    back as dicts (a checkpoint, an FSDP2 export rebuilding the module), the Python API passes instances, and a
+    default instance is shared by every call (a copy, so changing one module's settings changes no other)."""
+    if value is None:
+        return None
+    return replace(value) if isinstance(value, cls) else cls(**dict(value))

@@ -41,8 +41,8 @@ MUTATIONS = [
     {"name": "rag_eval_keeps_rank0_predictions", "file": "lightning_modules/rag_eval.py",
      "old": "records = merge_records(gather_objects(self.records))", "new": "records = merge_records([self.records])",
      "tests": [f"{RAG}::test_ddp_two_processes_write_the_predictions_of_both_ranks"]},
-    {"name": "rag_eval_repeats_padded_questions", "file": "lightning_modules/rag_eval.py",
-     "old": 'if r["id"] not in seen:', "new": "if True:",
+    {"name": "rag_eval_repeats_padded_questions", "file": "training/records.py",
+     "old": "        if _id not in seen:", "new": "        if True:",
      "tests": [f"{RAG}::test_merge_records_keeps_every_rank_once"]},
     # -- the search layer ------------------------------------------------------------------------------
     {"name": "dense_retriever_keeps_the_first_index", "file": "retrieval/search.py",
