@@ -17,9 +17,8 @@ environment as an argument (``env:`` with a ``class_path`` in the config) and it
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from generation.prompts import render_messages
 from rl.search import SafeSearch, SearchEngine
@@ -45,12 +44,11 @@ class Reply:
     done: bool = True
 
 
-class Reward(Protocol):
-    """An outcome reward: one value per response. ``responses`` are the policy's texts only (never the prompt),
-    ``examples`` the whole dataset rows (dicts) they answer; tasks.qa_rewards and tasks.loaders hold the
-    evaluation metrics in this form. A function, or a class whose instances are called (class_path in a config)."""
-
-    def __call__(self, responses: Sequence[str], examples: Sequence[dict]) -> list[float]: ...
+Reward = Callable[[Sequence[str], Sequence[dict]], list[float]]
+"""An outcome reward ``reward(responses, examples) -> list[float]``, one value per response. ``responses`` are the
+policy's texts only (never the prompt), ``examples`` the whole dataset rows (dicts) they answer; tasks.qa_rewards
+and tasks.loaders hold the evaluation metrics in this form. In a config: a function's import path, or a
+``class_path`` (with ``init_args``) of a class whose instances are called."""
 
 
 class Environment:
