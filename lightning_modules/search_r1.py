@@ -15,6 +15,7 @@ Validation/test: greedy rollouts on held-out questions -> EM, F1, searches, fail
 from __future__ import annotations
 
 import torch
+from jsonargparse import lazy_instance
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -60,7 +61,7 @@ class SearchR1(PolicyGradientModule):
         log_samples: rollouts written to TensorBoard's text tab (rl.settings.SampleLog).
     """
 
-    def __init__(self, lm: LM = LM(), env: Environment | None = None, reward: Reward | None = None,
+    def __init__(self, lm: LM = LM(), env: Environment | None = None, reward: Reward = lazy_instance(ExactMatch),
                  algorithm: str = "grpo", advantage_options: dict | None = None,
                  sampling: Sampling = Sampling(max_turn_tokens=128, max_response_tokens=512),
                  loss: PolicyLoss = PolicyLoss(kl_coef=0.001), updates: Updates = Updates(),
@@ -79,7 +80,7 @@ class SearchR1(PolicyGradientModule):
         if warm_start.questions and self.search is None:
             raise ValueError("warm_start.questions needs an environment with a search engine (rl.envs.SearchEnv): "
                              "the demonstrations search")
-        self.reward = reward if reward is not None else ExactMatch()
+        self.reward = reward
         self.template, self.chat, self.warm_start_settings = template, chat, warm_start
         self.value_head = None
         self.register_buffer("warm_started", torch.tensor(False))  # in the state dict: a resumed run skips it

@@ -71,6 +71,7 @@ def _cuda_only_checks(rank: int) -> dict:
 
 def _cpu_checks(rank: int, model_dir: str) -> dict:
     from lightning_modules.score import SCoRe
+    from training.settings import LM
     from training.distributed import all_gather, all_reduce, group_device, mean_over_ranks, sum_over_ranks
 
     x = torch.tensor([1.0, 2.0]) * (rank + 1)
@@ -78,7 +79,7 @@ def _cpu_checks(rank: int, model_dir: str) -> dict:
            "all_gather": torch.stack(all_gather(x)), "mean": mean_over_ranks(torch.tensor(float(rank + 1))),
            "sum": sum_over_ranks(torch.tensor(float(rank + 1)))}
     # SCoRe's selection: rank 0's samples all right, rank 1's all wrong -> 0.5 on both, in a window of 1
-    score = SCoRe(model_dir, stage="I", task="gsm8k", selection_window=1)
+    score = SCoRe(LM(model_dir), stage="I", task="gsm8k", selection_window=1)
     out["selection"] = score.record_final_accuracy(torch.ones(4) if rank == 0 else torch.zeros(4))
     # the sequence count of a seq-mean loss over ranks: rank 0 one row, rank 1 three
     out["seq_mean_grads"] = _seq_mean_grads(model_dir, ROWS[rank])

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import training.precision as precision_rule
+from training.settings import LM
 from generation.generate import generate
 from training.models import load_causal_lm
 from training.precision import lm_autocast, lm_precision, set_precision
@@ -145,7 +146,7 @@ def test_bf16_old_logprobs_differ_from_fp32_ones(tiny_llama_dir):
 def test_modules_pass_their_precision_option_to_the_lm(tiny_llama_dir):
     from lightning_modules.score import SCoRe
 
-    module = SCoRe(tiny_llama_dir, precision="bf16", task="arithmetic")
+    module = SCoRe(LM(tiny_llama_dir, precision="bf16"), task="arithmetic")
     module.configure_model()
     assert lm_precision(module.policy) == "bf16"
     if module.reference.model is not None:  # a frozen copy computes in the policy's precision

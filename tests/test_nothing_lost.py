@@ -249,9 +249,9 @@ def test_a_failed_run_leaves_no_version_folder(dpr_args, tmp_path):  # noqa: F81
 
 
 def _score_stage1_args(tiny_llama_dir, root):
-    return ["--config", "configs/score_stage1_arithmetic.yaml", "--model.init_args.model_name_or_path",
-            tiny_llama_dir, "--model.init_args.group_size", "2", "--model.init_args.max_turn_tokens", "4",
-            "--model.init_args.max_response_tokens", "60", "--model.init_args.log_pairs", "0",
+    return ["--config", "configs/score_stage1_arithmetic.yaml", "--model.init_args.lm.name_or_path",
+            tiny_llama_dir, "--model.init_args.sampling.group_size", "2", "--model.init_args.sampling.max_turn_tokens", "4",
+            "--model.init_args.sampling.max_response_tokens", "60", "--model.init_args.log_samples.count", "0",
             "--data.init_args.num_problems", "8", "--data.init_args.batch_size", "2",
             "--trainer.max_steps", "2", "--trainer.logger.init_args.save_dir", str(root),
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -327,7 +327,7 @@ def test_a_port_clash_fails_fast_and_leaves_no_rank_behind(tiny_bert_dir, tiny_b
     key, value = tag.split("=")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(held.getsockname()[1]), key: value}
-    args = ["fit", "--config", "configs/dpr_scifact.yaml", "--model.init_args.model_name_or_path", tiny_bert_dir,
+    args = ["fit", "--config", "configs/dpr_scifact.yaml", "--model.init_args.lm.name_or_path", tiny_bert_dir,
             "--data.init_args.data_dir", str(tiny_beir_dir), "--data.init_args.batch_size", "2",
             "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
             "--trainer.max_steps", "1", "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]
