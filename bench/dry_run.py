@@ -170,12 +170,28 @@ def kv_cache_bytes(cfg, rows: int, seq: int) -> float:
     return rows * seq * cfg.num_hidden_layers * 2 * kv_heads * head_dim * 2
 
 
+def flat_settings(hp: dict) -> dict:
+    """A model's init_args with the grouped settings (``lm``, ``sampling``, ``loss``, ``updates``, ``objective``)
+    flattened to the names the estimate reads (``model_name_or_path``, ``lora``, ``group_size``, ``kl_coef``, ...) and
+    the search engine of an ``env``."""
+    out = dict(hp)
+    lm = hp.get("lm")
+    if isinstance(lm, dict) and "name_or_path" in lm:
+        out.update({k: v for k, v in lm.items() if k != "name_or_path"}, model_name_or_path=lm["name_or_path"])
+    for group in ("sampling", "loss", "updates", "objective"):
+        if isinstance(hp.get(group), dict):
+            out.update(hp[group])
+    if isinstance(hp.get("env"), dict):
+        out["search"] = (hp["env"].get("init_args") or {}).get("search")
+    return out
+
+
 def estimate(config: dict, gpus: int, gpu_mem: float, prompt_tokens: int = 256, name: str = "config") -> Report:
     """The per-GPU memory of ``config`` (a resolved config dict) on ``gpus`` cards of ``gpu_mem`` GiB."""
     from training.sharding import transformer_blocks
 
     model_cfg, trainer = config["model"], config["trainer"]
-    method, hp = model_cfg["class_path"].rsplit(".", 1)[-1], model_cfg["init_args"]
+    method, hp = model_cfg["class_path"].rsplit(".", 1)[-1], flat_settings(model_cfg["init_args"])
     if "model_name_or_path" not in hp:
         raise DryRunError(f"{name}: {method} is not covered by the dry run (causal-LM methods: RetRobust, SearchR1, SCoRe)")
     strategy = trainer.get("strategy")
