@@ -101,7 +101,7 @@ class SCoRe(PolicyGradientModule):
         # 4. (fixed per stage) the per-attempt KL coefficients: rl.update puts kl_coef[t] on attempt t's tokens.
         super().__init__(lm, sampling, replace(loss, kl_coef=turn_kl_coefs(stage, objective.beta1, objective.beta2)),
                          updates, optimizer, log_samples)
-        self.save_hyperparameters(ignore=["reward", "env", "optimizer"])
+        self.save_settings(ignore=["reward", "env", "optimizer"])
         self.stage, self.objective, self.init_from, self.instruction = stage, objective, init_from, instruction
         self.task, self.env_override = task, env
         self.format = ProblemFormat(chat=chat)

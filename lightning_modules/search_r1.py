@@ -69,7 +69,7 @@ class SearchR1(PolicyGradientModule):
                  warm_start: WarmStart = WarmStart(), log_samples: SampleLog = SampleLog()):
         super().__init__(lm, sampling, loss, updates, optimizer, log_samples)
         resolve_template(template)  # fail at construction on a bad name, not at the first step
-        self.save_hyperparameters(ignore=["env", "reward", "optimizer"])
+        self.save_settings(ignore=["env", "reward", "optimizer"])
         self.estimator, self.advantage_options = get_advantage(algorithm), dict(advantage_options or {})
         self.estimator.check_options(self.advantage_options)
         if sampling.group_size < self.estimator.min_group_size:

@@ -134,10 +134,10 @@ def test_search_r1_warm_started_policy_is_the_kl_reference(tiny_llama_dir, corpu
     assert bool(model.warm_started)
     r = model.sample(model.prompts(["capital of france"], 2))
     policy = r.old_logprobs * r.loss_mask  # the policy's own log-probs, as sampled
-    ref = model.reference.logprobs(model.policy, r.tokens, model.hparams.temperature, start=min(r.prompt_lengths))
+    ref = model.reference.logprobs(model.policy, r.tokens, model.sampling.temperature, start=min(r.prompt_lengths))
     assert torch.allclose(ref, policy, atol=1e-6)
     model.policy.eval()
     with torch.no_grad(), model.policy.disable_adapter():
-        base = sequence_logprobs(model.policy, r.input_ids, r.attention_mask, temperature=model.hparams.temperature,
+        base = sequence_logprobs(model.policy, r.input_ids, r.attention_mask, temperature=model.sampling.temperature,
                                  start=min(r.prompt_lengths)).logprobs * r.loss_mask
     assert (base - policy).abs().max() > 1e-3  # the warm start moved the policy away from the base
