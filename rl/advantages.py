@@ -9,13 +9,14 @@ bonuses) over the tokens of their turn.
 
 Estimators are registered by name (:func:`register_advantage`, as verl's ``register_adv_est``): a method's
 ``algorithm`` names one, and a new estimator is one decorated function in a file of its own
-(docs/extending.md). A sequence-level estimator is ``fn(rewards (N,), group_size, **options) -> (N,)``; a
+(docs/extending.md; ``algorithm: my_module.my_estimator`` imports it). A sequence-level estimator is ``fn(rewards (N,), group_size, **options) -> (N,)``; a
 per-token one (``per_token=True``) is ``fn(token_rewards, values, mask, **options) -> (advantages, returns)``,
 all (N, L), and gets a value head (``value_head=True``).
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -205,9 +206,19 @@ def register_advantage(*names: str, per_token: bool = False, value_head: bool = 
 
 
 def get_advantage(name: str) -> Estimator:
+    """The estimator registered as ``name``, or the registered function at the import path ``name``
+    (``my_package.my_module.my_estimator``: its module is imported, which registers it)."""
+    if name not in ADVANTAGES and "." in name:
+        module, attr = name.rsplit(".", 1)
+        fn = getattr(importlib.import_module(module), attr, None)
+        found = [e for e in ADVANTAGES.values() if e.fn is fn and fn is not None]
+        if not found:
+            raise ValueError(f"advantage estimator {name!r}: {attr!r} in {module} is not decorated with "
+                             "rl.advantages.register_advantage")
+        return found[0]
     if name not in ADVANTAGES:
-        raise ValueError(f"unknown advantage estimator {name!r}; registered: {sorted(ADVANTAGES)} "
-                         "(a new one: rl.advantages.register_advantage, in a module the config imports)")
+        raise ValueError(f"unknown advantage estimator {name!r}; registered: {sorted(ADVANTAGES)}, or the import path "
+                         "of a function decorated with rl.advantages.register_advantage")
     return ADVANTAGES[name]
 
 
