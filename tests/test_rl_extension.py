@@ -103,3 +103,13 @@ def test_an_unregistered_estimator_is_refused_by_name(tiny_llama_dir, questions,
     with pytest.raises(ValueError, match="'ShortAnswer' in extension_examples.toy_rl is not decorated with "
                                          "rl.advantages.register_advantage"):
         parse(config, tmp_path)
+
+
+def test_an_estimator_option_it_does_not_take_is_refused():
+    from rl.advantages import get_advantage
+
+    get_advantage("grpo").check_options({"normalize_std": False})
+    with pytest.raises(ValueError, match=r"'grpo' takes no option \['normalise_std'\]; its options: \['normalize_std'"):
+        get_advantage("grpo").check_options({"normalise_std": False})
+    assert get_advantage("ppo") is not get_advantage("gae") and get_advantage("ppo").fn is get_advantage("gae").fn
+    assert get_advantage("ppo").value_head and not get_advantage("grpo").value_head
