@@ -8,10 +8,11 @@ generated token of the rollout, or of each turn); :func:`per_turn` spreads per-t
 bonuses) over the tokens of their turn.
 
 Estimators are registered by name (:func:`register_advantage`, as verl's ``register_adv_est``): a method's
-``algorithm`` names one, and a new estimator is one decorated function in a file of its own
-(docs/extending.md; ``algorithm: my_module.my_estimator`` imports it). A sequence-level estimator is ``fn(rewards (N,), group_size, **options) -> (N,)``; a
-per-token one (``per_token=True``) is ``fn(token_rewards, values, mask, **options) -> (advantages, returns)``,
-all (N, L), and gets a value head (``value_head=True``).
+``algorithm`` names one, and a new estimator is one decorated function in a file of its own, named by its import
+path (``algorithm: my_module.my_estimator``; docs/extending.md). A sequence-level estimator is
+``fn(rewards (N,), group_size, **options) -> (N,)``; a per-token one (``per_token=True``) is
+``fn(token_rewards, values, mask, **options) -> (advantages, returns)``, all (N, L), and gets a value head
+(``value_head=True``).
 """
 
 from __future__ import annotations

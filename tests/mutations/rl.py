@@ -12,8 +12,10 @@ MUTATIONS = [
     # -- the list --------------------------------------------------------------------------
     {"name": "flipped_kl_sign", "file": "rl/kl.py",
      "old": "log_ratio = ref_logprobs - logprobs", "new": "log_ratio = logprobs - ref_logprobs", "tests": [LIB, UPD]},
-    {"name": "search_r1_kl_in_reward_instead_of_loss", "file": 'lightning_modules/search_r1.py',
-     "old": 'adv, returns = advantages(self.estimator.name, r, rewards, self.loss, group_size=G,', "new": "adv, returns = advantages(self.estimator.name, r, rewards, __import__('dataclasses').replace(self.loss, kl_in_reward=True), group_size=G,", "tests": [STEP]},
+    {"name": "search_r1_kl_in_reward_instead_of_loss", "file": "rl/policy_module.py",
+     "old": "return update(self.policy, r, advantages, self.loss, self.updates,",
+     "new": "return update(self.policy, r, advantages, __import__('dataclasses').replace(self.loss, kl_in_reward=True), self.updates,",
+     "tests": [STEP]},
     {"name": "kl_in_reward_and_in_loss", "file": 'rl/update.py',
      "old": 'if loss.kl_in_reward and ref_logprobs is not None:', "new": 'if ref_logprobs is not None:',
      "tests": [f"{PG}::test_kl_in_the_reward_goes_into_the_advantage_not_the_loss"]},
