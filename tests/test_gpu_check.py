@@ -40,8 +40,10 @@ def test_run_resolves_to_the_tiny_gpu_setting(name, capsys):
     config = yaml.safe_load(capsys.readouterr().out)
     trainer, hp = config["trainer"], config["model"]["init_args"]
     assert trainer["accelerator"] == "gpu" and str(trainer["devices"]) == "1"
-    models = {hp.get(k) for k in ("model_name_or_path", "lm", "retriever")} - {None}
-    models |= {hp["search"]["init_args"]["model_name_or_path"]} if isinstance(hp.get("search"), dict) else set()
+    lm = hp.get("lm")  # the grouped LM settings (training.settings.LM), or a model name
+    models = {hp.get("model_name_or_path"), hp.get("retriever"), lm["name_or_path"] if isinstance(lm, dict) else lm} - {None}
+    search = hp["env"]["init_args"]["search"] if isinstance(hp.get("env"), dict) else hp.get("search")  # SearchR1's engine
+    models |= {search["init_args"]["model_name_or_path"]} if isinstance(search, dict) else set()
     assert models and models <= {LM, "all-MiniLM-L6-v2"}, models
     if name == "retrobust_qlora":
         assert hp["load_in_4bit"] and hp["dtype"] == "bfloat16" and "PagedAdamW" in hp["optimizer"]["class_path"]

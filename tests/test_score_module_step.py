@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorL
 from lightning_modules.score import SCoRe
 from rl.score import Objective
 from rl.self_correction import ProblemFormat
-from rl.settings import SampleLog, Sampling, Updates
+from rl.settings import PolicyLoss, SampleLog, Sampling, Updates
 from training.settings import LM
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,12 +77,15 @@ class Recorded(SCoRe):
         return self.rollouts
 
 
-def run_step(model_dir, tok, **kw):
+def run_step(model_dir, tok, baseline="rloo", kl_in_reward=True):
+    force = LogitsProcessorList([ForceTwoAttempts(tok)])
     model = Recorded(LM(model_dir), stage="I", task="gsm8k", reward=answer_reward, instruction="Check it.",
                      sampling=Sampling(group_size=2, max_turn_tokens=4, max_response_tokens=40, temperature=TAU,
-                                       generation_kwargs={"logits_processor": LogitsProcessorList([ForceTwoAttempts(tok)])}),
-                     objective=Objective(beta1=BETA1, beta2=BETA2), updates=Updates(micro_batch_size=8, max_grad_norm=None),
-                     log_samples=SampleLog(count=0), optimizer=RecordingSGD, **kw)
+                                       generation_kwargs={"logits_processor": force}),
+                     objective=Objective(beta1=BETA1, beta2=BETA2, baseline=baseline),
+                     loss=PolicyLoss(aggregation="seq-mean-token-sum", kl_in_reward=kl_in_reward),
+                     updates=Updates(micro_batch_size=8, max_grad_norm=None), log_samples=SampleLog(count=0),
+                     optimizer=RecordingSGD)
     model.format = ProblemFormat(prompt="{problem}", chat=False)
     torch.manual_seed(0)
     L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
