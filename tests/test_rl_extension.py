@@ -32,7 +32,8 @@ model:
 data:
   class_path: datamodules.rl_prompts.RLPromptDataModule
   init_args: {{train_file: {train}, test_file: null, batch_size: 2}}
-trainer: {{max_steps: 1, accelerator: cpu, logger: false, enable_checkpointing: false, enable_progress_bar: false}}
+trainer: {{max_steps: 1, accelerator: cpu, logger: false, enable_checkpointing: false, enable_progress_bar: false,
+          default_root_dir: {root}}}
 """
 
 SCORE = """
@@ -51,7 +52,7 @@ data:
   class_path: datamodules.self_correction.SelfCorrectionDataModule
   init_args: {{task: arithmetic, num_problems: 4, batch_size: 2, limit_test: 2, prompt: "{{problem}}"}}
 trainer: {{max_steps: 1, accelerator: cpu, logger: false, enable_checkpointing: false, enable_progress_bar: false,
-          limit_val_batches: 0}}
+          limit_val_batches: 0, default_root_dir: {root}}}
 """
 
 
@@ -69,7 +70,7 @@ def questions(tmp_path):
 
 
 def test_search_r1_takes_a_toy_reward_environment_and_advantage_from_a_config(tiny_llama_dir, questions, tmp_path):
-    cli = parse(SEARCH_R1.format(model=tiny_llama_dir, train=questions), tmp_path)
+    cli = parse(SEARCH_R1.format(model=tiny_llama_dir, train=questions, root=tmp_path), tmp_path)
     model = cli.model
     assert isinstance(model.env, HintEnv) and model.env.hint == " Again:"
     assert isinstance(model.reward, ShortAnswer) and model.reward.max_words == 3
@@ -87,7 +88,7 @@ def test_search_r1_takes_a_toy_reward_environment_and_advantage_from_a_config(ti
 
 
 def test_score_takes_a_toy_reward_and_environment_from_a_config(tiny_llama_dir, tmp_path):
-    cli = parse(SCORE.format(model=tiny_llama_dir), tmp_path)
+    cli = parse(SCORE.format(model=tiny_llama_dir, root=tmp_path), tmp_path)
     model = cli.model
     assert isinstance(model.env, HintEnv) and isinstance(model.reward_fn, ShortAnswer)
     cli.trainer.fit(model, cli.datamodule)
@@ -98,7 +99,7 @@ def test_score_takes_a_toy_reward_and_environment_from_a_config(tiny_llama_dir, 
 
 
 def test_an_unregistered_estimator_is_refused_by_name(tiny_llama_dir, questions, tmp_path):
-    config = SEARCH_R1.format(model=tiny_llama_dir, train=questions).replace(
+    config = SEARCH_R1.format(model=tiny_llama_dir, train=questions, root=tmp_path).replace(
         "extension_examples.toy_rl.scaled_mean", "extension_examples.toy_rl.ShortAnswer")
     with pytest.raises(ValueError, match="'ShortAnswer' in extension_examples.toy_rl is not decorated with "
                                          "rl.advantages.register_advantage"):
