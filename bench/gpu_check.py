@@ -34,8 +34,8 @@ def methods(out: str) -> dict[str, list[str]]:
     """Method -> train.py arguments (before the common ones). Runs go under ``out``."""
     m = "--model.init_args."
     d = "--data.init_args."
-    score_common = [f"{m}model_name_or_path", LM, f"{m}group_size", "2", f"{m}max_turn_tokens", "24",
-                    f"{m}max_response_tokens", "96", f"{m}micro_batch_size", "4", f"{d}train_file",
+    score_common = [f"{m}lm.name_or_path", LM, f"{m}sampling.group_size", "2", f"{m}sampling.max_turn_tokens", "24",
+                    f"{m}sampling.max_response_tokens", "96", f"{m}updates.micro_batch_size", "4", f"{d}train_file",
                     "data/math500/test.jsonl", f"{d}batch_size", "2", f"{d}eval_batch_size", "4", f"{d}limit_val", "4",
                     f"{d}limit_test", "4", "--trainer.callbacks.init_args.every_n_train_steps", "1"]
     return {
@@ -50,10 +50,12 @@ def methods(out: str) -> dict[str, list[str]]:
                             f"{m}nli", '{"model": "lm", "threshold": null}', f"{m}generation.max_new_tokens", "8",
                             f"{d}num_train", "8", f"{d}limit_val", "4", f"{d}limit_test", "4", f"{d}batch_size", "4",
                             f"{d}max_length", "512", "--trainer.max_epochs", "1"],
-        "search_r1": ["--config", "configs/search_r1_qwen3b_fsdp.yaml", f"{m}model_name_or_path", LM,
-                      f"{m}search.init_args.model_name_or_path", ENCODER, f"{m}search.init_args.query_prefix", "",
-                      f"{m}search.init_args.passage_prefix", "", f"{m}max_searches", "2", f"{m}max_turn_tokens", "32",
-                      f"{m}max_response_tokens", "128", f"{m}mini_batch_size", "4", f"{m}micro_batch_size", "2",
+        "search_r1": ["--config", "configs/search_r1_qwen3b_fsdp.yaml", f"{m}lm.name_or_path", LM,
+                      f"{m}env.init_args.search.init_args.model_name_or_path", ENCODER,
+                      f"{m}env.init_args.search.init_args.query_prefix", "",
+                      f"{m}env.init_args.search.init_args.passage_prefix", "", f"{m}env.init_args.max_searches", "2",
+                      f"{m}sampling.max_turn_tokens", "32", f"{m}sampling.max_response_tokens", "128",
+                      f"{m}updates.mini_batch_size", "4", f"{m}updates.micro_batch_size", "2",
                       f"{d}batch_size", "4", f"{d}eval_batch_size", "4", f"{d}limit_val", "4", f"{d}limit_test", "4"],
         "score_stage1": ["--config", "configs/score_stage1_math_gpu.yaml", *score_common],
         "score_stage2": ["--config", "configs/score_stage2_math_gpu.yaml", *score_common, f"{m}init_from",

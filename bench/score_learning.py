@@ -91,10 +91,10 @@ def main() -> None:
                 "--data.init_args.train_file", train_file, "--data.init_args.test_file", test_file]
     common = [*task, "--trainer.logger.init_args.save_dir", str(out), "--trainer.limit_val_batches", "0",
               "--trainer.enable_progress_bar", "false",
-              "--model.init_args.group_size", str(args.group_size),
-              "--model.init_args.max_turn_tokens", str(args.max_turn_tokens),
-              "--model.init_args.max_response_tokens", str(2 * args.max_turn_tokens + 256),
-              "--model.init_args.temperature", str(args.temperature),
+              "--model.init_args.sampling.group_size", str(args.group_size),
+              "--model.init_args.sampling.max_turn_tokens", str(args.max_turn_tokens),
+              "--model.init_args.sampling.max_response_tokens", str(2 * args.max_turn_tokens + 256),
+              "--model.init_args.sampling.temperature", str(args.temperature),
               "--model.init_args.optimizer.init_args.lr", str(args.lr),
               "--data.init_args.batch_size", str(args.problems_per_step),
               "--data.init_args.limit_test", str(args.n_eval), "--data.init_args.eval_batch_size", "8"]
@@ -123,7 +123,7 @@ def main() -> None:
         # no logger: the trainer's log dir is default_root_dir, where the CLI saves config.yaml (not the cwd)
         argv = ["test", "--config", config, *common, "--trainer.logger", "false",
                 "--trainer.default_root_dir", str(out / f"eval_{row}"),
-                "--model.init_args.eval_max_turn_tokens", str(args.max_turn_tokens)]
+                "--model.init_args.sampling.eval_max_turn_tokens", str(args.max_turn_tokens)]
         if ckpt:
             argv += ["--ckpt_path", ckpt]
         print("$ train.py " + " ".join(argv), flush=True)

@@ -8,7 +8,7 @@ split) before and after training, with the same greedy evaluation.
 With the config's supervised warm start (``warm_start_questions``) the policy is also evaluated after
 the warm start alone, so the table separates what the demonstrations and what RL contributed.
 
-Any other ``train.py`` override can follow ``--`` (e.g. ``-- --model.init_args.group_size 8``).
+Any other ``train.py`` override can follow ``--`` (e.g. ``-- --model.init_args.sampling.group_size 8``).
 The paper's claim to look for: EM after training above the untrained policy's.
 """
 
@@ -40,7 +40,7 @@ def evaluate(trainer, model, datamodule) -> dict[str, float]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/search_r1_grpo_nq.yaml")
-    ap.add_argument("--steps", type=int, default=40, help="optimizer steps (one per batch of questions with ppo_epochs 1)")
+    ap.add_argument("--steps", type=int, default=40, help="optimizer steps (one per batch of questions with updates.epochs 1)")
     ap.add_argument("--eval-questions", type=int, default=64, help="held-out questions (first N of the test split)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 is faster on a busy machine)")
     ap.add_argument("overrides", nargs="*", help="train.py overrides after --")
@@ -54,7 +54,7 @@ def main(argv=None) -> None:
     t0 = time.time()
     rows = [("before", evaluate(trainer, model, data))]
     t1 = time.time()
-    if model.hparams.warm_start_questions:  # 0. the supervised warm start alone (fit with no RL step), evaluated
+    if model.warm_start_settings.questions:  # 0. the supervised warm start alone (fit with no RL step), evaluated
         trainer.fit_loop.epoch_loop.max_steps = 0
         trainer.fit(model, datamodule=data)
         rows.append(("warm start", evaluate(trainer, model, data)))

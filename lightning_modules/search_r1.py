@@ -2,33 +2,37 @@
 
 0. (optional, once) supervised warm start on search-protocol demonstrations (rl.sft), for small policies
 One training step, for a batch of Q questions:
-  1. rollout:    G samples per question in the search environment (rl.rollout, rl.envs.SearchEnv)
-  2. reward:     EM/F1 of the last <answer> of each response (+ format) (tasks.qa_rewards: the evaluation metric)
+  1. rollout:    G samples per question in the environment (rl.rollout; rl.envs.SearchEnv over a search engine)
+  2. reward:     the ``reward`` callable on the responses alone: EM/F1 of the last <answer> (+ format) by default
+                 (tasks.qa_rewards: the evaluation metric)
   3. reference:  log-probs of the reference policy (rl.policy: frozen copy, or adapters off)
-  4. advantage:  GRPO / RLOO / REINFORCE+baseline per rollout, or GAE with the value head (PPO) (rl.update)
-  5. update:     epochs x mini-batches x micro-batches of the clipped loss, information tokens masked
+  4. advantage:  the registered estimator ``algorithm`` names (rl.advantages.ADVANTAGES): GRPO / RLOO /
+                 REINFORCE+baseline per rollout, or GAE with the value head (PPO)
+  5. update:     epochs x mini-batches x micro-batches of the clipped loss, information tokens masked (rl.update)
 Validation/test: greedy rollouts on held-out questions -> EM, F1, searches, failed searches.
 """
 
 from __future__ import annotations
 
 import torch
+from jsonargparse import lazy_instance
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 
-from training.models import DEFAULT_GENERATOR, load_tokenizer
-from rl.policy_module import PolicyGradientModule
-from training.sharding import full_parameters, shard
-from rl.envs import SearchEnv, SingleTurn
+from rl.advantages import get_advantage
+from rl.envs import Environment, Reward, SingleTurn
 from rl.policy import ReferencePolicy, ValueHead
+from rl.policy_module import PolicyGradientModule
 from rl.prompts import render_prompt, resolve_template
-from tasks.qa_rewards import combined_reward, em_reward, f1_reward
-from rl.rollout import Rollouts, rollout
-from rl.search import SafeSearch, SearchEngine
-from rl.sft import protocol_demonstrations
-from rl.update import LossConfig, Schedule, advantages, old_values
-
-ALGORITHMS = ("grpo", "rloo", "reinforce", "ppo")
+from rl.rollout import Rollouts
+from rl.search import failure_summary
+from rl.settings import PolicyLoss, SampleLog, Sampling, Updates
+from rl.sft import WarmStart, protocol_demonstrations
+from rl.update import advantages, old_values
+from tasks.qa_rewards import ExactMatch, em_reward, f1_reward
+from training.records import code_block
+from training.settings import LM
+from training.sharding import shard
 
 
 def adamw(params) -> torch.optim.Optimizer:
@@ -36,60 +40,49 @@ def adamw(params) -> torch.optim.Optimizer:
 
 
 class SearchR1(PolicyGradientModule):
-    """Args (the RL ones are those of ``rl.update.LossConfig`` / ``Schedule``):
-        model_name_or_path / dtype / lora / load_in_4bit: the policy, built in ``configure_model`` in ``dtype``.
-        search / search_k / search_timeout / search_max_chars: the engine (rl.search; None: no tool),
-            passages per search, seconds before a search fails, characters per passage.
-        max_searches: the search budget B; a final turn without search follows.
-        algorithm: ``grpo``, ``rloo``, ``reinforce`` (one advantage per rollout) or ``ppo`` (GAE, value head).
-        group_size: G rollouts per question. normalize_std: GRPO's std division (False: Dr. GRPO).
-        max_turn_tokens / max_response_tokens / temperature / top_p: sampling (evaluation is greedy).
-        reward / format_reward_weight: ``em`` or ``f1``, plus an optional format term.
-        kl_coef: beta (0 disables the reference); ppo_epochs: passes over each rollout batch.
-        kl_estimator / kl_in_reward: where the KL goes (a loss term by default, the reward for PPO-style) and its
-            estimator; None: the one whose gradient is the paper's beta KL(pi || pi_ref) there (k2 as a loss, k1 in
-            the reward). ``k3`` as a loss reproduces the paper's verl runs (low_var_kl: the reverse KL's
-            gradient). docs/rl_kl.md.
+    """Args:
+        lm: the policy (training.settings.LM), built in ``configure_model``.
+        env: the environment of a rollout (rl.envs): ``rl.envs.SearchEnv`` with its search engine, passages per
+            search, timeout and search budget B; None: one turn without a tool. Any ``rl.envs.Environment``.
+        reward: ``reward(responses, examples) -> list[float]`` (rl.envs.Reward): ``tasks.qa_rewards.ExactMatch``
+            (default), ``F1`` (both with ``format_weight``), or any callable / class_path.
+        algorithm: a registered advantage estimator (rl.advantages.ADVANTAGES): ``grpo``, ``rloo``, ``reinforce``
+            (one advantage per rollout) or ``ppo`` (= ``gae``: GAE with a value head); advantage_options its keyword
+            arguments (``normalize_std`` for GRPO, False: Dr. GRPO; ``gamma``, ``lam``, ``whiten_advantages`` for GAE).
+        sampling: group_size G, temperature, top_p, max_turn_tokens, max_response_tokens (rl.settings.Sampling).
+        loss: clip range, aggregation, kl_coef beta (0 disables the reference), KL estimator and place (a loss term by
+            default, the reward for PPO-style; None: the one whose gradient is the paper's beta KL(pi || pi_ref) there:
+            k2 as a loss, k1 in the reward; ``k3`` as a loss reproduces the paper's verl runs, docs/rl_kl.md),
+            entropy and value terms (rl.settings.PolicyLoss).
+        updates: epochs over each rollout batch, mini- and micro-batch sizes, gradient clipping (rl.settings.Updates).
         template / chat: the instruction template (name or literal with {question}) and chat wrapping.
-        warm_start_questions / _epochs / _batch_size: supervised warm start on the first N training
-            questions (0: none); the warm-started policy becomes the KL reference. Done once per run.
-        precision: the LM's compute precision for rollouts, log-probs and updates (``auto``, ``fp32``, ``bf16``;
-            None: ``$RAGKIT_PRECISION``): the encoders' rule, see training.precision.set_precision.
+        warm_start: supervised warm start on the first N training questions (rl.sft.WarmStart; 0: none); the
+            warm-started policy becomes the KL reference. Done once per run.
+        log_samples: rollouts written to TensorBoard's text tab (rl.settings.SampleLog).
     """
 
-    def __init__(self, model_name_or_path: str = DEFAULT_GENERATOR, dtype: str = "float32", lora: dict | None = None,
-                 load_in_4bit: bool = False, search: SearchEngine | None = None, search_k: int = 3,
-                 search_timeout: float | None = 60.0, search_max_chars: int | None = None, max_searches: int = 2,
-                 algorithm: str = "grpo", group_size: int = 4, max_turn_tokens: int = 128,
-                 max_response_tokens: int = 512, temperature: float = 1.0, top_p: float = 1.0, reward: str = "em",
-                 format_reward_weight: float = 0.0, normalize_std: bool = True, gamma: float = 1.0, lam: float = 1.0,
-                 whiten_advantages: bool = True, clip_low: float = 0.2, clip_high: float | None = None,
-                 loss_aggregation: str = "token-mean", kl_coef: float | list[float] = 0.001, kl_estimator: str | None = None,
-                 kl_in_reward: bool = False, entropy_coef: float = 0.0, value_coef: float = 0.5,
-                 value_clip: float | None = 0.2, ppo_epochs: int = 1, mini_batch_size: int | None = None,
-                 micro_batch_size: int = 8, max_grad_norm: float | None = 1.0, optimizer: OptimizerCallable = adamw,
-                 template: str = "search_r1", chat: bool = True, log_rollouts: int = 2, log_rollouts_every: int = 10,
-                 generation_kwargs: dict | None = None, warm_start_questions: int = 0, warm_start_epochs: int = 1,
-                 warm_start_batch_size: int = 8, precision: str | None = None):
-        super().__init__(max_grad_norm)
+    def __init__(self, lm: LM = LM(), env: Environment | None = None, reward: Reward = lazy_instance(ExactMatch),
+                 algorithm: str = "grpo", advantage_options: dict | None = None,
+                 sampling: Sampling = Sampling(max_turn_tokens=128, max_response_tokens=512),
+                 loss: PolicyLoss = PolicyLoss(kl_coef=0.001), updates: Updates = Updates(),
+                 optimizer: OptimizerCallable = adamw, template: str = "search_r1", chat: bool = True,
+                 warm_start: WarmStart = WarmStart(), log_samples: SampleLog = SampleLog()):
+        super().__init__(lm, sampling, loss, updates, optimizer, log_samples)
         resolve_template(template)  # fail at construction on a bad name, not at the first step
-        self.save_hyperparameters(ignore=["search", "optimizer", "generation_kwargs"])
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {ALGORITHMS}")
-        if algorithm in ("grpo", "rloo") and group_size < 2:
-            raise ValueError(f"{algorithm} needs group_size >= 2 (advantages are relative to the group)")
-        if load_in_4bit and lora is None:
-            raise ValueError("load_in_4bit needs lora: a 4-bit base cannot be trained directly")
-        if warm_start_questions and search is None:
-            raise ValueError("warm_start_questions needs a search engine (the demonstrations search)")
-        self.loss_config = LossConfig(clip_low, clip_high, loss_aggregation, max_response_tokens, kl_coef,
-                                      kl_estimator, kl_in_reward, entropy_coef, value_coef, value_clip, temperature)
-        self.schedule = Schedule(ppo_epochs, mini_batch_size, micro_batch_size)
-        self.optimizer_factory, self.generation_kwargs = optimizer, generation_kwargs
-        self.search = SafeSearch(search, search_k, search_timeout, search_max_chars) if search is not None else None
-        self.env = SearchEnv(self.search, max_searches) if search is not None else SingleTurn()
-        self.tokenizer = load_tokenizer(model_name_or_path)
-        self.policy = self.reference = self.value_head = None
+        self.save_settings(ignore=["env", "reward", "optimizer"])
+        self.estimator, self.advantage_options = get_advantage(algorithm), dict(advantage_options or {})
+        self.estimator.check_options(self.advantage_options)
+        if sampling.group_size < self.estimator.min_group_size:
+            raise ValueError(f"{algorithm} needs sampling.group_size >= {self.estimator.min_group_size} "
+                             "(advantages are relative to the group)")
+        self.env = env if env is not None else SingleTurn()
+        self.search = getattr(self.env, "search", None)  # the warm start's demonstrations search with it
+        if warm_start.questions and self.search is None:
+            raise ValueError("warm_start.questions needs an environment with a search engine (rl.envs.SearchEnv): "
+                             "the demonstrations search")
+        self.reward = reward
+        self.template, self.chat, self.warm_start_settings = template, chat, warm_start
+        self.value_head = None
         self.register_buffer("warm_started", torch.tensor(False))  # in the state dict: a resumed run skips it
         self.search_totals = torch.zeros(2, dtype=torch.long)  # searches, failed searches: this process, this run
 
@@ -98,46 +91,35 @@ class SearchR1(PolicyGradientModule):
         and the value head; idempotent."""
         if self.policy is not None:
             return
-        hp = self.hparams
         self.policy = self.load_policy()
-        self.reference = ReferencePolicy.for_policy(self.policy, self.loss_config.uses_kl,
-                                                    warm_start=bool(hp.warm_start_questions))
-        if hp.algorithm == "ppo":
+        self.reference = ReferencePolicy.for_policy(self.policy, self.loss.uses_kl,
+                                                    warm_start=bool(self.warm_start_settings.questions))
+        if self.estimator.value_head:
             self.value_head = ValueHead(self.policy.config.hidden_size)
         # FSDP2 (ModelParallelStrategy): policy and reference block by block; nothing on one process or DDP
         shard(self, self.policy, self.reference.model, self.value_head)
 
     def prompts(self, questions: list[str], repeat: int = 1) -> list[str]:
-        hp = self.hparams
-        return [render_prompt(self.tokenizer, q, hp.template, hp.chat) for q in questions for _ in range(repeat)]
-
-    def sample(self, prompts: list[str], greedy: bool = False) -> Rollouts:
-        hp = self.hparams
-        # FSDP2: whole parameters on each rank for the rollout, so ranks need not generate in lockstep
-        with full_parameters(self.policy):
-            return rollout(self.policy, self.tokenizer, prompts, self.env, max_turn_tokens=hp.max_turn_tokens,
-                           max_response_tokens=hp.max_response_tokens, temperature=hp.temperature, top_p=hp.top_p,
-                           do_sample=not greedy, compute_logprobs=not greedy,
-                           logprob_micro_batch_size=hp.micro_batch_size, generation_kwargs=self.generation_kwargs)
+        return [render_prompt(self.tokenizer, q, self.template, self.chat) for q in questions for _ in range(repeat)]
 
     # -- training ---------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        hp = self.hparams
-        if hp.warm_start_questions and not bool(self.warm_started):
-            self.warm_start(self.trainer.datamodule.rows["train"][:hp.warm_start_questions])
+        ws = self.warm_start_settings
+        if ws.questions and not bool(self.warm_started):
+            self.warm_start(self.trainer.datamodule.rows["train"][:ws.questions])
 
     def warm_start(self, rows: list[dict]) -> None:
         """0. supervised warm start (masked NLL of the policy's own tokens); then the reference follows."""
-        hp = self.hparams
+        ws = self.warm_start_settings
         questions = [r["question"] for r in rows]
         demos = protocol_demonstrations(self.tokenizer, self.prompts(questions), questions,
                                         [r["answers"] for r in rows], self.search)
         self.policy.train()
-        for epoch in range(hp.warm_start_epochs):
+        for epoch in range(ws.epochs):
             order = torch.randperm(len(demos))
-            for s in range(0, len(demos), hp.warm_start_batch_size):
-                loss = self.supervised_step(self.policy, demos.select(order[s:s + hp.warm_start_batch_size]),
-                                            hp.micro_batch_size)
+            for s in range(0, len(demos), ws.batch_size):
+                loss = self.supervised_step(self.policy, demos.select(order[s:s + ws.batch_size]),
+                                            self.updates.micro_batch_size)
                 if self.logger is not None:
                     self.logger.log_metrics({"warm_start/loss": loss, "warm_start/demonstrations": len(demos)},
                                             step=epoch * len(demos) + s)
@@ -145,27 +127,24 @@ class SearchR1(PolicyGradientModule):
         self.warm_started.fill_(True)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        hp, cfg = self.hparams, self.loss_config
-        examples = [row for row in self.examples(batch) for _ in range(hp.group_size)]
-        r = self.sample(self.prompts(batch["question"], hp.group_size))                        # 1. rollout
+        G = self.sampling.group_size
+        examples = [row for row in self.examples(batch) for _ in range(G)]
+        r = self.sample(self.prompts(batch["question"], G))                                     # 1. rollout
         rewards = self.rewards(r, examples)                                                      # 2. reward
-        start = min(r.prompt_lengths)
-        ref = self.reference.logprobs(self.policy, r.tokens, cfg.temperature, hp.micro_batch_size, start)  # 3. ref.
-        values = old_values(self.policy, self.value_head, r, cfg.temperature, hp.micro_batch_size) \
-            if self.value_head is not None else None
-        adv, returns = advantages("gae" if hp.algorithm == "ppo" else hp.algorithm, r, rewards, cfg,  # 4. advantage
-                                  group_size=hp.group_size, ref_logprobs=ref, values=values,
-                                  normalize_std=hp.normalize_std, gamma=hp.gamma, lam=hp.lam,
-                                  whiten_advantages=hp.whiten_advantages)
-        stats = self.rl_update(self.policy, r, adv, cfg, self.schedule, value_head=self.value_head,  # 5. update
-                               ref_logprobs=ref, returns=returns, values=values)
+        ref = self.reference_logprobs(r)                                                         # 3. reference
+        values = old_values(self.policy, self.value_head, r, self.sampling.temperature,
+                            self.updates.micro_batch_size) if self.value_head is not None else None
+        adv, returns = advantages(self.estimator.name, r, rewards, self.loss, group_size=G,      # 4. advantage
+                                  ref_logprobs=ref, values=values, **self.advantage_options)
+        stats = self.rl_update(r, adv, value_head=self.value_head, ref_logprobs=ref,            # 5. update
+                               returns=returns, values=values)
         em = em_reward(r.responses, examples)
         self.log_dict({"train/reward": rewards.mean(), "train/em": sum(em) / len(em),
                        **self.search_metrics("train", r), "train/response_length": r.response_lengths.float().mean(),
                        **{f"train/{k}": v for k, v in stats.items()}}, batch_size=len(r))
         self.log("train/reward_mean", rewards.mean(), prog_bar=True, batch_size=len(r), logger=False)
-        if hp.log_rollouts and batch_idx % max(hp.log_rollouts_every, 1) == 0:
-            self.log_text("train/rollouts", r, rewards.tolist(), [e["answers"] for e in examples])
+        if self.log_samples.due(batch_idx):
+            self.log_rollouts("train/rollouts", r, rewards.tolist(), [e["answers"] for e in examples])
 
     @staticmethod
     def examples(batch: dict) -> list[dict]:
@@ -174,7 +153,7 @@ class SearchR1(PolicyGradientModule):
 
     def rewards(self, r: Rollouts, examples: list[dict]) -> torch.Tensor:
         """(N,) outcome reward of the responses alone (a prompt's example answer is never the model's)."""
-        return torch.tensor(combined_reward(r.responses, examples, self.hparams.reward, self.hparams.format_reward_weight))
+        return torch.tensor(self.reward(r.responses, examples), dtype=torch.float32)
 
     # -- evaluation -------------------------------------------------------------------------------------
     def _evaluate(self, batch: dict, prefix: str) -> None:
@@ -211,21 +190,14 @@ class SearchR1(PolicyGradientModule):
         searches, failed = (int(v) for v in totals.tolist())
         if self.logger is not None:
             self.logger.log_metrics({"fit/searches": searches, "fit/failed_searches": failed}, step=self.global_step)
-        if searches and failed == searches:
-            rank_zero_warn(f"SearchR1: EVERY search of this run failed ({failed} of {searches}): the policy trained "
-                           "on error messages, not on search results")
-        elif failed:
-            rank_zero_warn(f"SearchR1: {failed} of {searches} searches of this run failed "
-                           f"({100 * failed / searches:.1f}%); those rollouts read an error message instead of passages (the console's search warnings "
-                           "name the errors)")
+        summary = failure_summary(searches, failed)
+        if summary is not None:
+            rank_zero_warn(summary)
 
-    def log_text(self, tag: str, r: Rollouts, rewards: list[float], answers: list) -> None:
-        experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
-        if experiment is None or not hasattr(experiment, "add_text"):
-            return
-        rows = []
-        for i in range(min(self.hparams.log_rollouts, len(r))):
+    def log_rollouts(self, tag: str, r: Rollouts, rewards: list[float], answers: list) -> None:
+        texts = []
+        for i in range(min(self.log_samples.count, len(r))):
             prompt = self.tokenizer.decode(r.input_ids[i, :r.prompt_lengths[i]], skip_special_tokens=True)
-            rows.append(f"**reward {rewards[i]:.2f}**, searches {int(r.num_searches[i])}, gold {answers[i]}\n\n"
-                        f"    {prompt[-300:]!r}\n\n    {r.responses[i]!r}")
-        experiment.add_text(tag, "\n\n---\n\n".join(rows), self.global_step)
+            texts.append(f"**reward {rewards[i]:.2f}**, searches {int(r.num_searches[i])}, gold {answers[i]}\n\n"
+                         f"{code_block(prompt[-300:])}\n\n{code_block(r.responses[i])}")
+        self.log_sample_texts(tag, texts)

@@ -6,11 +6,21 @@ batch mean, or a given baseline such as a greedy rollout's reward, ReMax). Token
 policy's own tokens with a value function. :func:`place_rewards` puts outcome rewards on tokens (the last
 generated token of the rollout, or of each turn); :func:`per_turn` spreads per-turn coefficients (KL,
 bonuses) over the tokens of their turn.
+
+Estimators are registered by name (:func:`register_advantage`, as verl's ``register_adv_est``): a method's
+``algorithm`` names one, and a new estimator is one decorated function in a file of its own, named by its import
+path (``algorithm: my_module.my_estimator``; docs/extending.md). A sequence-level estimator is
+``fn(rewards (N,), group_size, **options) -> (N,)``; a per-token one (``per_token=True``) is
+``fn(token_rewards, values, mask, **options) -> (advantages, returns)``, all (N, L), and gets a value head
+(``value_head=True``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -159,3 +169,73 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: fl
     var = (((x - mean) * mask) ** 2).sum() / n
     out = (x - mean) if shift_mean else x
     return out * torch.rsqrt(var + eps) * mask
+
+
+# -- the registry ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Estimator:
+    """A registered advantage estimator: ``fn`` and what it needs (see the module docstring)."""
+    name: str
+    fn: Callable
+    per_token: bool = False
+    value_head: bool = False
+    min_group_size: int = 1
+
+    def check_options(self, options: dict) -> None:
+        """Refuse an option ``fn`` does not take (a typo would otherwise be dropped silently)."""
+        params = inspect.signature(self.fn).parameters
+        fixed = 3 if self.per_token else 2
+        known = list(params)[fixed:]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(f"advantage estimator {self.name!r} takes no option {unknown}; its options: {known}")
+
+
+ADVANTAGES: dict[str, Estimator] = {}
+
+
+def register_advantage(*names: str, per_token: bool = False, value_head: bool = False, min_group_size: int = 1):
+    """Decorator: register ``fn`` under ``names`` (``algorithm: <name>`` in a config selects it)."""
+    def register(fn: Callable) -> Callable:
+        for name in names:
+            if name in ADVANTAGES:
+                raise ValueError(f"advantage estimator {name!r} is registered twice")
+            ADVANTAGES[name] = Estimator(name, fn, per_token, value_head, min_group_size)
+        return fn
+    return register
+
+
+def get_advantage(name: str) -> Estimator:
+    """The estimator registered as ``name``, or the registered function at the import path ``name``
+    (``my_package.my_module.my_estimator``: its module is imported, which registers it)."""
+    if name not in ADVANTAGES and "." in name:
+        module, attr = name.rsplit(".", 1)
+        fn = getattr(importlib.import_module(module), attr, None)
+        found = [e for e in ADVANTAGES.values() if e.fn is fn and fn is not None]
+        if not found:
+            raise ValueError(f"advantage estimator {name!r}: {attr!r} in {module} is not decorated with "
+                             "rl.advantages.register_advantage")
+        return found[0]
+    if name not in ADVANTAGES:
+        raise ValueError(f"unknown advantage estimator {name!r}; registered: {sorted(ADVANTAGES)}, or the import path "
+                         "of a function decorated with rl.advantages.register_advantage")
+    return ADVANTAGES[name]
+
+
+register_advantage("grpo", min_group_size=2)(grpo_advantages)
+register_advantage("rloo", min_group_size=2)(rloo_advantages)
+
+
+@register_advantage("reinforce")
+def reinforce_estimator(rewards: torch.Tensor, group_size: int, baseline: torch.Tensor | None = None) -> torch.Tensor:
+    """REINFORCE with a baseline (:func:`reinforce_advantages`); the group plays no part."""
+    return reinforce_advantages(rewards, baseline)
+
+
+@register_advantage("gae", "ppo", per_token=True, value_head=True)
+def gae_estimator(token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+                  lam: float = 1.0, whiten_advantages: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's advantages: :func:`gae` with a value head, whitened over the batch's tokens (``whiten_advantages``)."""
+    adv, returns = gae(token_rewards, values, mask, gamma, lam)
+    return (whiten(adv, mask) if whiten_advantages else adv), returns

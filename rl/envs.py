@@ -9,16 +9,19 @@ row is done.
     TwoAttemptEnv   SCoRe's protocol: attempt 1; then a fixed instruction as a new user turn; then attempt 2
 
 An environment is stateful for one rollout: :meth:`Environment.reset` is called with the number of rows
-before the first turn, and :meth:`Environment.counters` gives per-row counts afterwards.
+before the first turn, and :meth:`Environment.counters` gives per-row counts afterwards. A method takes its
+environment as an argument (``env:`` with a ``class_path`` in the config) and its outcome reward as a
+:class:`Reward`; a new one is a class in a file of its own (docs/extending.md).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from generation.prompts import render_messages
+from rl.search import SafeSearch, SearchEngine
 
 SEARCH_STOP, ANSWER_STOP = "</search>", "</answer>"
 _QUERY = re.compile(r"<search>(.*?)</search>", re.DOTALL)
@@ -39,6 +42,13 @@ class Turn:
 class Reply:
     append: str = ""     # text inserted after the turn (not trained on); "" for nothing
     done: bool = True
+
+
+Reward = Callable[[Sequence[str], Sequence[dict]], list[float]]
+"""An outcome reward ``reward(responses, examples) -> list[float]``, one value per response. ``responses`` are the
+policy's texts only (never the prompt), ``examples`` the whole dataset rows (dicts) they answer; tasks.qa_rewards
+and tasks.loaders hold the evaluation metrics in this form. In a config: a function's import path, or a
+``class_path`` (with ``init_args``) of a class whose instances are called."""
 
 
 class Environment:
@@ -66,15 +76,21 @@ class SingleTurn(Environment):
 
 
 class SearchEnv(Environment):
-    """Search-R1's tool protocol over ``search``, an object with ``information(queries) -> list[str]`` (the
-    ``<information>`` blocks) and ``last_errors`` (failed queries of the last call): ``rl.search.SafeSearch``.
-    All queries of a turn go to the engine in one call."""
+    """Search-R1's tool protocol over ``search``: an engine (``rl.search.SearchEngine``: BM25Search, DenseSearch,
+    HTTPSearch, ...), wrapped in ``rl.search.SafeSearch`` with ``k`` passages per search of at most ``max_chars``
+    characters each and ``timeout`` seconds per call (a failed search becomes an ``<information>`` error
+    message and is counted); or an object that already has ``information(queries) -> list[str]`` and
+    ``last_errors``. At most ``max_searches`` searches per rollout. All queries of a turn go to the engine in
+    one call."""
 
     stops = (SEARCH_STOP, ANSWER_STOP)
 
-    def __init__(self, search, max_searches: int = 2):
+    def __init__(self, search: SearchEngine, max_searches: int = 2, k: int = 3, timeout: float | None = 60.0,
+                 max_chars: int | None = None):
         if max_searches < 0:
             raise ValueError(f"SearchEnv: max_searches must be >= 0, got {max_searches}")
+        if not hasattr(search, "information"):
+            search = SafeSearch(search, k, timeout, max_chars)
         self.search, self.max_searches = search, max_searches
         self.max_turns = max_searches + 1  # B searches, then a final turn whose search is not executed
         self.reset(0)

@@ -1,5 +1,6 @@
 """The models of policy-gradient training besides the policy: the reference policy of the KL penalty and
-PPO's value head.
+PPO's value head, and :func:`load_policy_weights`: a run that starts from another run's policy (SCoRe's Stage II
+from Stage I's checkpoint, a ``.ckpt`` file or the folder of an FSDP2 checkpoint).
 
 Reference modes:
     copy          a frozen copy of the policy as RL starts (full fine-tuning; costs one more model)
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -90,3 +92,36 @@ class ValueHead(nn.Module):
         """(B, L, H) -> (B, L); column 0 (no prefix) gets 0."""
         v = self.linear(hidden.to(self.linear.weight.dtype)).squeeze(-1)[:, :-1]
         return nn.functional.pad(v.float(), (1, 0))
+
+
+# -- starting from another run's policy -------------------------------------------------------------
+
+def read_module_state(path: str) -> dict:
+    """The module state dict (whole tensors, on CPU) of a Lightning checkpoint: a ``.ckpt`` file, or the folder of a
+    sharded checkpoint (FSDP2: one shard per rank, torch.distributed.checkpoint), of which only the weights are
+    read (not the optimizer state)."""
+    folder = Path(path)
+    if not folder.exists():
+        raise FileNotFoundError(f"init_from: no checkpoint at {path}")
+    if folder.is_dir():
+        from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+        if not (folder / ".metadata").is_file():
+            raise ValueError(f"init_from: {path} is a folder but not a sharded checkpoint (no .metadata file)")
+        return _load_state_dict_from_keys({"state_dict"}, checkpoint_id=str(folder)).get("state_dict", {})
+    return torch.load(folder, map_location="cpu", weights_only=True).get("state_dict", {})
+
+
+def load_policy_weights(policy: torch.nn.Module, path: str) -> None:
+    """The ``policy.*`` weights of a Lightning checkpoint (Stage I's; a file or an FSDP2 folder) into ``policy``,
+    strictly; ``policy`` may itself be sharded (each rank keeps its shard of the whole tensors)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    state = {k[len("policy."):]: v for k, v in read_module_state(path).items() if k.startswith("policy.")}
+    if not state:
+        raise ValueError(f"init_from: {path} holds no policy.* weights (not a SCoRe/SearchR1 checkpoint?)")
+    try:
+        set_model_state_dict(policy, state, options=StateDictOptions(full_state_dict=True, strict=True))
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise ValueError(f"init_from: {path} does not fit this policy (same model and LoRA settings?): "
+                         f"{str(err)[:500]}") from None

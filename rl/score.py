@@ -55,6 +55,7 @@ expected gradient is beta_t grad KL(pi(.|x_t) || pi_ref(.|x_t)), the paper's. Wi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -63,6 +64,29 @@ from rl.kl import kl_estimate
 
 STAGES = ("I", "II", "single_turn")
 BASELINES = ("rloo", "group_mean")
+METRIC_NAMES = {"accuracy@t1": "acc_t1", "accuracy@t2": "acc_t2", "delta(t1,t2)": "delta",
+                "delta_i->c": "delta_i2c", "delta_c->i": "delta_c2i"}
+
+
+@dataclass
+class Objective:
+    """SCoRe's coefficients (paper, MATH: 10, 0.01, 0.1). Args:
+        alpha: the shaping bonus alpha (r(y2) - r(y1)) on attempt 2 (Stage II; 0: the "no shaping" ablation).
+        beta1 / beta2: KL coefficients: Stage I beta2 on attempt 1 and beta1 on attempt 2, Stage II beta1 on both.
+        baseline: ``rloo`` (leave-one-out mean of the group) or ``group_mean``, per attempt.
+    """
+    alpha: float = 10.0
+    beta1: float = 0.01
+    beta2: float = 0.1
+    baseline: str = "rloo"
+
+    def __post_init__(self) -> None:
+        # a negative bonus rewards making attempt 2 worse; a negative KL coefficient pushes away from the reference
+        if not all(c >= 0 and c != float("inf") for c in (self.alpha, self.beta1, self.beta2)):
+            raise ValueError(f"SCoRe: alpha, beta1 and beta2 must be finite and >= 0, got alpha={self.alpha}, "
+                             f"beta1={self.beta1}, beta2={self.beta2}")
+        if self.baseline not in BASELINES:
+            raise ValueError(f"unknown baseline {self.baseline!r}; expected one of {BASELINES}")
 
 
 def check_stage(stage: str) -> str:
@@ -198,3 +222,21 @@ def selection_reward(recent: torch.Tensor) -> torch.Tensor:
     0. A checkpoint from the first few steps cannot win on a handful of lucky samples (with a plain mean over
     the steps so far, step 1's 8 samples competed with step 10's 80)."""
     return recent.nan_to_num(0.0).mean()
+
+
+def pair_text(turns: Sequence[str], r1: float, r2: float | None) -> str:
+    """One sampled (attempt 1, attempt 2) pair as Markdown for TensorBoard's text tab (training.records.code_block)."""
+    from rl.self_correction import attempt_texts
+    from training.records import code_block
+
+    first, second = attempt_texts([turns])
+    return (f"**r1 {r1:.0f}, r2 {r2 if r2 is None else format(r2, '.0f')}**\n\n"
+            f"attempt 1:\n\n{code_block(first[0])}\n\nattempt 2:\n\n{code_block(second[0])}")
+
+
+def attempt_logs(prefix: str, first: Sequence[str], second: Sequence[str], metrics: dict) -> dict:
+    """The two-attempt metrics (rl.self_correction.attempt_metrics) under their short names, and the mean edit
+    distance between the attempts."""
+    logs = {f"{prefix}/{METRIC_NAMES[k]}": v for k, v in metrics.items() if k in METRIC_NAMES}
+    logs[f"{prefix}/edit_distance"] = sum(edit_distance_ratio(first, second)) / len(first)
+    return logs

@@ -337,6 +337,17 @@ class SafeSearch:
         return out
 
 
+def failure_summary(searches: int, failed: int, who: str = "SearchR1") -> str | None:
+    """The end-of-run line about failed searches (None when none failed)."""
+    if searches and failed == searches:
+        return (f"{who}: EVERY search of this run failed ({failed} of {searches}): the policy trained on error "
+                "messages, not on search results")
+    if failed:
+        return (f"{who}: {failed} of {searches} searches of this run failed ({100 * failed / searches:.1f}%); those "
+                "rollouts read an error message instead of passages (the console's search warnings name the errors)")
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m rl.search --corpus data/nq_pool/corpus.jsonl --port 8000``: serve BM25 over a BEIR corpus
     at ``/retrieve`` (point ``HTTPSearch`` at it)."""

@@ -25,6 +25,20 @@ from generation.tokens import TokenBatch
 
 
 @dataclass
+class WarmStart:
+    """The optional supervised warm start of an RL run: ``questions`` (the first N training questions whose
+    search result holds the answer; 0: none), ``epochs`` over their demonstrations, ``batch_size`` per
+    optimizer step."""
+    questions: int = 0
+    epochs: int = 1
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.questions < 0 or self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"warm_start: questions >= 0, epochs and batch_size >= 1, got {self}")
+
+
+@dataclass
 class Demonstrations(TokenBatch):
     """A right-padded prompt + response TokenBatch (``loss_mask`` 1 on the response's own tokens only)
     and the response texts."""

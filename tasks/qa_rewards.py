@@ -71,15 +71,39 @@ def format_reward(responses: Sequence[str], examples: Sequence[dict] | None = No
     return [1.0 if _FORMAT.match(r) else 0.0 for r in responses]
 
 
-REWARDS = {"em": em_reward, "f1": f1_reward}
+class AnswerReward:
+    """r = metric(last <answer> of the response, the example's answers) + format_weight * format_reward
+    (format_weight 0: the paper's pure outcome reward). A callable ``reward(responses, examples)`` that a
+    config names with ``class_path`` (SearchR1's ``reward``)."""
+
+    metric = staticmethod(em_reward)
+
+    def __init__(self, format_weight: float = 0.0):
+        self.format_weight = format_weight
+
+    def __call__(self, responses: Sequence[str], examples: Sequence[dict]) -> list[float]:
+        r = self.metric(responses, examples)
+        if self.format_weight:
+            r = [x + self.format_weight * f for x, f in zip(r, format_reward(responses))]
+        return r
+
+
+class ExactMatch(AnswerReward):
+    """EM of the last answer (:func:`em_reward`) + ``format_weight`` * format."""
+    metric = staticmethod(em_reward)
+
+
+class F1(AnswerReward):
+    """Token F1 of the last answer (:func:`f1_reward`) + ``format_weight`` * format."""
+    metric = staticmethod(f1_reward)
+
+
+REWARDS = {"em": ExactMatch, "f1": F1}
 
 
 def combined_reward(responses: Sequence[str], examples: Sequence[dict], kind: str = "em",
                     format_weight: float = 0.0) -> list[float]:
-    """r = outcome(kind) + format_weight * format (format_weight 0: the paper's pure outcome reward)."""
+    """The reward named ``kind`` (``em``, ``f1``) with ``format_weight``: ``REWARDS[kind](format_weight)``."""
     if kind not in REWARDS:
         raise ValueError(f"unknown reward {kind!r}; expected one of {sorted(REWARDS)}")
-    r = REWARDS[kind](responses, examples)
-    if format_weight:
-        r = [x + format_weight * f for x, f in zip(r, format_reward(responses))]
-    return r
+    return REWARDS[kind](format_weight)(responses, examples)

@@ -46,7 +46,8 @@ def _cuda_only_checks(rank: int) -> dict:
     """Under the ``cuda:gloo`` group: which error each collective path raises on a CPU tensor."""
     from lightning_modules.score import SCoRe
     from training.distributed import gather_no_grad, gather_with_grad, mean_over_ranks, sum_over_ranks
-    from rl.update import LossConfig, Schedule, update
+    from rl.settings import PolicyLoss, Updates
+    from rl.update import update
     from generation.tokens import TokenBatch
     from rl.rollout import Rollouts
 
@@ -61,7 +62,7 @@ def _cuda_only_checks(rank: int) -> dict:
         "sum_over_ranks": _raises(lambda: sum_over_ranks(torch.tensor([1.0, 2.0]))),
         "gather_with_grad": _raises(lambda: gather_with_grad(torch.ones(2, 3, requires_grad=True))),
         "gather_no_grad": _raises(lambda: gather_no_grad(torch.ones(2, 3))),
-        "rl_update": _raises(lambda: update(policy, r, torch.zeros(len(r)), LossConfig(), Schedule(),
+        "rl_update": _raises(lambda: update(policy, r, torch.zeros(len(r)), PolicyLoss(), Updates(),
                                             lambda loss: None, lambda: None)),
         "selection_reward": _raises(lambda: SCoRe.record_final_accuracy(recorder, torch.tensor([1.0, 0.0]))),
         "raw": _raises(lambda: dist.all_reduce(torch.ones(1))),
@@ -70,6 +71,7 @@ def _cuda_only_checks(rank: int) -> dict:
 
 def _cpu_checks(rank: int, model_dir: str) -> dict:
     from lightning_modules.score import SCoRe
+    from training.settings import LM
     from training.distributed import all_gather, all_reduce, group_device, mean_over_ranks, sum_over_ranks
 
     x = torch.tensor([1.0, 2.0]) * (rank + 1)
@@ -77,7 +79,7 @@ def _cpu_checks(rank: int, model_dir: str) -> dict:
            "all_gather": torch.stack(all_gather(x)), "mean": mean_over_ranks(torch.tensor(float(rank + 1))),
            "sum": sum_over_ranks(torch.tensor(float(rank + 1)))}
     # SCoRe's selection: rank 0's samples all right, rank 1's all wrong -> 0.5 on both, in a window of 1
-    score = SCoRe(model_dir, stage="I", task="gsm8k", selection_window=1)
+    score = SCoRe(LM(model_dir), stage="I", task="gsm8k", selection_window=1)
     out["selection"] = score.record_final_accuracy(torch.ones(4) if rank == 0 else torch.zeros(4))
     # the sequence count of a seq-mean loss over ranks: rank 0 one row, rank 1 three
     out["seq_mean_grads"] = _seq_mean_grads(model_dir, ROWS[rank])
@@ -90,13 +92,15 @@ def _cpu_checks(rank: int, model_dir: str) -> dict:
 def _seq_mean_grads(model_dir: str, rows: list[int]) -> list[torch.Tensor]:
     from test_data_parallel_normaliser import _grads, _rollouts
 
-    from rl.update import LossConfig, Schedule, update
+    from rl.settings import PolicyLoss, Updates
+    from rl.update import update
 
     model, r = _rollouts(model_dir)
     model.zero_grad()
     idx = torch.tensor(rows)
-    cfg = LossConfig(aggregation="seq-mean-token-mean", temperature=0.7)
-    update(model, r.select(idx), ADV[idx], cfg, Schedule(1, None, 2), lambda loss: loss.backward(), lambda: None)
+    cfg = PolicyLoss(aggregation="seq-mean-token-mean")
+    update(model, r.select(idx), ADV[idx], cfg, Updates(1, None, 2), lambda loss: loss.backward(), lambda: None,
+           temperature=0.7)
     return _grads(model)
 
 

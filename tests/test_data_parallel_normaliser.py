@@ -15,7 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorLis
 from generation.logprobs import masked_nll
 from generation.tokens import TokenBatch
 from rl.rollout import rollout
-from rl.update import LossConfig, Schedule, update
+from rl.settings import PolicyLoss, Updates
+from rl.update import update
 from test_policy_gradient import PROMPTS, TAU, TEXTS, ForceRows
 
 pytestmark = pytest.mark.distributed
@@ -54,8 +55,9 @@ def _nll_grads(model, rows):
 def _update_grads(model, r, rows):
     model.zero_grad()
     idx = torch.tensor(rows)
-    cfg = LossConfig(aggregation="token-mean", temperature=TAU)
-    update(model, r.select(idx), ADV[idx], cfg, Schedule(1, None, 2), lambda loss: loss.backward(), lambda: None)
+    cfg = PolicyLoss(aggregation="token-mean")
+    update(model, r.select(idx), ADV[idx], cfg, Updates(1, None, 2), lambda loss: loss.backward(), lambda: None,
+           temperature=TAU)
     return _grads(model)
 
 

@@ -61,6 +61,6 @@ def test_lora_targets_matching_no_module_stop():
 
 def test_an_architecture_without_a_shipped_config_is_named():
     config = resolve_config(["--config", "configs/search_r1_qwen3b_fsdp.yaml",
-                             "--model.init_args.model_name_or_path", "org/Unknown-7B"])
+                             "--model.init_args.lm.name_or_path", "org/Unknown-7B"])
     with pytest.raises(DryRunError, match=r"no config.json at .*model_configs/Unknown-7B"):
         estimate(config, 8, 80)

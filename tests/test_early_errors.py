@@ -124,11 +124,13 @@ def test_non_finite_proportions_name_the_field(proportions):
 @pytest.mark.parametrize("option", ["alpha", "beta1", "beta2"])
 def test_negative_score_coefficients_are_refused(option, tiny_llama_dir):
     from lightning_modules.score import SCoRe
+    from rl.score import Objective
+    from training.settings import LM
 
     message = rf"SCoRe: alpha, beta1 and beta2 must be finite and >= 0, got .*{option}=-0.1"
     with pytest.raises(ValueError, match=message):
-        SCoRe(tiny_llama_dir, **{option: -0.1})
-    SCoRe(tiny_llama_dir, alpha=0.0, beta1=0.0, beta2=0.0)  # zero is an ablation ("no shaping", no KL)
+        SCoRe(LM(tiny_llama_dir), objective=Objective(**{option: -0.1}))
+    SCoRe(LM(tiny_llama_dir), objective=Objective(alpha=0.0, beta1=0.0, beta2=0.0))  # zero: an ablation (no shaping, no KL)
 
 
 # -- a full disk: one line naming the file and $TMPDIR's free space ---------------------------------------------

@@ -217,7 +217,7 @@ def _search_r1_class():
         def sample(self, prompts, greedy=False):
             if greedy:
                 return super().sample(prompts, greedy)
-            group = self.hparams.group_size
+            group = self.sampling.group_size
             every = self.prompts([q["question"] for q in QUESTIONS], group)
             torch.manual_seed(1234)
             r = super().sample(every, greedy)
@@ -235,10 +235,15 @@ def _search_r1(model_dir):
     # answers forced to <answer>Paris|Rome</answer>, chosen with the policy's probabilities: rewards differ
     # within a group, so GRPO's advantages (and the gradient) are not zero
     choose = ChooseBetween(AutoTokenizer.from_pretrained(model_dir), ["Paris", "Rome"])
-    return _search_r1_class()(model_dir, search=FixedSearch(), search_k=1, max_searches=1, algorithm="grpo",
-                              group_size=4, max_turn_tokens=16, max_response_tokens=24, kl_coef=0.1,
-                              micro_batch_size=2, log_rollouts=0, temperature=1.0, optimizer=sgd,
-                              generation_kwargs={"logits_processor": LogitsProcessorList([choose])})
+    from rl.envs import SearchEnv
+    from rl.settings import PolicyLoss, SampleLog, Sampling, Updates
+    from training.settings import LM
+
+    return _search_r1_class()(LM(model_dir), env=SearchEnv(FixedSearch(), k=1, max_searches=1), algorithm="grpo",
+                              sampling=Sampling(group_size=4, max_turn_tokens=16, max_response_tokens=24,
+                                                generation_kwargs={"logits_processor": LogitsProcessorList([choose])}),
+                              loss=PolicyLoss(kl_coef=0.1), updates=Updates(micro_batch_size=2),
+                              log_samples=SampleLog(count=0), optimizer=sgd)
 
 
 def _rows(rows):
@@ -507,17 +512,22 @@ def _score(lm_dir, batch_size):
 
         def sample(self, prompts):
             every = [self.format.render(self.tokenizer, ex, self.task)
-                     for ex in SCORE_PROBLEMS for _ in range(self.hparams.group_size)]
+                     for ex in SCORE_PROBLEMS for _ in range(self.sampling.group_size)]
             torch.manual_seed(1234)
             r = super().sample(every)
             rows = [i for i, p in enumerate(every) if p in prompts]
             assert len(rows) == len(prompts)
             return r.select(torch.tensor(rows))
 
-    model = AllRowsSCoRe(lm_dir, lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-                         stage="I", task="gsm8k", reward=parity_reward, instruction="Check it.", group_size=2,
-                         max_turn_tokens=4, max_response_tokens=64, temperature=1.0, beta1=0.05, beta2=0.1,
-                         micro_batch_size=8, log_pairs=0, optimizer=sgd)
+    from rl.score import Objective
+    from rl.settings import SampleLog, Sampling, Updates
+    from training.settings import LM
+
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    model = AllRowsSCoRe(LM(lm_dir, lora=lora), stage="I", task="gsm8k", reward=parity_reward, instruction="Check it.",
+                         sampling=Sampling(group_size=2, max_turn_tokens=4, max_response_tokens=64),
+                         objective=Objective(beta1=0.05, beta2=0.1), updates=Updates(micro_batch_size=8),
+                         log_samples=SampleLog(count=0), optimizer=sgd)
     model.format = ProblemFormat(prompt="{problem}", chat=False)
     return model, DataLoader(SCORE_PROBLEMS, batch_size=batch_size, collate_fn=lambda rows: rows), \
         ["train/policy_loss", "train/reward_t2"]

@@ -44,7 +44,8 @@ def test_run_resolves_to_the_tiny_gpu_setting(name, capsys):
     # a model is named by a string, or by the name_or_path of a settings group (lm: LM, encoder: EncoderSettings)
     models = {v["name_or_path"] if isinstance(v, dict) else v
               for v in (hp.get(k) for k in ("model_name_or_path", "lm", "retriever", "encoder"))} - {None}
-    models |= {hp["search"]["init_args"]["model_name_or_path"]} if isinstance(hp.get("search"), dict) else set()
+    search = hp["env"]["init_args"]["search"] if isinstance(hp.get("env"), dict) else hp.get("search")  # SearchR1's engine
+    models |= {search["init_args"]["model_name_or_path"]} if isinstance(search, dict) else set()
     assert models and models <= {LM, "all-MiniLM-L6-v2"}, models
     if name == "retrobust_qlora":
         assert lm["load_in_4bit"] and lm["dtype"] == "bfloat16" and "PagedAdamW" in hp["optimizer"]["class_path"]

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import training.precision as precision_rule
+from training.settings import LM
 from generation.generate import generate
 from training.models import load_causal_lm
 from training.precision import lm_autocast, lm_precision, set_precision
@@ -21,7 +22,8 @@ from generation.tokens import pad
 from training.precision import PRECISION_ENV
 from rl.policy import ReferencePolicy
 from rl.rollout import rollout
-from rl.update import LossConfig, Schedule, update
+from rl.settings import PolicyLoss, Updates
+from rl.update import update
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = 5e-3
@@ -106,8 +108,8 @@ def test_bf16_logprobs_and_greedy_match_fp32(lm):
 
 
 def run_update(model, r, cfg, ref=None):
-    return update(model, r, torch.tensor([1.0, -0.5, 0.5]), cfg, Schedule(1, None, 2), lambda loss: loss.backward(),
-                  model.zero_grad, ref_logprobs=ref)
+    return update(model, r, torch.tensor([1.0, -0.5, 0.5]), cfg, Updates(1, None, 2), lambda loss: loss.backward(),
+                  model.zero_grad, temperature=0.7, ref_logprobs=ref)  # the rollouts' sampling temperature
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -125,7 +127,7 @@ def test_old_new_and_reference_logprobs_share_the_precision(tiny_llama_dir, prec
     reference = ReferencePolicy("copy", model)
     ref = reference.logprobs(model, r.tokens, 0.7, start=min(r.prompt_lengths))
     assert torch.equal(ref.cpu(), r.old_logprobs)
-    stats = run_update(model, r, LossConfig(temperature=0.7, kl_coef=0.1), ref)
+    stats = run_update(model, r, PolicyLoss(kl_coef=0.1), ref)
     assert stats["ratio_mean"] == pytest.approx(1.0, abs=1e-6) and stats["approx_kl"] == pytest.approx(0, abs=1e-7)
     assert stats["clip_fraction"] == 0.0
 
@@ -144,7 +146,7 @@ def test_bf16_old_logprobs_differ_from_fp32_ones(tiny_llama_dir):
 def test_modules_pass_their_precision_option_to_the_lm(tiny_llama_dir):
     from lightning_modules.score import SCoRe
 
-    module = SCoRe(tiny_llama_dir, precision="bf16", task="arithmetic")
+    module = SCoRe(LM(tiny_llama_dir, precision="bf16"), task="arithmetic")
     module.configure_model()
     assert lm_precision(module.policy) == "bf16"
     if module.reference.model is not None:  # a frozen copy computes in the policy's precision

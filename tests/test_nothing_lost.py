@@ -249,9 +249,9 @@ def test_a_failed_run_leaves_no_version_folder(dpr_args, tmp_path):  # noqa: F81
 
 
 def _score_stage1_args(tiny_llama_dir, root):
-    return ["--config", "configs/score_stage1_arithmetic.yaml", "--model.init_args.model_name_or_path",
-            tiny_llama_dir, "--model.init_args.group_size", "2", "--model.init_args.max_turn_tokens", "4",
-            "--model.init_args.max_response_tokens", "60", "--model.init_args.log_pairs", "0",
+    return ["--config", "configs/score_stage1_arithmetic.yaml", "--model.init_args.lm.name_or_path",
+            tiny_llama_dir, "--model.init_args.sampling.group_size", "2", "--model.init_args.sampling.max_turn_tokens", "4",
+            "--model.init_args.sampling.max_response_tokens", "60", "--model.init_args.log_samples.count", "0",
             "--data.init_args.options", "{num_problems: 8}", "--data.init_args.batch_size", "2",
             "--trainer.max_steps", "2", "--trainer.logger.init_args.save_dir", str(root),
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]

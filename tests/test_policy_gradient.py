@@ -17,7 +17,9 @@ from rl.envs import SearchEnv, TwoAttemptEnv
 from rl.policy import ReferencePolicy, ValueHead
 from rl.rollout import rollout
 from rl.search import BM25Search, SafeSearch
-from rl.update import LossConfig, Schedule, advantages, old_values, update
+from rl.settings import PolicyLoss, SampleLog, Sampling, Updates
+from training.settings import LM
+from rl.update import advantages, old_values, update
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TAU = 0.7
@@ -92,8 +94,9 @@ def grads_of(model):
     return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
 
 
-def run_update(model, r, adv, cfg, schedule, **kw):
-    """rl.update with a step that records the accumulated gradient of each mini-batch (and applies nothing)."""
+def run_update(model, r, adv, cfg, schedule, temperature=None, **kw):
+    """rl.update (log-probs at TAU, the rollouts' sampling temperature) with a step that records the accumulated
+    gradient of each mini-batch (and applies nothing)."""
     seen = []
 
     def step():
@@ -101,7 +104,8 @@ def run_update(model, r, adv, cfg, schedule, **kw):
         model.zero_grad()
 
     model.zero_grad()
-    stats = update(model, r, adv, cfg, schedule, lambda loss: loss.backward(), step, **kw)
+    stats = update(model, r, adv, cfg, schedule, lambda loss: loss.backward(), step,
+                   temperature=TAU if temperature is None else temperature, **kw)
     return seen, stats
 
 
@@ -115,13 +119,13 @@ def test_update_gradient_equals_the_hand_loss_for_any_micro_batch_size(lm):
     assert len(set(r.response_lengths.tolist())) > 1  # unequal lengths: the token normaliser matters
     ref_model = other_model(model)
     ref = ReferencePolicy("copy", ref_model).logprobs(model, r.tokens, TAU, start=min(r.prompt_lengths))
-    cfg = LossConfig(kl_coef=0.5, kl_estimator="k3", temperature=TAU, clip_low=0.2)
+    cfg = PolicyLoss(kl_coef=0.5, kl_estimator="k3", clip_low=0.2)
     adv = torch.tensor([1.5, -0.5, 0.25, -1.0])
     model.zero_grad()
     hand_loss(model, r, adv, ref_model, beta=0.5).backward()
     expected = grads_of(model)
     for micro in (1, 3, 4):
-        seen, stats = run_update(model, r, adv, cfg, Schedule(1, None, micro), ref_logprobs=ref)
+        seen, stats = run_update(model, r, adv, cfg, Updates(1, None, micro), ref_logprobs=ref)
         assert len(seen) == 1
         for g, e in zip(seen[0], expected):
             torch.testing.assert_close(g, e, atol=2e-6, rtol=1e-4)
@@ -133,13 +137,13 @@ def test_dr_grpo_normaliser_is_a_constant(lm):
     model, tok = lm
     r = sample(model, tok, TEXTS, PROMPTS)
     adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
-    cfg = LossConfig(aggregation="seq-mean-token-sum-norm", norm_length=50, temperature=TAU)
+    cfg = PolicyLoss(aggregation="seq-mean-token-sum-norm", norm_length=50)
     # by hand: 1/(N_seq * 50) sum_i sum_t m (-A_i rho)
     model.zero_grad()
     (hand_loss(model, r, adv) * int(r.loss_mask.sum()) / (4 * 50)).backward()
     expected = grads_of(model)
     for micro in (1, 4):  # micro-batches of one row have other padded widths: the result must not change
-        seen, _ = run_update(model, r, adv, cfg, Schedule(1, None, micro))
+        seen, _ = run_update(model, r, adv, cfg, Updates(1, None, micro))
         for g, e in zip(seen[0], expected):
             torch.testing.assert_close(g, e, atol=2e-7, rtol=1e-4)
 
@@ -151,7 +155,7 @@ def test_kl_in_the_reward_goes_into_the_advantage_not_the_loss(lm):
     ref = ReferencePolicy("copy", ref_model).logprobs(model, r.tokens, TAU, start=min(r.prompt_lengths))
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0])
     beta = 0.3
-    cfg = LossConfig(kl_coef=beta, kl_estimator="k1", kl_in_reward=True, temperature=TAU)
+    cfg = PolicyLoss(kl_coef=beta, kl_estimator="k1", kl_in_reward=True)
     adv, _ = advantages("grpo", r, rewards, cfg, group_size=2, ref_logprobs=ref, normalize_std=False)
     # by hand: r_i - beta * sum_t (log pi_old - log pi_ref), then r - mean per group of 2 (Dr. GRPO: with
     # the std of a group of 2 the advantages would be +-0.7071 whatever the penalty)
@@ -162,28 +166,28 @@ def test_kl_in_the_reward_goes_into_the_advantage_not_the_loss(lm):
         x = shaped[2 * g:2 * g + 2]
         hand += (x - x.mean()).tolist()
     assert adv.tolist() == pytest.approx(hand, abs=1e-5)
-    plain = advantages("grpo", r, rewards, LossConfig(temperature=TAU), group_size=2, normalize_std=False)[0]
+    plain = advantages("grpo", r, rewards, PolicyLoss(), group_size=2, normalize_std=False)[0]
     assert (adv - plain).abs().max() > 1e-2
     # with the KL as a loss term (kl_in_reward false), the reward is not penalised as well
-    in_loss = advantages("grpo", r, rewards, LossConfig(kl_coef=beta, temperature=TAU), group_size=2,
+    in_loss = advantages("grpo", r, rewards, PolicyLoss(kl_coef=beta), group_size=2,
                          ref_logprobs=ref, normalize_std=False)[0]
     torch.testing.assert_close(in_loss, plain)
     # ... and the loss has no KL term: its gradient is the plain surrogate's
     model.zero_grad()
     hand_loss(model, r, adv).backward()
     expected = grads_of(model)
-    seen, _ = run_update(model, r, adv, cfg, Schedule(1, None, 2), ref_logprobs=ref)
+    seen, _ = run_update(model, r, adv, cfg, Updates(1, None, 2), ref_logprobs=ref)
     for g, e in zip(seen[0], expected):
         torch.testing.assert_close(g, e, atol=2e-6, rtol=1e-4)
 
 
 def test_k1_as_a_loss_is_refused():
     with pytest.raises(ValueError, match="zero expected gradient"):
-        LossConfig(kl_coef=0.1, kl_estimator="k1")
-    LossConfig(kl_coef=0.1, kl_estimator="k1", kl_in_reward=True)  # in the reward it is the usual PPO penalty
-    LossConfig(kl_coef=0.0, kl_estimator="k1")  # no KL at all
+        PolicyLoss(kl_coef=0.1, kl_estimator="k1")
+    PolicyLoss(kl_coef=0.1, kl_estimator="k1", kl_in_reward=True)  # in the reward it is the usual PPO penalty
+    PolicyLoss(kl_coef=0.0, kl_estimator="k1")  # no KL at all
     with pytest.raises(ValueError, match="norm_length"):
-        LossConfig(aggregation="seq-mean-token-sum-norm")
+        PolicyLoss(aggregation="seq-mean-token-sum-norm")
 
 
 def test_first_ratio_is_exactly_one_with_lora_dropout(tiny_llama_dir):
@@ -196,7 +200,7 @@ def test_first_ratio_is_exactly_one_with_lora_dropout(tiny_llama_dir):
     torch.manual_seed(0)
     r = rollout(model, tok, ["hello", "a longer prompt here"], None, max_turn_tokens=6, max_response_tokens=6,
                 temperature=TAU)
-    _, stats = run_update(model, r, torch.tensor([1.0, -1.0]), LossConfig(temperature=TAU), Schedule(1, None, 2))
+    _, stats = run_update(model, r, torch.tensor([1.0, -1.0]), PolicyLoss(), Updates(1, None, 2))
     assert stats["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
     assert stats["clip_fraction"] == 0.0 and stats["approx_kl"] == pytest.approx(0.0, abs=1e-7)
     assert model.training  # the mode is restored
@@ -247,7 +251,7 @@ def test_gae_advantages_use_the_last_generated_token_and_aligned_values(lm):
     head = ValueHead(model.config.hidden_size)
     values = old_values(model, head, r, TAU)
     # by hand for row 1 (gamma = lambda = 1, no KL): A_t = R - V_t on every generated token, R on the last one
-    adv, returns = advantages("gae", r, torch.tensor([0.0, 2.0, 0.0, 0.0]), LossConfig(temperature=TAU),
+    adv, returns = advantages("gae", r, torch.tensor([0.0, 2.0, 0.0, 0.0]), PolicyLoss(),
                               values=values, whiten_advantages=False)
     m = r.loss_mask[1].bool()
     torch.testing.assert_close(adv[1][m], (2.0 - values[1][m]).float(), atol=1e-5, rtol=0)
@@ -338,11 +342,11 @@ def test_search_r1_step_applies_the_hand_gradient(tiny_llama_dir, questions):
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     template = "Example: <answer> Paris </answer>\nQ: {question}\n"  # an answer in the prompt itself
     beta = 0.5
-    model = SearchR1(tiny_llama_dir, search=None, template=template, chat=False, group_size=2,
-                     max_turn_tokens=12, max_response_tokens=12, temperature=TAU, kl_coef=beta, kl_estimator="k3",
-                     micro_batch_size=3, max_grad_norm=None, log_rollouts=0,
-                     optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
-                     generation_kwargs={"logits_processor": LogitsProcessorList([ForceRows(tok, TEXTS)])})
+    model = SearchR1(LM(tiny_llama_dir), env=None, template=template, chat=False,
+                     sampling=Sampling(group_size=2, max_turn_tokens=12, max_response_tokens=12, temperature=TAU,
+                                       generation_kwargs={"logits_processor": LogitsProcessorList([ForceRows(tok, TEXTS)])}),
+                     loss=PolicyLoss(kl_coef=beta, kl_estimator="k3"), updates=Updates(micro_batch_size=3, max_grad_norm=None),
+                     log_samples=SampleLog(count=0), optimizer=lambda p: torch.optim.SGD(p, lr=1.0))
     model.configure_model()
     with torch.no_grad():  # the reference is not the policy (as after some RL steps)
         for p in model.reference.model.parameters():
@@ -386,9 +390,10 @@ def test_search_r1_reports_a_dead_engine(tiny_llama_dir, questions):
 
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     texts = ["<search> capital </search>"] * 4
-    model = SearchR1(tiny_llama_dir, search=Dead(), max_searches=1, template="{question}", chat=False, group_size=2,
-                     max_turn_tokens=12, max_response_tokens=40, temperature=TAU, kl_coef=0.0, log_rollouts=0,
-                     generation_kwargs={"logits_processor": LogitsProcessorList([ForceRows(tok, texts)])})
+    model = SearchR1(LM(tiny_llama_dir), env=SearchEnv(Dead(), max_searches=1), template="{question}", chat=False,
+                     sampling=Sampling(group_size=2, max_turn_tokens=12, max_response_tokens=40, temperature=TAU,
+                                       generation_kwargs={"logits_processor": LogitsProcessorList([ForceRows(tok, texts)])}),
+                     loss=PolicyLoss(kl_coef=0.0), log_samples=SampleLog(count=0))
     from datamodules.rl_prompts import RLPromptDataModule
 
     trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,

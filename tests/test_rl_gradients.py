@@ -11,7 +11,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from rl.envs import TwoAttemptEnv
 from rl.kl import default_estimator, kl_estimate
 from rl.rollout import rollout
-from rl.update import LossConfig, Schedule
+from rl.settings import PolicyLoss, Updates
 from test_policy_gradient import PROMPTS, TAU, TEXTS, grads_of, hand_loss, lm, run_update, sample  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,9 +58,9 @@ def test_toy_closed_forms_differ():
 
 @pytest.mark.parametrize("in_reward", [False, True])
 def test_default_kl_penalty_has_the_papers_gradient(in_reward):
-    """LossConfig's default estimator for either place has the gradient of beta KL(pi || pi_ref)."""
+    """PolicyLoss's default estimator for either place has the gradient of beta KL(pi || pi_ref)."""
     forward, _ = closed_forms()
-    estimator = LossConfig(kl_coef=0.1, kl_in_reward=in_reward).kl_estimator
+    estimator = PolicyLoss(kl_coef=0.1, kl_in_reward=in_reward).kl_estimator
     assert estimator == default_estimator(in_reward)
     torch.testing.assert_close(expected_gradient(estimator, in_reward), torch.tensor(forward, dtype=torch.float64))
 
@@ -72,7 +72,7 @@ def test_k3_as_a_loss_is_the_reverse_kl_and_k1_as_a_loss_is_nothing():
     torch.testing.assert_close(expected_gradient("k2", False), torch.tensor(forward, dtype=torch.float64))
     torch.testing.assert_close(expected_gradient("k1", False), torch.zeros(5, dtype=torch.float64))
     with pytest.raises(ValueError, match="zero expected gradient"):
-        LossConfig(kl_coef=0.1, kl_estimator="k1", kl_in_reward=False)
+        PolicyLoss(kl_coef=0.1, kl_estimator="k1", kl_in_reward=False)
 
 
 def test_methods_default_to_the_papers_kl_gradient(tiny_llama_dir):
@@ -80,12 +80,17 @@ def test_methods_default_to_the_papers_kl_gradient(tiny_llama_dir):
     from lightning_modules.score import SCoRe
     from lightning_modules.search_r1 import SearchR1
 
-    score = SCoRe(tiny_llama_dir, task="gsm8k").loss_config
+    from rl.settings import Sampling
+    from training.settings import LM
+
+    lm = LM(tiny_llama_dir)
+    score = SCoRe(lm, task="gsm8k").loss
     assert (score.kl_estimator, score.kl_in_reward) == ("k1", True)
-    search = SearchR1(tiny_llama_dir).loss_config
-    assert (search.kl_estimator, search.kl_in_reward) == ("k2", False)
-    assert SearchR1(tiny_llama_dir, algorithm="ppo", group_size=1, kl_in_reward=True).loss_config.kl_estimator == "k1"
-    assert SearchR1(tiny_llama_dir, kl_estimator="k3").loss_config.kl_estimator == "k3"  # verl's low_var_kl, by name
+    search = SearchR1(lm).loss
+    assert (search.kl_estimator, search.kl_in_reward, search.kl_coef) == ("k2", False, 0.001)
+    ppo = SearchR1(lm, algorithm="ppo", sampling=Sampling(group_size=1), loss=PolicyLoss(kl_coef=0.001, kl_in_reward=True))
+    assert ppo.loss.kl_estimator == "k1"
+    assert SearchR1(lm, loss=PolicyLoss(kl_coef=0.001, kl_estimator="k3")).loss.kl_estimator == "k3"  # verl's low_var_kl
 
 
 # -- mini-batches smaller than the rollout batch, with an entropy bonus -----------------------------------------
@@ -108,8 +113,8 @@ def test_mini_batch_gradient_uses_its_own_token_count_and_the_entropy_bonus(lm):
     r = sample(model, tok, TEXTS, PROMPTS)
     adv = torch.tensor([1.5, -0.5, 0.25, -1.0])
     coef = 0.3
-    cfg = LossConfig(temperature=TAU, entropy_coef=coef)
-    seen, _ = run_update(model, r, adv, cfg, Schedule(1, 2, 1), generator=torch.Generator().manual_seed(5))
+    cfg = PolicyLoss(entropy_coef=coef)
+    seen, _ = run_update(model, r, adv, cfg, Updates(1, 2, 1), generator=torch.Generator().manual_seed(5))
     order = torch.randperm(4, generator=torch.Generator().manual_seed(5))
     assert len(seen) == 2
     for step, rows in enumerate((order[:2].tolist(), order[2:].tolist())):

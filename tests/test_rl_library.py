@@ -9,7 +9,7 @@ from rl.advantages import (gae, grpo_advantages, last_token_positions, per_turn,
                            rloo_advantages, whiten)
 from rl.kl import kl_estimate
 from rl.losses import aggregate, clipped_policy_loss, entropy_from_logits, logprobs_from_logits, value_loss
-from tasks.qa_rewards import combined_reward, em_reward, extract_answer, f1_reward, format_reward
+from tasks.qa_rewards import F1, ExactMatch, combined_reward, em_reward, extract_answer, f1_reward, format_reward
 
 
 def ex(*answers):
@@ -54,6 +54,9 @@ def test_format_reward_and_combination():
         [1.0, 1.0, 0.0, 0.0]
     # EM 1 + 0.2 * format 1 = 1.2 ; EM 0 + 0.2 * format 1 = 0.2
     assert combined_reward([good, "<answer>y</answer>"], ex(["x"], ["x"]), "em", 0.2) == pytest.approx([1.2, 0.2])
+    # the callable classes a config names (SearchR1's reward): F1 2/3 + 0.5 * format 1 (as in test_f1_reward_by_hand)
+    assert F1(format_weight=0.5)(["<answer>Paris, France</answer>"], ex(["Paris"])) == pytest.approx([2 / 3 + 0.5])
+    assert ExactMatch()([good], ex(["x"])) == [1.0]
 
 
 def test_reward_rejects_bad_answers():

@@ -11,8 +11,11 @@ from datamodules.rl_prompts import RLPromptDataModule
 from training.models import load_causal_lm
 from lightning_modules.search_r1 import SearchR1
 from generation.logprobs import masked_nll, sequence_logprobs
+from rl.envs import SearchEnv
 from rl.search import BM25Search, SafeSearch
-from rl.sft import SearchEngineDown, protocol_demonstrations
+from rl.settings import PolicyLoss, SampleLog, Sampling
+from rl.sft import SearchEngineDown, WarmStart, protocol_demonstrations
+from training.settings import LM
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,9 +90,10 @@ def test_search_r1_warm_start_runs_once_before_rl(tiny_llama_dir, corpus_file, t
     qa = [{"question": "capital of france", "answers": ["Paris"]}, {"question": "capital of italy", "answers": ["Rome"]}]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(q) + "\n" for q in qa))
     torch.manual_seed(0)
-    model = SearchR1(tiny_llama_dir, search=BM25Search(corpus_file), search_k=1, max_searches=1, group_size=2,
-                     max_turn_tokens=4, max_response_tokens=40, kl_coef=0.0, log_rollouts=0,
-                     warm_start_questions=2, warm_start_epochs=3, warm_start_batch_size=2,
+    model = SearchR1(LM(tiny_llama_dir), env=SearchEnv(BM25Search(corpus_file), k=1, max_searches=1),
+                     sampling=Sampling(group_size=2, max_turn_tokens=4, max_response_tokens=40),
+                     loss=PolicyLoss(kl_coef=0.0), log_samples=SampleLog(count=0),
+                     warm_start=WarmStart(questions=2, epochs=3, batch_size=2),
                      optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
     model.configure_model()
     demos = protocol_demonstrations(model.tokenizer, model.prompts(["capital of france", "capital of italy"]),
@@ -105,8 +109,8 @@ def test_search_r1_warm_start_runs_once_before_rl(tiny_llama_dir, corpus_file, t
         after = masked_nll(model.policy, demos).item()
     assert after < before  # 3 epochs at lr 1e-2 on 2 demonstrations (plus one RL step) lower their NLL
     assert "warm_started" in model.state_dict()  # a resumed run skips it
-    with pytest.raises(ValueError, match="needs a search engine"):
-        SearchR1(tiny_llama_dir, search=None, warm_start_questions=2)
+    with pytest.raises(ValueError, match="needs an environment with a search engine"):
+        SearchR1(LM(tiny_llama_dir), env=None, warm_start=WarmStart(questions=2))
 
 
 def test_search_r1_warm_started_policy_is_the_kl_reference(tiny_llama_dir, corpus_file, tmp_path):
@@ -115,10 +119,12 @@ def test_search_r1_warm_started_policy_is_the_kl_reference(tiny_llama_dir, corpu
     qa = [{"question": "capital of france", "answers": ["Paris"]}, {"question": "capital of italy", "answers": ["Rome"]}]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(q) + "\n" for q in qa))
     torch.manual_seed(0)
-    model = SearchR1(tiny_llama_dir, lora={"r": 4, "alpha": 8, "dropout": 0.0}, search=BM25Search(corpus_file),
-                     search_k=1, max_searches=1, group_size=2, max_turn_tokens=4, max_response_tokens=40,
-                     kl_coef=0.1, log_rollouts=0, warm_start_questions=2, warm_start_epochs=2,
-                     warm_start_batch_size=2, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
+    model = SearchR1(LM(tiny_llama_dir, lora={"r": 4, "alpha": 8, "dropout": 0.0}),
+                     env=SearchEnv(BM25Search(corpus_file), k=1, max_searches=1),
+                     sampling=Sampling(group_size=2, max_turn_tokens=4, max_response_tokens=40),
+                     loss=PolicyLoss(kl_coef=0.1), log_samples=SampleLog(count=0),
+                     warm_start=WarmStart(questions=2, epochs=2, batch_size=2),
+                     optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
     model.configure_model()
     assert model.reference.mode == "copy" and "reference.model.base_model.model.lm_head.weight" in model.state_dict()
     data = RLPromptDataModule(str(tmp_path / "train.jsonl"), test_file=None, batch_size=2)
@@ -128,10 +134,10 @@ def test_search_r1_warm_started_policy_is_the_kl_reference(tiny_llama_dir, corpu
     assert bool(model.warm_started)
     r = model.sample(model.prompts(["capital of france"], 2))
     policy = r.old_logprobs * r.loss_mask  # the policy's own log-probs, as sampled
-    ref = model.reference.logprobs(model.policy, r.tokens, model.hparams.temperature, start=min(r.prompt_lengths))
+    ref = model.reference.logprobs(model.policy, r.tokens, model.sampling.temperature, start=min(r.prompt_lengths))
     assert torch.allclose(ref, policy, atol=1e-6)
     model.policy.eval()
     with torch.no_grad(), model.policy.disable_adapter():
-        base = sequence_logprobs(model.policy, r.input_ids, r.attention_mask, temperature=model.hparams.temperature,
+        base = sequence_logprobs(model.policy, r.input_ids, r.attention_mask, temperature=model.sampling.temperature,
                                  start=min(r.prompt_lengths)).logprobs * r.loss_mask
     assert (base - policy).abs().max() > 1e-3  # the warm start moved the policy away from the base

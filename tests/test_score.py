@@ -16,10 +16,12 @@ from generation.tokens import TokenBatch
 from lightning_modules.score import SCoRe
 from rl.advantages import per_turn
 from rl.rollout import Rollouts
-from rl.score import (attempt_rewards, edit_distance_ratio, selection_reward, token_values, turn_advantages,
+from rl.score import (Objective, attempt_rewards, edit_distance_ratio, selection_reward, token_values, turn_advantages,
                       turn_kl_coefs, turn_kl_penalty, turn_returns)
 from rl.self_correction import ProblemFormat
-from rl.update import LossConfig, Schedule, update
+from rl.settings import PolicyLoss, SampleLog, Sampling, Updates
+from training.settings import LM
+from rl.update import update
 from train import cli_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -160,10 +162,10 @@ def test_update_gradient_is_the_paper_objective(lm, stage):
     adv_turn = turn_advantages(turn_returns(R1, R2, stage, alpha=10.0), 2)
     adv = token_values(adv_turn, b.loss_mask, b.turn_ids)
     coefs = turn_kl_coefs(stage, beta1, beta2)
-    cfg = LossConfig(aggregation="seq-mean-token-sum", kl_coef=coefs, kl_estimator="k3", temperature=tau)
+    cfg = PolicyLoss(aggregation="seq-mean-token-sum", kl_coef=coefs, kl_estimator="k3")
     grads = []
-    update(model, r, adv, cfg, Schedule(1, None, 1), lambda loss: loss.backward(),
-           lambda: grads.append([p.grad.clone() for p in model.parameters()]), ref_logprobs=ref)
+    update(model, r, adv, cfg, Updates(1, None, 1), lambda loss: loss.backward(),
+           lambda: grads.append([p.grad.clone() for p in model.parameters()]), temperature=tau, ref_logprobs=ref)
 
     model.zero_grad()
     total = 0.0
@@ -211,10 +213,11 @@ def second_attempt_right(responses, examples):
 
 
 def cli_args(tiny_llama_dir, train, test, root, stage="I", steps=2, extra=()):
-    return ["--model", "lightning_modules.score.SCoRe", "--model.model_name_or_path", tiny_llama_dir,
-            "--model.stage", stage, "--model.group_size", "2", "--model.max_turn_tokens", "4",
-            "--model.max_response_tokens", "200", "--model.temperature", "0.7", "--model.micro_batch_size", "4",
-            "--model.beta1", "0.01", "--model.beta2", "0.1", "--model.log_pairs", "1",
+    return ["--model", "lightning_modules.score.SCoRe", "--model.lm.name_or_path", tiny_llama_dir,
+            "--model.stage", stage, "--model.sampling.group_size", "2", "--model.sampling.max_turn_tokens", "4",
+            "--model.sampling.max_response_tokens", "200", "--model.sampling.temperature", "0.7",
+            "--model.updates.micro_batch_size", "4", "--model.objective.beta1", "0.01", "--model.objective.beta2", "0.1",
+            "--model.log_samples.count", "1",
             "--model.reward", "test_score.parity_reward", "--model.optimizer", "torch.optim.AdamW",
             "--model.optimizer.lr", "0.01", *extra,
             "--data", "datamodules.self_correction.SelfCorrectionDataModule", "--data.task", "gsm8k",
@@ -241,7 +244,7 @@ def test_fit_logs_per_attempt_metrics_then_stage_two_starts_from_stage_one(tiny_
     assert ckpt
 
     # Stage II from Stage I's checkpoint: the policy starts at Stage I's weights, the reference stays the base
-    s2 = SCoRe(tiny_llama_dir, stage="II", task="gsm8k", init_from=ckpt)
+    s2 = SCoRe(LM(tiny_llama_dir), stage="II", task="gsm8k", init_from=ckpt)
     s2.configure_model()
     for p, q in zip(s2.policy.parameters(), s1.policy.parameters()):
         assert torch.equal(p, q)
@@ -249,7 +252,7 @@ def test_fit_logs_per_attempt_metrics_then_stage_two_starts_from_stage_one(tiny_
         assert torch.equal(p, q)
     assert any(not torch.equal(p, q) for p, q in zip(s2.policy.parameters(), s2.reference.model.parameters()))
     with pytest.raises(FileNotFoundError, match="init_from: no checkpoint"):
-        SCoRe(tiny_llama_dir, stage="II", task="gsm8k", init_from=str(tmp_path / "nope.ckpt")).configure_model()
+        SCoRe(LM(tiny_llama_dir), stage="II", task="gsm8k", init_from=str(tmp_path / "nope.ckpt")).configure_model()
 
 
 def test_checkpoint_selection_follows_the_second_attempt(tiny_llama_dir, gsm8k_files, tmp_path):
@@ -296,9 +299,10 @@ def test_resume_equals_an_uninterrupted_run(tiny_llama_dir, gsm8k_files, tmp_pat
     from test_resume import full_and_resumed
 
     train, test = gsm8k_files
-    args = ["--model", "lightning_modules.score.SCoRe", "--model.model_name_or_path", tiny_llama_dir,
-            "--model.stage", "II", "--model.lora", '{"r": 4, "alpha": 8, "dropout": 0.0}', "--model.group_size", "2",
-            "--model.max_turn_tokens", "4", "--model.max_response_tokens", "60", "--model.log_pairs", "0",
+    args = ["--model", "lightning_modules.score.SCoRe", "--model.lm.name_or_path", tiny_llama_dir,
+            "--model.stage", "II", "--model.lm.lora", '{"r": 4, "alpha": 8, "dropout": 0.0}',
+            "--model.sampling.group_size", "2", "--model.sampling.max_turn_tokens", "4",
+            "--model.sampling.max_response_tokens", "60", "--model.log_samples.count", "0",
             "--model.instruction", "Fix it.",
             "--model.optimizer", "torch.optim.AdamW", "--model.optimizer.lr", "0.05",
             "--model.reward", "test_score.parity_reward",
@@ -351,9 +355,10 @@ def test_second_attempt_learns_to_fix_a_forced_first_attempt_error(tiny_llama_di
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     processor = WrongThenChoose(tok, "Fix it")
-    model = SCoRe(tiny_llama_dir, stage="I", task="gsm8k", reward=letter_reward, instruction="Fix it.", group_size=4,
-                  max_turn_tokens=2, max_response_tokens=60, temperature=1.0, beta1=0.0, beta2=0.1, log_pairs=0,
-                  generation_kwargs={"logits_processor": LogitsProcessorList([processor])},
+    model = SCoRe(LM(tiny_llama_dir), stage="I", task="gsm8k", reward=letter_reward, instruction="Fix it.",
+                  objective=Objective(beta1=0.0, beta2=0.1), log_samples=SampleLog(count=0),
+                  sampling=Sampling(group_size=4, max_turn_tokens=2, max_response_tokens=60, temperature=1.0,
+                                    generation_kwargs={"logits_processor": LogitsProcessorList([processor])}),
                   optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
     model.format = ProblemFormat(prompt="{problem}")  # short prompts: the test's time is the vocabulary-sized logits
     problems = [{"id": f"p{i}", "task": "gsm8k", "problem": f"Pick a letter ({i}).", "answer": "A"} for i in range(2)]

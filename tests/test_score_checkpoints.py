@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from training.settings import LM
 from test_fsdp2 import SCORE_PROBLEMS, _full_weights, _spawn, _trainer, sgd
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -20,11 +21,12 @@ def zero_lr(params):
 def _score(model_dir, stage, init_from, optimizer):
     from lightning_modules.score import SCoRe
     from rl.self_correction import ProblemFormat
+    from rl.settings import SampleLog, Sampling, Updates
     from test_score import parity_reward
 
-    model = SCoRe(model_dir, lora=LORA, stage=stage, init_from=init_from, task="gsm8k", reward=parity_reward,
-                  instruction="Check it.", group_size=2, max_turn_tokens=3, max_response_tokens=40, temperature=1.0,
-                  micro_batch_size=8, log_pairs=0, optimizer=optimizer)
+    model = SCoRe(LM(model_dir, lora=LORA), stage=stage, init_from=init_from, task="gsm8k", reward=parity_reward,
+                  instruction="Check it.", sampling=Sampling(group_size=2, max_turn_tokens=3, max_response_tokens=40),
+                  updates=Updates(micro_batch_size=8), log_samples=SampleLog(count=0), optimizer=optimizer)
     model.format = ProblemFormat(prompt="{problem}", chat=False)
     return model
 
@@ -70,7 +72,7 @@ def test_stage_two_starts_from_a_sharded_fsdp2_stage_one_checkpoint(tiny_llama_d
     folder = result["folder"]
     assert os.path.isdir(folder) and len([f for f in os.listdir(folder) if f.endswith(".distcp")]) == 2
     stage1, stage2 = result["stage1"], result["stage2"]
-    base = SCoRe(tiny_llama_dir, lora=LORA, stage="II", task="gsm8k")
+    base = SCoRe(LM(tiny_llama_dir, lora=LORA), stage="II", task="gsm8k")
     base.configure_model()
     initial = _policy_weights(base)
     moved = [n for n in stage1 if "lora_B" in n and not torch.equal(stage1[n], initial[n])]
@@ -78,7 +80,7 @@ def test_stage_two_starts_from_a_sharded_fsdp2_stage_one_checkpoint(tiny_llama_d
     for n, w in stage1.items():
         torch.testing.assert_close(stage2[n], w, atol=0, rtol=0, msg=n)
     # the same folder read by one process without a process group (e.g. to evaluate Stage I)
-    alone = SCoRe(tiny_llama_dir, lora=LORA, stage="II", task="gsm8k", init_from=folder)
+    alone = SCoRe(LM(tiny_llama_dir, lora=LORA), stage="II", task="gsm8k", init_from=folder)
     alone.configure_model()
     for n, w in _policy_weights(alone).items():
         torch.testing.assert_close(w, stage1[n], atol=0, rtol=0, msg=n)
@@ -93,7 +95,7 @@ def test_init_from_is_applied_by_fit_and_not_needed_to_resume(tiny_llama_dir, tm
 
     from lightning_modules.score import SCoRe
 
-    stage1 = SCoRe(tiny_llama_dir, lora=LORA, stage="I", task="gsm8k")
+    stage1 = SCoRe(LM(tiny_llama_dir, lora=LORA), stage="I", task="gsm8k")
     stage1.configure_model()
     g = torch.Generator().manual_seed(11)
     with torch.no_grad():

@@ -14,7 +14,10 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
 
 from lightning_modules.score import SCoRe
+from rl.score import Objective
 from rl.self_correction import ProblemFormat
+from rl.settings import PolicyLoss, SampleLog, Sampling, Updates
+from training.settings import LM
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TAU, BETA1, BETA2 = 0.7, 0.2, 0.5
@@ -74,11 +77,15 @@ class Recorded(SCoRe):
         return self.rollouts
 
 
-def run_step(model_dir, tok, **kw):
-    model = Recorded(model_dir, stage="I", task="gsm8k", reward=answer_reward, instruction="Check it.", group_size=2,
-                     max_turn_tokens=4, max_response_tokens=40, temperature=TAU, beta1=BETA1, beta2=BETA2,
-                     micro_batch_size=8, max_grad_norm=None, log_pairs=0, optimizer=RecordingSGD,
-                     generation_kwargs={"logits_processor": LogitsProcessorList([ForceTwoAttempts(tok)])}, **kw)
+def run_step(model_dir, tok, baseline="rloo", kl_in_reward=True):
+    force = LogitsProcessorList([ForceTwoAttempts(tok)])
+    model = Recorded(LM(model_dir), stage="I", task="gsm8k", reward=answer_reward, instruction="Check it.",
+                     sampling=Sampling(group_size=2, max_turn_tokens=4, max_response_tokens=40, temperature=TAU,
+                                       generation_kwargs={"logits_processor": force}),
+                     objective=Objective(beta1=BETA1, beta2=BETA2, baseline=baseline),
+                     loss=PolicyLoss(aggregation="seq-mean-token-sum", kl_in_reward=kl_in_reward),
+                     updates=Updates(micro_batch_size=8, max_grad_norm=None), log_samples=SampleLog(count=0),
+                     optimizer=RecordingSGD)
     model.format = ProblemFormat(prompt="{problem}", chat=False)
     torch.manual_seed(0)
     L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -94,6 +94,9 @@ def test_search_r1_fit_against_a_dead_server_ends_with_a_summary(tiny_llama_dir,
 
     from datamodules.rl_prompts import RLPromptDataModule
     from lightning_modules.search_r1 import SearchR1
+    from rl.envs import SearchEnv
+    from rl.settings import PolicyLoss, SampleLog, Sampling
+    from training.settings import LM
     from test_rl_rollout import ScriptedPolicy
 
     def script(context: str) -> str:  # search once, then answer
@@ -103,9 +106,10 @@ def test_search_r1_fit_against_a_dead_server_ends_with_a_summary(tiny_llama_dir,
     qa.write_text("".join('{"question": "question %d", "answers": ["Paris"]}\n' % i for i in range(2)))
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     dead = HTTPSearch(f"http://127.0.0.1:{free_port()}/retrieve", timeout=5, retries=1, backoff=0.01)
-    model = SearchR1(tiny_llama_dir, search=dead, template="{question}", chat=False, group_size=2, max_searches=1,
-                     max_turn_tokens=12, max_response_tokens=60, kl_coef=0.0, log_rollouts=0, search_k=1,
-                     generation_kwargs={"logits_processor": LogitsProcessorList([ScriptedPolicy(tokenizer, script)])})
+    model = SearchR1(LM(tiny_llama_dir), env=SearchEnv(dead, k=1, max_searches=1), template="{question}", chat=False,
+                     sampling=Sampling(group_size=2, max_turn_tokens=12, max_response_tokens=60, generation_kwargs={
+                         "logits_processor": LogitsProcessorList([ScriptedPolicy(tokenizer, script)])}),
+                     loss=PolicyLoss(kl_coef=0.0), log_samples=SampleLog(count=0))
     logger = CSVLogger(tmp_path, name="run")
     trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=logger, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1)
@@ -122,8 +126,11 @@ def test_search_r1_fit_against_a_dead_server_ends_with_a_summary(tiny_llama_dir,
 def test_search_r1_summary_counts_a_partial_failure(tiny_llama_dir, recwarn):
     """Some searches failed, not all: still one warning at the end of fit, with the count."""
     from lightning_modules.search_r1 import SearchR1
+    from rl.envs import SearchEnv
+    from rl.settings import PolicyLoss, SampleLog, Sampling
+    from training.settings import LM
 
-    model = SearchR1(tiny_llama_dir, search=None)
+    model = SearchR1(LM(tiny_llama_dir), env=None)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
     model.trainer = trainer
     model.search_totals += torch.tensor([10, 3])

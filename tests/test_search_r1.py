@@ -12,7 +12,10 @@ from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList
 from datamodules.rl_prompts import RLPromptDataModule
 from lightning_modules.search_r1 import SearchR1
 from retrieval.beir import DataFormatError
+from rl.envs import SearchEnv
 from rl.search import BM25Search
+from rl.settings import PolicyLoss, SampleLog, Sampling, Updates
+from training.settings import LM
 from train import cli_main
 
 
@@ -53,10 +56,12 @@ def test_two_process_fsdp2_default_run_fits_and_tests(tiny_llama_dir, qa_files, 
 
     args = [
         "--model", "lightning_modules.search_r1.SearchR1",
-        "--model.model_name_or_path", tiny_llama_dir, "--model.algorithm", "grpo", "--model.group_size", "2",
-        "--model.max_searches", "1", "--model.max_turn_tokens", "6", "--model.max_response_tokens", "40",
-        "--model.temperature", "0.7", "--model.mini_batch_size", "2", "--model.micro_batch_size", "2",
-        "--model.search", "rl.search.BM25Search", "--model.search.corpus", str(qa_files / "corpus.jsonl"),
+        "--model.lm.name_or_path", tiny_llama_dir, "--model.algorithm", "grpo",
+        "--model.env", "rl.envs.SearchEnv", "--model.env.max_searches", "1",
+        "--model.env.search", "rl.search.BM25Search", "--model.env.search.corpus", str(qa_files / "corpus.jsonl"),
+        "--model.sampling.group_size", "2", "--model.sampling.max_turn_tokens", "6",
+        "--model.sampling.max_response_tokens", "40", "--model.sampling.temperature", "0.7",
+        "--model.updates.mini_batch_size", "2", "--model.updates.micro_batch_size", "2",
         "--data", "datamodules.rl_prompts.RLPromptDataModule",
         "--data.train_file", str(qa_files / "train.jsonl"), "--data.test_file", str(qa_files / "test.jsonl"),
         "--data.batch_size", "1", "--trainer.max_steps", "2", "--trainer.logger", "false",
@@ -70,12 +75,13 @@ def test_two_process_fsdp2_default_run_fits_and_tests(tiny_llama_dir, qa_files, 
 def test_grpo_fit_through_the_cli_checkpoint_and_resume(tiny_llama_dir, qa_files, tmp_path):
     args = [
         "--model", "lightning_modules.search_r1.SearchR1",
-        "--model.model_name_or_path", tiny_llama_dir, "--model.algorithm", "grpo", "--model.group_size", "2",
-        "--model.max_searches", "1", "--model.max_turn_tokens", "6", "--model.max_response_tokens", "40",
-        "--model.kl_coef", "0.01", "--model.entropy_coef", "0.01", "--model.ppo_epochs", "2",
-        "--model.temperature", "0.7",
-        "--model.mini_batch_size", "2", "--model.micro_batch_size", "2",
-        "--model.search", "rl.search.BM25Search", "--model.search.corpus", str(qa_files / "corpus.jsonl"),
+        "--model.lm.name_or_path", tiny_llama_dir, "--model.algorithm", "grpo",
+        "--model.env", "rl.envs.SearchEnv", "--model.env.max_searches", "1",
+        "--model.env.search", "rl.search.BM25Search", "--model.env.search.corpus", str(qa_files / "corpus.jsonl"),
+        "--model.sampling.group_size", "2", "--model.sampling.max_turn_tokens", "6",
+        "--model.sampling.max_response_tokens", "40", "--model.sampling.temperature", "0.7",
+        "--model.loss.kl_coef", "0.01", "--model.loss.entropy_coef", "0.01", "--model.updates.epochs", "2",
+        "--model.updates.mini_batch_size", "2", "--model.updates.micro_batch_size", "2",
         "--data", "datamodules.rl_prompts.RLPromptDataModule",
         "--data.train_file", str(qa_files / "train.jsonl"), "--data.test_file", str(qa_files / "test.jsonl"),
         "--data.batch_size", "2",
@@ -114,11 +120,12 @@ def test_grpo_fit_through_the_cli_checkpoint_and_resume(tiny_llama_dir, qa_files
 
 def test_ppo_with_lora_value_head_and_adapters_as_reference(tiny_llama_dir, qa_files, tmp_path):
     torch.manual_seed(0)
-    model = SearchR1(tiny_llama_dir, lora={"r": 4, "alpha": 8, "dropout": 0.0}, algorithm="ppo", group_size=1,
-                     search=BM25Search(qa_files / "corpus.jsonl"), search_k=1, max_searches=1, max_turn_tokens=5,
-                     max_response_tokens=30, kl_coef=0.05, kl_in_reward=True, gamma=1.0, lam=0.95, ppo_epochs=2,
-                     micro_batch_size=2, log_rollouts=0, temperature=0.7,
-                     optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
+    model = SearchR1(LM(tiny_llama_dir, lora={"r": 4, "alpha": 8, "dropout": 0.0}), algorithm="ppo",
+                     env=SearchEnv(BM25Search(qa_files / "corpus.jsonl"), k=1, max_searches=1),
+                     advantage_options={"gamma": 1.0, "lam": 0.95},
+                     sampling=Sampling(group_size=1, max_turn_tokens=5, max_response_tokens=30, temperature=0.7),
+                     loss=PolicyLoss(kl_coef=0.05, kl_in_reward=True), updates=Updates(epochs=2, micro_batch_size=2),
+                     log_samples=SampleLog(count=0), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
     model.configure_model()
     policy = model.policy
     model.configure_model()  # idempotent: FSDP may call it again
@@ -184,11 +191,12 @@ def test_grpo_learns_a_toy_task_with_a_known_optimum(tiny_llama_dir, qa_files):
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     qa = qa_files / "paris.jsonl"
     qa.write_text("".join(json.dumps({"question": f"question {i}", "answers": ["Paris"]}) + "\n" for i in range(8)))
-    model = SearchR1(tiny_llama_dir, search=None, template="{question}", chat=False, algorithm="grpo",
-                     group_size=8, max_turn_tokens=8,
-                     max_response_tokens=8, kl_coef=0.0, ppo_epochs=2, micro_batch_size=16, log_rollouts=0,
-                     optimizer=lambda p: torch.optim.Adam(p, lr=5e-3),
-                     generation_kwargs={"logits_processor": LogitsProcessorList([ChooseBetween(tokenizer, ["Paris", "Rome"])])})
+    choose = LogitsProcessorList([ChooseBetween(tokenizer, ["Paris", "Rome"])])
+    model = SearchR1(LM(tiny_llama_dir), env=None, template="{question}", chat=False, algorithm="grpo",
+                     sampling=Sampling(group_size=8, max_turn_tokens=8, max_response_tokens=8,
+                                       generation_kwargs={"logits_processor": choose}),
+                     loss=PolicyLoss(kl_coef=0.0), updates=Updates(epochs=2, micro_batch_size=16),
+                     log_samples=SampleLog(count=0), optimizer=lambda p: torch.optim.Adam(p, lr=5e-3))
     history = RewardHistory()
     trainer = L.Trainer(max_steps=20, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[history])
@@ -215,14 +223,16 @@ def test_grpo_resume_equals_an_uninterrupted_run(tiny_llama_dir, qa_files, stop,
     (tests/test_resume.py)."""
     from test_resume import assert_same_weights, full_and_resumed
 
-    args = ["--model", "lightning_modules.search_r1.SearchR1", "--model.model_name_or_path", tiny_llama_dir,
-            "--model.lora", '{"r": 4, "alpha": 8, "dropout": 0.2}', "--model.algorithm", "grpo",
-            "--model.group_size", "2", "--model.max_searches", "1", "--model.max_turn_tokens", "6",
-            "--model.max_response_tokens", "24", "--model.kl_coef", "0.01", "--model.temperature", "0.7",
-            "--model.entropy_coef", "0.05",  # a gradient even when every reward is 0 (a random policy)
-            "--model.micro_batch_size", "4", "--model.log_rollouts", "0",
+    args = ["--model", "lightning_modules.search_r1.SearchR1", "--model.lm.name_or_path", tiny_llama_dir,
+            "--model.lm.lora", '{"r": 4, "alpha": 8, "dropout": 0.2}', "--model.algorithm", "grpo",
+            "--model.env", "rl.envs.SearchEnv", "--model.env.max_searches", "1",
+            "--model.env.search", "rl.search.BM25Search", "--model.env.search.corpus", str(qa_files / "corpus.jsonl"),
+            "--model.sampling.group_size", "2", "--model.sampling.max_turn_tokens", "6",
+            "--model.sampling.max_response_tokens", "24", "--model.sampling.temperature", "0.7",
+            "--model.loss.kl_coef", "0.01",
+            "--model.loss.entropy_coef", "0.05",  # a gradient even when every reward is 0 (a random policy)
+            "--model.updates.micro_batch_size", "4", "--model.log_samples.count", "0",
             "--model.optimizer", "torch.optim.AdamW", "--model.optimizer.lr", "0.05",
-            "--model.search", "rl.search.BM25Search", "--model.search.corpus", str(qa_files / "corpus.jsonl"),
             "--data", "datamodules.rl_prompts.RLPromptDataModule", "--data.train_file", str(qa_files / "train.jsonl"),
             "--data.batch_size", "2", "--seed_everything", "3", "--trainer.accelerator", "cpu",
             "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
