@@ -50,15 +50,15 @@ def methods(out: str) -> dict[str, list[str]]:
                             f"{m}nli", '{"model": "lm", "threshold": null}', f"{m}generation.max_new_tokens", "8",
                             f"{d}num_train", "8", f"{d}limit_val", "4", f"{d}limit_test", "4", f"{d}batch_size", "4",
                             f"{d}max_length", "512", "--trainer.max_epochs", "1"],
-        "search_r1": ["--config", "configs/search_r1_qwen3b_fsdp.yaml", f"{m}lm.name_or_path", LM,
+        "search_r1": ["--config", "configs/search_r1_qwen3b_fsdp.yaml", "--config", FSDP2, f"{m}lm.name_or_path", LM,
                       f"{m}env.init_args.search.init_args.model_name_or_path", ENCODER,
                       f"{m}env.init_args.search.init_args.query_prefix", "",
                       f"{m}env.init_args.search.init_args.passage_prefix", "", f"{m}env.init_args.max_searches", "2",
                       f"{m}sampling.max_turn_tokens", "32", f"{m}sampling.max_response_tokens", "128",
                       f"{m}updates.mini_batch_size", "4", f"{m}updates.micro_batch_size", "2",
                       f"{d}batch_size", "4", f"{d}eval_batch_size", "4", f"{d}limit_val", "4", f"{d}limit_test", "4"],
-        "score_stage1": ["--config", "configs/score_stage1_math_gpu.yaml", *score_common],
-        "score_stage2": ["--config", "configs/score_stage2_math_gpu.yaml", *score_common, f"{m}init_from",
+        "score_stage1": ["--config", "configs/score_stage1_math_gpu.yaml", "--config", FSDP2, *score_common],
+        "score_stage2": ["--config", "configs/score_stage2_math_gpu.yaml", "--config", FSDP2, *score_common, f"{m}init_from",
                          f"{out}/score_stage1/score_stage1_math_gpu/checkpoints/best.ckpt"],
     }
 

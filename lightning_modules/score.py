@@ -45,7 +45,7 @@ from rl.self_correction import (ProblemFormat, attempt_metrics, attempt_texts, e
                                 task_kind, task_reward, two_attempt_env)
 from rl.settings import PolicyLoss, SampleLog, Sampling, Updates
 from training.distributed import sum_over_ranks
-from training.settings import LM
+from training.settings import LM, save_settings
 from training.sharding import full_parameters, shard
 
 
@@ -101,7 +101,7 @@ class SCoRe(PolicyGradientModule):
         # 4. (fixed per stage) the per-attempt KL coefficients: rl.update puts kl_coef[t] on attempt t's tokens.
         super().__init__(lm, sampling, replace(loss, kl_coef=turn_kl_coefs(stage, objective.beta1, objective.beta2)),
                          updates, optimizer, log_samples)
-        self.save_settings(ignore=["reward", "env", "optimizer"])
+        save_settings(self, ignore=["reward", "env", "optimizer"])
         self.stage, self.objective, self.init_from, self.instruction = stage, objective, init_from, instruction
         self.task, self.env_override = task, env
         self.format = ProblemFormat(chat=chat)

@@ -31,7 +31,7 @@ from rl.sft import WarmStart, protocol_demonstrations
 from rl.update import advantages, old_values
 from tasks.qa_rewards import ExactMatch, em_reward, f1_reward
 from training.records import code_block
-from training.settings import LM
+from training.settings import LM, save_settings
 from training.sharding import shard
 
 
@@ -69,7 +69,7 @@ class SearchR1(PolicyGradientModule):
                  warm_start: WarmStart = WarmStart(), log_samples: SampleLog = SampleLog()):
         super().__init__(lm, sampling, loss, updates, optimizer, log_samples)
         resolve_template(template)  # fail at construction on a bad name, not at the first step
-        self.save_settings(ignore=["env", "reward", "optimizer"])
+        save_settings(self, ignore=["env", "reward", "optimizer"])
         self.estimator, self.advantage_options = get_advantage(algorithm), dict(advantage_options or {})
         self.estimator.check_options(self.advantage_options)
         if sampling.group_size < self.estimator.min_group_size:

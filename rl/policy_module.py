@@ -12,9 +12,7 @@ A subclass sets ``self.env`` (an attribute or a property), builds its models in 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
-from dataclasses import asdict, is_dataclass
 
 import lightning as L
 import torch
@@ -40,20 +38,6 @@ class PolicyGradientModule(L.LightningModule):
         self.optimizer_factory = optimizer  # a callable; under LightningCLI self.hparams would hold a dict
         self.tokenizer = load_tokenizer(lm.name_or_path)
         self.policy = self.reference = None
-
-    def save_settings(self, ignore: Sequence[str]) -> None:
-        """``save_hyperparameters`` of the subclass's arguments, with the grouped settings as plain dicts: a checkpoint
-        then loads with ``torch.load(weights_only=True)`` and compares with a config (training.checkpoint_checks).
-        ``ignore``: arguments that are objects, not settings (env, reward, optimizer); a generation argument that is
-        an object (a logits processor) is kept as its repr."""
-        self.save_hyperparameters(ignore=list(ignore), frame=inspect.currentframe().f_back)
-        for key, value in list(self.hparams.items()):
-            if is_dataclass(value):
-                plain = asdict(value)
-                if plain.get("generation_kwargs"):
-                    plain["generation_kwargs"] = {k: v if isinstance(v, (bool, int, float, str, type(None))) else repr(v)
-                                                  for k, v in plain["generation_kwargs"].items()}
-                self.hparams[key] = plain
 
     def load_policy(self):
         """The policy of ``self.lm`` (its ``precision``: rollouts, old, new and reference log-probs all run in it),

@@ -26,10 +26,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, StoppingCriteriaList
 
 from training.precision import lm_autocast
 from generation.logprobs import dropout_off, sequence_logprobs
+from generation.stopping import StopOnStrings
 from generation.tokens import TokenBatch, pad
 from rl.envs import ANSWER_STOP, SEARCH_STOP, Environment, SearchEnv, SingleTurn, Turn
 
@@ -90,21 +91,6 @@ class Rollouts:
         return Rollouts(self.tokens.select(idx), None if self.old_logprobs is None else self.old_logprobs[idx],
                         [self.prompt_lengths[i] for i in rows], [self.responses[i] for i in rows],
                         [self.turn_texts[i] for i in rows], {k: v[idx] for k, v in self.counters.items()})
-
-
-class StopOnStrings(StoppingCriteria):
-    """Per-sequence stop when the text generated in this call ends with one of ``stops`` (checked on the
-    last ``window`` generated tokens only, never on the prompt, whose example may hold ``</answer>``).
-    transformers' own ``stop_strings`` does the same through a vocabulary-sized table built at every
-    ``generate`` call (~0.7 s here); decoding a few tokens per step is cheaper at these batch sizes."""
-
-    def __init__(self, tokenizer, stops: Sequence[str], prompt_length: int, window: int = 12):
-        self.tokenizer, self.stops, self.start, self.window = tokenizer, tuple(stops), prompt_length, window
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        lo = max(self.start, input_ids.shape[1] - self.window)
-        tails = self.tokenizer.batch_decode(input_ids[:, lo:], skip_special_tokens=False)
-        return torch.tensor([any(s in t for s in self.stops) for t in tails], device=input_ids.device)
 
 
 def _cut(tokenizer, ids: list[int], stops: Sequence[str], eos_ids: set[int]) -> tuple[int, str | None]:

@@ -99,7 +99,6 @@ def test_documented_preset_commands_resolve(args, capsys):
         assert config["trainer"]["strategy"]["class_path"] == strategy["class_path"]
 
 
-@pytest.mark.skip(reason="enabled by the lead after the issue-23 merge (the GPU configs drop their FSDP2 block)")
 @pytest.mark.parametrize("path", EXPERIMENTS + sorted(glob.glob("configs/families/*.yaml")))
 def test_experiments_take_their_strategy_from_a_preset(path):
     """Sharding is the preset's to say (configs/trainer/fsdp2.yaml, layered after the experiment): an experiment

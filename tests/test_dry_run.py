@@ -11,6 +11,7 @@ import pytest
 from bench.dry_run import DryRunError, estimate, main, resolve_config
 
 # (config, GPUs, GiB per GPU): the settings each config's header names
+FSDP2 = "configs/trainer/fsdp2.yaml"
 GPU_CONFIGS = {"configs/search_r1_qwen3b_fsdp.yaml": (8, 80), "configs/score_stage1_math_gpu.yaml": (8, 80),
                "configs/score_stage2_math_gpu.yaml": (8, 80), "configs/score_stage1_mbpp_gpu.yaml": (8, 80),
                "configs/score_stage2_mbpp_gpu.yaml": (8, 80), "configs/retrobust_llama13b_qlora.yaml": (1, 24)}
@@ -24,7 +25,8 @@ def test_every_gpu_config_is_covered():
 @pytest.mark.parametrize("path", sorted(GPU_CONFIGS))
 def test_gpu_config_fits_its_cards(path, capsys):
     gpus, mem = GPU_CONFIGS[path]
-    assert main(["--config", path, "--gpus", str(gpus), "--gpu-mem", str(mem)]) == 0
+    preset = [] if "qlora" in path else ["--config", FSDP2]  # the FSDP2 experiments take their strategy from the preset
+    assert main(["--config", path, *preset, "--gpus", str(gpus), "--gpu-mem", str(mem)]) == 0
     out = capsys.readouterr().out
     for line in ("params", "grads", "optimizer", "activations", "peak"):
         assert f"  {line}" in out, line
@@ -32,7 +34,7 @@ def test_gpu_config_fits_its_cards(path, capsys):
 
 
 def test_numbers_follow_the_sharding_and_the_architecture():
-    config = resolve_config(["--config", "configs/search_r1_qwen3b_fsdp.yaml"])
+    config = resolve_config(["--config", "configs/search_r1_qwen3b_fsdp.yaml", "--config", FSDP2])
     one, eight = estimate(config, 1, 80), estimate(config, 8, 80)
     # Qwen2.5-3B: 3.09B parameters, all trained in bf16, a frozen bf16 copy as the KL reference, AdamW in bf16;
     # the e5-base-v2 search encoder (109M, fp32) is whole on every GPU
@@ -47,7 +49,7 @@ def test_numbers_follow_the_sharding_and_the_architecture():
 
 
 def test_a_config_that_cannot_fit_stops(capsys):
-    assert main(["--config", "configs/search_r1_qwen3b_fsdp.yaml", "--gpus", "1", "--gpu-mem", "24"]) == 1
+    assert main(["--config", "configs/search_r1_qwen3b_fsdp.yaml", "--config", FSDP2, "--gpus", "1", "--gpu-mem", "24"]) == 1
     err = capsys.readouterr().err
     assert "needs" in err and "more than 90% of 24 GiB" in err
 
@@ -60,7 +62,7 @@ def test_lora_targets_matching_no_module_stop():
 
 
 def test_an_architecture_without_a_shipped_config_is_named():
-    config = resolve_config(["--config", "configs/search_r1_qwen3b_fsdp.yaml",
+    config = resolve_config(["--config", "configs/search_r1_qwen3b_fsdp.yaml", "--config", FSDP2,
                              "--model.init_args.lm.name_or_path", "org/Unknown-7B"])
     with pytest.raises(DryRunError, match=r"no config.json at .*model_configs/Unknown-7B"):
         estimate(config, 8, 80)

@@ -90,7 +90,6 @@ def lightning_modules_by_file() -> dict[Path, list[type]]:
     return out
 
 
-@pytest.mark.skip(reason="enabled by the lead after the issue-23 merge")
 def test_lightning_modules_are_short_with_few_constructor_arguments():
     import inspect
 

@@ -53,12 +53,21 @@ def save_settings(module, ignore: Sequence[str] = ("optimizer",)) -> None:
     """``module.save_hyperparameters`` for a module whose ``__init__`` (the caller) takes settings groups. Built by
     LightningCLI, its hyperparameters are the parsed config (groups as dicts, with Lightning's instantiator); built
     directly they would hold the dataclasses themselves, which ``torch.load(weights_only=True)`` (Lightning's
-    default) refuses in a checkpoint: they are saved as LightningCLI saves them, and ``load_from_checkpoint`` parses
-    the dicts back into dataclasses."""
+    default) refuses in a checkpoint: they are saved as LightningCLI saves them (a value inside a group that is
+    an object, e.g. a logits processor in ``generation_kwargs``, as its repr), and ``load_from_checkpoint`` parses
+    the dicts back into dataclasses. ``ignore``: arguments that are objects, not settings (optimizer, env, reward)."""
     module.save_hyperparameters(ignore=list(ignore), frame=inspect.currentframe().f_back)
     if "_instantiator" not in module.hparams:
-        module.hparams.update({k: asdict(v) for k, v in module.hparams.items()
+        module.hparams.update({k: _plain(asdict(v)) for k, v in module.hparams.items()
                                if is_dataclass(v) and not isinstance(v, type)}, _instantiator=CLI_INSTANTIATOR)
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if isinstance(value, (bool, int, float, str, type(None))) else repr(value)
 
 
 def as_settings(value, cls):
