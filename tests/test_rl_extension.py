@@ -50,7 +50,7 @@ model:
     sampling: {{group_size: 2, max_turn_tokens: 3, max_response_tokens: 24}}
 data:
   class_path: datamodules.self_correction.SelfCorrectionDataModule
-  init_args: {{task: arithmetic, num_problems: 4, batch_size: 2, limit_test: 2, prompt: "{{problem}}"}}
+  init_args: {{task: arithmetic, options: {{num_problems: 4}}, batch_size: 2, limit_test: 2, prompt: "{{problem}}"}}
 trainer: {{max_steps: 1, accelerator: cpu, logger: false, enable_checkpointing: false, enable_progress_bar: false,
           limit_val_batches: 0, default_root_dir: {root}}}
 """
