@@ -61,10 +61,10 @@ def main(argv=None) -> None:
             "--data.init_args.corpus", str(data), "--data.init_args.train_file", str(data / "train.jsonl"),
             "--data.init_args.test_file", str(data / "test.jsonl"), "--data.init_args.train_limit", str(args.train),
             "--data.init_args.test_limit", str(args.test), "--data.init_args.batch_size", str(args.batch_size),
-            "--model.init_args.prompt", str(prompt), "--model.init_args.train_passage_encoder", "false",
-            "--model.init_args.score_cache", str(out / "lm_scores.sqlite"),
+            "--model.init_args.scoring.prompt", str(prompt), "--model.init_args.train_passage_encoder", "false",
+            "--model.init_args.scoring.cache", str(out / "lm_scores.sqlite"),
             "--model.init_args.embeddings_dir", str(out / "embeddings"),
-            "--model.init_args.top_k", str(args.top_k), "--model.init_args.max_new_tokens", "6",
+            "--model.init_args.loss.top_k", str(args.top_k), "--model.init_args.replug.max_new_tokens", "6",
             "--model.init_args.optimizer.init_args.lr", str(args.lr), "--trainer.max_epochs", str(args.epochs),
             "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(out / "tb")]
 
@@ -73,12 +73,12 @@ def main(argv=None) -> None:
         result = {}
         for k in (1, 5):
             m = run_phase(out, f"{name}_retrieval@{k}", lambda k=k: metrics_of(cli_main(
-                ["test", *base, "--model.init_args.eval_k", str(k), "--model.init_args.replug_k", "0", *ckpt])))
+                ["test", *base, "--model.init_args.eval_k", str(k), "--model.init_args.replug.k", "0", *ckpt])))
             result[f"gold_recall@{k}"] = m[f"test/gold_recall@{k}"]
             if k == 1:
                 result["answer_recall@1"] = m["test/answer_recall@1"]
         m = run_phase(out, f"{name}_replug", lambda: metrics_of(cli_main(
-            ["test", *base, "--model.init_args.replug_k", str(args.replug_k), *ckpt])))
+            ["test", *base, "--model.init_args.replug.k", str(args.replug_k), *ckpt])))
         result.update({"ndcg@10": m["test/ndcg@10"], "replug_em": m["test/replug_em"]})
         return result
 
@@ -90,7 +90,7 @@ def main(argv=None) -> None:
             "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
             "init_args": {"dirpath": str(ckpt_dir), "every_n_train_steps": args.ckpt_every, "save_last": True,
                           "save_top_k": 1}}]}}))
-        fit_args = [*base, "--config", str(callbacks), "--model.init_args.direction", DIRECTIONS[name]]
+        fit_args = [*base, "--config", str(callbacks), "--model.init_args.loss.direction", DIRECTIONS[name]]
 
         def fit(fit_args=fit_args, ckpt_dir=ckpt_dir):
             last = ckpt_dir / "last.ckpt"

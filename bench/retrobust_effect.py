@@ -58,7 +58,7 @@ def main(argv=None) -> None:
                                                              str(data / f"{'dev' if s == 'val' else s}.jsonl"))],
             "--data.init_args.num_train", str(args.train), "--data.init_args.limit_test", str(args.test),
             "--data.init_args.prompt", str(prompt), "--model.init_args.nli_kinds", "[]",
-            "--model.init_args.evaluate_base", "false", "--model.init_args.max_new_tokens", "8",
+            "--model.init_args.evaluate_base", "false", "--model.init_args.generation.max_new_tokens", "8",
             "--model.init_args.optimizer.init_args.lr", str(args.lr), "--trainer.enable_progress_bar", "false",
             "--trainer.logger.init_args.save_dir", str(out / "tb")]
 
