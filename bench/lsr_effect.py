@@ -33,7 +33,18 @@ DIRECTIONS = {"arxiv": "p_r||q", "naacl": "q||p_r"}
 
 
 def se(p: float, n: int) -> float:
+    """Standard error of a proportion ``p`` over ``n`` questions."""
     return math.sqrt(max(p * (1 - p), 0.0) / n)
+
+
+def checkpoint_config(out: Path, name: str, ckpt_dir: Path, every: int) -> Path:
+    """A config file adding a ModelCheckpoint every ``every`` steps (with ``last.ckpt``, so a fit resumes)."""
+    path = out / f"{name}_callbacks.json"
+    path.write_text(json.dumps({"trainer": {"callbacks": [{
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"dirpath": str(ckpt_dir), "every_n_train_steps": every, "save_last": True,
+                      "save_top_k": 1}}]}}))
+    return path
 
 
 def main(argv=None) -> None:
@@ -85,11 +96,7 @@ def main(argv=None) -> None:
     rows = {"initial": evaluate("initial", [])}
     for name in args.directions:
         ckpt_dir = out / name / "checkpoints"
-        callbacks = out / f"{name}_callbacks.json"
-        callbacks.write_text(json.dumps({"trainer": {"callbacks": [{
-            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-            "init_args": {"dirpath": str(ckpt_dir), "every_n_train_steps": args.ckpt_every, "save_last": True,
-                          "save_top_k": 1}}]}}))
+        callbacks = checkpoint_config(out, name, ckpt_dir, args.ckpt_every)
         fit_args = [*base, "--config", str(callbacks), "--model.init_args.loss.direction", DIRECTIONS[name]]
 
         def fit(fit_args=fit_args, ckpt_dir=ckpt_dir):

@@ -14,26 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lsr_learning import metrics_of, run_phase  # noqa: E402  (sets the offline env, the path and the cwd)
+from lsr_learning import run_phase  # noqa: E402  (sets the offline env, the path and the cwd)
+from lsr_effect import ARITH_PROMPT, checkpoint_config, se  # noqa: E402
 
 import torch  # noqa: E402
 
 from train import cli_main  # noqa: E402
 
-ARITH_PROMPT = {"chat": False, "answer_prefix": "Answer:",
-                "examples": [["What is 23 + 41?", "64"], ["What is 58 + 17?", "75"], ["What is 36 + 36?", "72"],
-                             ["What is 71 + 29?", "100"]]}
 MIXES = {"top1_only": [1.0, 0.0, 0.0], "mix": [1 / 3, 1 / 3, 1 / 3]}
 CONTEXTS = ("closed_book", "top1", "low_rank", "random")
-
-
-def se(p: float, n: int) -> float:
-    return math.sqrt(max(p * (1 - p), 0.0) / n)
 
 
 def main(argv=None) -> None:
@@ -68,11 +61,7 @@ def main(argv=None) -> None:
     rows = {"base": run_phase(out, "base", lambda: table(cli_main(["test", *base])))}
     for name in args.mixes:
         ckpt_dir = out / name / "checkpoints"
-        callbacks = out / f"{name}_callbacks.json"
-        callbacks.write_text(json.dumps({"trainer": {"callbacks": [{
-            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-            "init_args": {"dirpath": str(ckpt_dir), "every_n_train_steps": args.ckpt_every, "save_last": True,
-                          "save_top_k": 1}}]}}))
+        callbacks = checkpoint_config(out, name, ckpt_dir, args.ckpt_every)
         fit_args = [*base, "--config", str(callbacks), "--data.init_args.proportions", json.dumps(MIXES[name]),
                     "--trainer.logger.init_args.name", name]
 
