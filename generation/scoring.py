@@ -28,7 +28,8 @@ from collections.abc import Sequence
 import torch
 
 from training.precision import lm_autocast
-from generation.logprobs import logprobs_from_logits, position_ids, sequence_logprobs, supports_logits_to_keep
+from generation.logprobs import (MIN_SHARED_PREFIX, logprobs_from_logits, position_ids, sequence_logprobs,
+                                 supports_logits_to_keep)
 from generation.prompts import PromptFormat, uses_chat
 from generation.tokens import pad
 
@@ -67,9 +68,6 @@ def token_logprobs(model, tokenizer, prompts: Sequence[str], targets: Sequence[s
                          max_length=max_length)
     return pair_logprobs(model, pairs, batch_size=batch_size, pad_id=tokenizer.pad_token_id or 0,
                          requires_grad=requires_grad, shared_prefix=shared_prefix)
-
-
-MIN_SHARED_PREFIX = 16  # tokens; below it the cache copies cost about what they save
 
 
 def shared_prefix_length(pairs: Sequence[tuple[list[int], list[int]]]) -> int:

@@ -62,15 +62,16 @@ class ReferencePolicy(nn.Module):
 
     @torch.no_grad()
     def logprobs(self, policy: nn.Module, batch: TokenBatch, temperature: float = 1.0, micro_batch_size: int = 8,
-                 start: int = 1) -> torch.Tensor | None:
-        """(N, L) log pi_ref at the sampling temperature, 0 off the loss mask; None in mode ``none``."""
+                 start: int = 1, prefix: int = 0) -> torch.Tensor | None:
+        """(N, L) log pi_ref at the sampling temperature, 0 off the loss mask; None in mode ``none``. ``prefix``:
+        see generation.logprobs.sequence_logprobs (the rollouts' ``prefix``, as for the old log-probs)."""
         if self.mode == "none":
             return None
         model = self.model if self.mode == "copy" else policy
         adapters = policy.disable_adapter() if self.mode == "adapters_off" else nullcontext()
         with dropout_off(model), adapters:
             lp = sequence_logprobs(model, batch.input_ids, batch.attention_mask, temperature=temperature,
-                                   micro_batch_size=micro_batch_size, start=start).logprobs
+                                   micro_batch_size=micro_batch_size, start=start, prefix=prefix).logprobs
         return lp * batch.loss_mask.to(lp.device, lp.dtype)
 
     def train(self, mode: bool = True) -> ReferencePolicy:

@@ -96,7 +96,7 @@ class PolicyGradientModule(L.LightningModule):
     def reference_logprobs(self, r: Rollouts) -> torch.Tensor | None:
         """log pi_ref of the rollouts' tokens at the sampling temperature (None without a KL term)."""
         return self.reference.logprobs(self.policy, r.tokens, self.sampling.temperature,
-                                       self.updates.micro_batch_size, min(r.prompt_lengths))
+                                       self.updates.micro_batch_size, min(r.prompt_lengths), r.prefix)
 
     def supervised_step(self, policy, batch: TokenBatch, micro_batch_size: int = 8) -> float:
         """One optimizer step on the masked NLL of ``batch``."""

@@ -15,9 +15,10 @@ per-row counters (searches, failed searches, attempts).
 Every turn a row is asked to generate yields at least one token: a row without room left in
 ``max_response_tokens`` is finished before the next turn, so no rollout ends with an empty turn.
 
-The KV cache is reused across turns (``reuse_cache``): finished rows leave the cache, and the appended
-text (a different length in every row) is added after masked padding, so only the new tokens are
-prefilled. ``reuse_cache=False`` prefills the whole context at every turn (the simple reference).
+The KV cache is reused across turns (``reuse_cache``): the first turn computes each distinct prompt (a
+group's G copies) and the prompts' common prefix once (generation.prefill), finished rows leave the cache,
+and the appended text (a different length in every row) is added after masked padding, so only the new
+tokens are prefilled. ``reuse_cache=False`` prefills the whole context at every turn (the simple reference).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import torch
 from transformers import DynamicCache, StoppingCriteriaList
 
 from training.precision import lm_autocast
-from generation.logprobs import dropout_off, sequence_logprobs
+from generation.logprobs import common_prefix, dropout_off, sequence_logprobs
+from generation.prefill import prefill
 from generation.stopping import StopOnStrings
 from generation.tokens import TokenBatch, pad
 from rl.envs import ANSWER_STOP, SEARCH_STOP, Environment, SearchEnv, SingleTurn, Turn
@@ -45,7 +47,9 @@ class Rollouts:
     turn. old_logprobs: (N, L), ``log pi_old(x_t | x_<t)`` on generated tokens, 0 elsewhere (None when not
     computed). prompt_lengths: tokens per prompt. responses: the decoded responses (generated and
     appended text, no prompt). turn_texts: per row, the text generated in each turn. counters: the
-    environment's per-row counts, (N,) long tensors.
+    environment's per-row counts, (N,) long tensors. prefix: the leading columns every row shares (the
+    instruction, the shots; generation.logprobs.common_prefix, at least MIN_SHARED_PREFIX or 0), fixed at the
+    rollout and kept by ``select`` so that old, new and reference log-probs split the sequence the same way.
     """
     tokens: TokenBatch
     old_logprobs: torch.Tensor | None
@@ -53,6 +57,7 @@ class Rollouts:
     responses: list[str]
     turn_texts: list[list[str]]
     counters: dict[str, torch.Tensor] = field(default_factory=dict)
+    prefix: int = 0  # leading tokens shared by every row, run once per micro-batch by every log-prob pass
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -90,7 +95,7 @@ class Rollouts:
         rows = idx.tolist()
         return Rollouts(self.tokens.select(idx), None if self.old_logprobs is None else self.old_logprobs[idx],
                         [self.prompt_lengths[i] for i in rows], [self.responses[i] for i in rows],
-                        [self.turn_texts[i] for i in rows], {k: v[idx] for k, v in self.counters.items()})
+                        [self.turn_texts[i] for i in rows], {k: v[idx] for k, v in self.counters.items()}, self.prefix)
 
 
 def _cut(tokenizer, ids: list[int], stops: Sequence[str], eos_ids: set[int]) -> tuple[int, str | None]:
@@ -161,9 +166,13 @@ def rollout(model, tokenizer, prompts: Sequence[str], env: Environment | None = 
                 block, block_mask = pad([pending[i] for i in active], pad_id, "left")
                 ids, am = torch.cat([seq[keep], block], 1), torch.cat([seq_mask[keep], block_mask], 1)
             else:
-                ids, am = pad([[t for seg, _ in segments[i] for t in seg] for i in active], pad_id, "left")
-                if reuse_cache:
-                    cache = DynamicCache()
+                contexts = [[t for seg, _ in segments[i] for t in seg] for i in active]
+                first = prefill(model, contexts, pad_id) if reuse_cache and turn == 0 else None
+                if first is not None:  # each distinct prompt and the shared prefix computed once
+                    ids, am, cache = first
+                else:
+                    ids, am = pad(contexts, pad_id, "left")
+                    cache = DynamicCache() if reuse_cache else None
             stopping = StoppingCriteriaList([StopOnStrings(tokenizer, env.stops, ids.shape[1])] if env.stops else [])
             out = model.generate(input_ids=ids.to(device), attention_mask=am.to(device),
                                  max_new_tokens=min(max_turn_tokens, room), do_sample=do_sample,
@@ -209,11 +218,13 @@ def rollout(model, tokenizer, prompts: Sequence[str], env: Environment | None = 
                 cache, seq, seq_mask, rows = out.past_key_values, sequences, torch.cat([am, new_mask], 1), active
 
         tokens = TokenBatch.from_segments(segments, pad_id, "right", turns=True)
+        start = min(len(p) for p in prompt_ids)
+        prefix = common_prefix(tokens.input_ids, tokens.attention_mask, start - 1)
         old_logprobs = None
         if compute_logprobs:
             old_logprobs = sequence_logprobs(model, tokens.input_ids, tokens.attention_mask, temperature=temperature,
-                                             micro_batch_size=logprob_micro_batch_size,
-                                             start=min(len(p) for p in prompt_ids)).logprobs.cpu() * tokens.loss_mask
+                                             micro_batch_size=logprob_micro_batch_size, start=start,
+                                             prefix=prefix).logprobs.cpu() * tokens.loss_mask
     responses = [tokenizer.decode([t for seg, _ in s[1:] for t in seg], skip_special_tokens=True) for s in segments]
     counters = {k: torch.tensor(v, dtype=torch.long) for k, v in env.counters().items()}
-    return Rollouts(tokens, old_logprobs, [len(p) for p in prompt_ids], responses, turn_texts, counters)
+    return Rollouts(tokens, old_logprobs, [len(p) for p in prompt_ids], responses, turn_texts, counters, prefix)

@@ -85,7 +85,7 @@ def loss_on(policy, value_head, r: Rollouts, adv: torch.Tensor, cfg: PolicyLoss,
     mask = r.loss_mask.to(device)
     out = sequence_logprobs(policy, r.input_ids, r.attention_mask, temperature=temperature,
                             micro_batch_size=len(r), start=min(r.prompt_lengths), with_entropy=True,
-                            with_hidden=value_head is not None)
+                            with_hidden=value_head is not None, prefix=r.prefix)
     loss, stats = clipped_policy_loss(out.logprobs, r.old_logprobs.to(device), adv.to(device), mask, cfg.clip_low,
                                       cfg.clip_high, cfg.aggregation, **norm)
     stats["policy_loss"] = loss.detach()
