@@ -9,7 +9,9 @@ Parts of a step (lightning_modules.replug_lsr.ReplugLSR.training_step):
 and, once per T steps, the index refresh (re-encoding the corpus), measured here on ``--corpus`` passages.
 
 Three passes over the same ``--steps`` batches: without a cache (every triple scored), with an empty cache
-(scored and stored), and with that cache warm (a re-run, or a later epoch whose candidates did not change).
+(scored and stored), and with that cache warm (a re-run, or a later epoch whose candidates did not change);
+``--before`` adds, first, a pass without a cache that also runs every prompt whole (no shared-prefix KV cache:
+the cold-cache step before it).
 
     OMP_NUM_THREADS=1 python bench/lsr_step_cost.py --threads 1
 """
@@ -22,6 +24,7 @@ import os
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,7 +43,9 @@ from datamodules.lsr import LSRQADataModule  # noqa: E402
 from training.schedule import decay_groups  # noqa: E402
 from lightning_modules.replug_lsr import ReplugLSR  # noqa: E402
 from retrieval.lsr import LMScoreCache, LSRLoss, lsr_loss  # noqa: E402
+from retrieval import lsr_lm  # noqa: E402
 from retrieval.lsr_lm import LMScoring  # noqa: E402
+from generation.scoring import score_triples  # noqa: E402
 from retrieval.settings import EncoderSettings  # noqa: E402
 
 
@@ -59,6 +64,8 @@ def main(argv=None) -> None:
     ap.add_argument("--corpus", type=int, default=512, help="pool passages in the index (the first N, plus the "
                                                              "batches' gold passages)")
     ap.add_argument("--json", default=None, help="also write the numbers here")
+    ap.add_argument("--before", action="store_true", help="also a pass without the shared-prefix cache (whole "
+                                                          "prompts, the scoring before it), first")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     dm = LSRQADataModule(train_limit=args.batch_size * args.steps, test_file=None)
@@ -96,13 +103,17 @@ def main(argv=None) -> None:
     initial_opt = optimizer.state_dict()
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, cache in (("no cache", None), ("empty cache", "new"), ("warm cache", "same")):
+        passes = (("no cache", None), ("empty cache", "new"), ("warm cache", "same"))
+        if args.before:  # the scoring before the shared-prefix cache: every prompt run whole
+            passes = (("no cache, whole prompts", "whole"),) + passes
+        for name, cache in passes:
+            lsr_lm.score_triples = partial(score_triples, shared_prefix=cache != "whole")
             model.load_state_dict(initial)
             optimizer.load_state_dict(initial_opt)
             model.retrieval_index = index       # built from the initial weights, which every pass starts from
             if cache == "new":
                 model.score_cache = LMScoreCache(Path(tmp) / "scores.sqlite", model.frozen.fingerprint, "bench")
-            elif cache is None:
+            elif cache in (None, "whole"):
                 model.score_cache = None
             else:
                 model.score_cache.hits = model.score_cache.misses = 0
@@ -112,13 +123,13 @@ def main(argv=None) -> None:
     print(f"\nREPLUG LSR step cost: batch {args.batch_size} questions x top-{args.top_k} = "
           f"{args.batch_size * args.top_k} (x, d, y) per step, mean of {args.steps} steps; torch threads "
           f"{torch.get_num_threads()}; SmolLM2-135M-Instruct scorer (few-shot prompt), all-MiniLM-L6-v2 retriever")
-    print(f"{'':14}{'retrieval':>11}{'LM scoring':>12}{'enc. update':>13}{'step':>9}{'LM calls':>10}")
+    print(f"{'':24}{'retrieval':>11}{'LM scoring':>12}{'enc. update':>13}{'step':>9}{'LM calls':>10}")
     for name, r in rows.items():
         total = r["retrieval"] + r["lm_scoring"] + r["encoder_update"]
         scored = "-" if r["scored"] is None else str(r["scored"])
         if r["scored"] is None:
             scored = str(args.steps * args.batch_size * args.top_k) + "*"
-        print(f"{name:14}{r['retrieval']:10.2f}s{r['lm_scoring']:11.2f}s{r['encoder_update']:12.2f}s{total:8.2f}s{scored:>10}")
+        print(f"{name:24}{r['retrieval']:10.2f}s{r['lm_scoring']:11.2f}s{r['encoder_update']:12.2f}s{total:8.2f}s{scored:>10}")
     print("(* every triple of the step, repeated triples in a batch once)")
     print(f"index refresh: {len(passages)} passages encoded and indexed in {refresh_s:.1f} s "
           f"({len(passages) / refresh_s:.1f} passages/s)")

@@ -5,6 +5,7 @@ cache handling, the rest of generate, ours).
 
     python bench/rollout_batch.py --rows 8 16 32 64 --threads 1 2 --precision fp32 --max-new-tokens 32
     python bench/rollout_batch.py --rows 16 --threads 2 --profile
+    python bench/rollout_batch.py --rows 32 --threads 2 --variants dynamic static static+compile
 
 Prompts: SCoRe's arithmetic problems (tasks.problem_format.render_problem), each repeated --group-size times;
 every row generates exactly --max-new-tokens tokens (EOS and stop strings suppressed), so both sides count
@@ -73,6 +74,22 @@ def plain_generate(model, tok, prompts, n_new, kw):
     return (out.shape[1] - ids.shape[1]) * len(prompts)
 
 
+def variant_kwargs(name: str) -> dict:
+    """model.generate options of a KV-cache variant: transformers' dynamic cache (the default), its static cache
+    (preallocated to the full length, no growth), and the static cache with the decode step compiled by
+    torch.compile (inductor; on CPU transformers compiles only when told to, ``_compile_all_devices``)."""
+    if name == "dynamic":
+        return {}
+    if name == "static":
+        return {"cache_implementation": "static", "disable_compile": True}
+    if name == "static+compile":
+        from transformers import CompileConfig
+        config = CompileConfig(fullgraph=False, dynamic=False, mode="default")
+        config._compile_all_devices = True
+        return {"cache_implementation": "static", "compile_config": config}
+    raise ValueError(f"unknown variant {name!r}; expected dynamic, static or static+compile")
+
+
 def rate(fn, *args) -> float:
     torch.manual_seed(0)
     t = time.perf_counter()
@@ -120,6 +137,8 @@ def main(argv=None) -> None:
     ap.add_argument("--group-size", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--variants", nargs="+", default=None, help="instead of the batch table: model.generate with "
+                    "each KV-cache variant (dynamic, static, static+compile) at the first --rows, with ours")
     args = ap.parse_args(argv)
     model, tok = load_causal_lm(args.model, device="cpu")
     model.eval()
@@ -130,6 +149,22 @@ def main(argv=None) -> None:
         set_precision(model, args.precision[0])
         ours(model, tok, prompts_for(tok, 4, 4), 4, kw)
         return profile(model, tok, prompts_for(tok, args.rows[0], args.group_size), args.max_new_tokens, kw)
+    if args.variants:
+        torch.set_num_threads(args.threads[0])
+        set_precision(model, args.precision[0])
+        prompts = prompts_for(tok, args.rows[0], args.group_size)
+        print(f"{args.rows[0]} rows x {args.max_new_tokens} tokens, {args.threads[0]} threads, {args.precision[0]}; "
+              f"each variant: one warm-up call (compiles), then two timed calls")
+        for name in ["ours"] + args.variants:
+            fn = ours if name == "ours" else plain_generate
+            extra = kw if name == "ours" else {**kw, **variant_kwargs(name)}
+            t = time.perf_counter()
+            fn(model, tok, prompts, args.max_new_tokens, extra)
+            warm = time.perf_counter() - t
+            rates = [rate(fn, model, tok, prompts, args.max_new_tokens, extra) for _ in range(2)]
+            print(f"  {name:16s} warm-up {warm:7.1f} s   {rates[0]:6.1f} {rates[1]:6.1f} tokens/s   load "
+                  f"{os.getloadavg()[0]:.1f}", flush=True)
+        return
     print(f"{'precision':9s} {'threads':>7s} {'rows':>5s} {'ours tok/s':>10s} {'generate tok/s':>14s} {'ratio':>6s}  load")
     for precision in args.precision:
         set_precision(model, precision)
