@@ -225,7 +225,11 @@ def test_rl_old_new_and_reference_logprobs_share_the_rollouts_prefix(tiny_llama_
     prompts = [instruction + q for q in ("What is 2 + 3?", "Name the capital city of France, please, in one word.",
                                          "Why?")]
     torch.manual_seed(0)
-    r = rollout(policy, tok, prompts, None, max_turn_tokens=5, max_response_tokens=5, temperature=0.7)
+    shapes = forward_shapes(policy, lambda: setattr(module, "_r", rollout(
+        policy, tok, prompts, None, max_turn_tokens=5, max_response_tokens=5, temperature=0.7)))
+    r = module.__dict__.pop("_r")
+    # the rollout's last passes are its old log-probs: the prefix once, then the rest of every row
+    assert shapes[-2:] == [(1, r.prefix), (3, r.input_ids.shape[1] - r.prefix)]
     expected = common_prefix(r.input_ids, r.attention_mask, min(r.prompt_lengths) - 1)
     assert r.prefix == expected == len(tok(instruction.rstrip(), add_special_tokens=False)["input_ids"])
     assert r.select([2, 0]).prefix == r.prefix
