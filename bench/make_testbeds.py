@@ -9,6 +9,10 @@ queries and qrels) so the shipped data modules read them unchanged:
   The same testbed serves REPLUG LSR: all-MiniLM-L6-v2 reads numbers poorly (gold recall@1 0.557 on the 300
   test questions), while the LM's likelihood of the sum rises when a fact stating it is in context.
 
+- ``data/arith_wrong`` (RetRobust, second design): questions on operands less than 10 apart, over the facts
+  plus, for every pair, notes that state a wrong sum for the same operands ("Note: 37 + 45 = 83."), which BM25
+  ranks right after the pair's true facts (ranks 3-8): misleading context for a model that copies.
+
     python bench/make_testbeds.py            # rewrites identical files (fixed seeds)
 """
 
@@ -58,6 +62,30 @@ def arith_facts(seed: int = 0) -> tuple[list[dict], list[dict]]:
     return corpus, questions
 
 
+WRONG_PER_PAIR = 3  # wrong-sum notes per ordered pair
+
+
+def arith_wrong(seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """The facts of ``arith_facts`` plus, for every ordered pair, ``WRONG_PER_PAIR`` notes stating a wrong sum for
+    the same operands ("Note: 37 + 45 = 83."), the sum off by 1 to 10 either way; questions on pairs whose
+    operands differ by less than 10. For those, no other fact holds both numbers (a fact "37 + x = 45" would
+    need x < 10), so BM25 ranks the pair's two true facts ("37 + 45 = 82.", "45 + 37 = 82.": both operands, 3
+    tokens) first and notes holding both numbers (the pair's own 6, one token longer) next: a context drawn from
+    ranks 3-8 is a relevant-looking passage that states a wrong answer, what a model that copies follows."""
+    corpus, _ = arith_facts(seed)
+    pairs = [(a, b) for a in range(10, 100) for b in range(10, 100) if abs(a - b) < 10]
+    random.Random(seed).shuffle(pairs)
+    questions = [{"id": f"q{i}", "question": f"What is {a} + {b}?", "answers": [str(a + b)], "gold_id": f"f{a}-{b}"}
+                 for i, (a, b) in enumerate(pairs[:sum(SPLITS.values())])]
+    rng = random.Random(seed + 1)
+    for a in range(10, 100):
+        for b in range(10, 100):
+            offsets = rng.sample([d for d in range(-10, 11) if d != 0], WRONG_PER_PAIR)
+            corpus += [{"_id": f"w{a}-{b}-{k}", "title": "", "text": f"Note: {a} + {b} = {a + b + d}."}
+                       for k, d in enumerate(offsets)]
+    return corpus, questions
+
+
 PROVENANCE = """# {name} (generated)
 
 Built by `python bench/make_testbeds.py` (function `{func}`, seed 0); re-running it rewrites identical files.
@@ -81,6 +109,13 @@ def main(argv: list[str] | None = None) -> None:
         name="Addition facts", func="arith_facts", what=f"Corpus: {len(corpus):,} facts `a + b = c.` for a, b in "
         "[10, 99]; questions `What is a + b?` for pairs drawn without replacement.", **sizes))
     print(f"wrote {args.out}/arith_facts")
+    corpus, questions = arith_wrong()
+    write_testbed(Path(args.out) / "arith_wrong", corpus, questions, PROVENANCE.format(
+        name="Addition facts with wrong-sum notes", func="arith_wrong", what=f"Corpus: {len(corpus):,} passages: "
+        f"the 8,100 facts `a + b = c.` of `arith_facts` (a, b in [10, 99]) and, for every ordered pair, "
+        f"{WRONG_PER_PAIR} notes `Note: a + b = c'.` with c' = c + d, d drawn from +-1..10 without 0 (seed 1); "
+        "questions `What is a + b?` on pairs with |a - b| < 10, drawn without replacement.", **sizes))
+    print(f"wrote {args.out}/arith_wrong")
 
 
 if __name__ == "__main__":
