@@ -1,8 +1,10 @@
 """RetRobust on a testbed where context can help or mislead (issue 25; testbed and predictions in
-docs/evidence/effects_preregistration.md): SmolLM2-135M-Instruct with LoRA on ``data/arith_facts`` (addition
-questions; BM25 contexts: top-1 = the question's own fact, low-rank = a fact sharing one operand with another
-sum, random = another question's fact), trained on the top-1 context only and on the paper's mix (a third
-each), both against the base model; EM on all 300 test questions closed-book and with each kind of context.
+docs/evidence/effects_preregistration.md): SmolLM2-135M-Instruct with LoRA on ``data/arith_wrong`` (addition
+questions; BM25 contexts: top-1 = the question's own fact, low-rank (ranks 3-8) = a note stating a wrong sum for
+the same operands, random = another question's fact; the prompt's demonstrations read a passage), trained on
+the top-1 context only and on the paper's mix (a third each), both against the base model; EM on all 300 test
+questions closed-book and with each kind of context. ``--data data/arith_facts --low-rank 11 20`` is the first
+design (whose criterion failed).
 
 Resumable: each phase writes ``<out>/<phase>.json`` and is skipped when it exists; fits checkpoint every
 ``--ckpt-every`` steps and resume from ``last.ckpt``.
@@ -19,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lsr_learning import run_phase  # noqa: E402  (sets the offline env, the path and the cwd)
-from lsr_effect import ARITH_PROMPT, checkpoint_config, se  # noqa: E402
+from lsr_effect import checkpoint_config, se  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -32,7 +34,9 @@ CONTEXTS = ("closed_book", "top1", "low_rank", "random")
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/retrobust_effect")
-    ap.add_argument("--data", default="data/arith_facts")
+    ap.add_argument("--data", default="data/arith_wrong")
+    ap.add_argument("--prompt", default="configs/prompts/arith_read.yaml", help="a PromptFormat file")
+    ap.add_argument("--low-rank", type=int, nargs=2, default=[3, 8], help="ranks a low-rank context is drawn from")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--train", type=int, default=640, help="training questions (one epoch)")
     ap.add_argument("--test", type=int, default=300)
@@ -43,14 +47,13 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    prompt = out / "prompt.json"
-    prompt.write_text(json.dumps(ARITH_PROMPT))
     data = Path(args.data)
     base = ["--config", "configs/retrobust_nq.yaml", "--data.init_args.corpus", str(data),
             *[a for s in ("train", "val", "test") for a in (f"--data.init_args.{s}_file",
                                                              str(data / f"{'dev' if s == 'val' else s}.jsonl"))],
             "--data.init_args.num_train", str(args.train), "--data.init_args.limit_test", str(args.test),
-            "--data.init_args.prompt", str(prompt), "--model.init_args.nli_kinds", "[]",
+            "--data.init_args.prompt", args.prompt, "--data.init_args.low_rank_range", json.dumps(args.low_rank),
+            "--model.init_args.nli_kinds", "[]",
             "--model.init_args.evaluate_base", "false", "--model.init_args.generation.max_new_tokens", "8",
             "--model.init_args.optimizer.init_args.lr", str(args.lr), "--trainer.enable_progress_bar", "false",
             "--trainer.logger.init_args.save_dir", str(out / "tb")]
