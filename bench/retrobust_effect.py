@@ -69,9 +69,13 @@ def main(argv=None) -> None:
                     "--trainer.logger.init_args.name", name]
 
         def fit(fit_args=fit_args, ckpt_dir=ckpt_dir):
-            last = ckpt_dir / "last.ckpt"
-            cli = cli_main(["fit", *fit_args, *(["--ckpt_path", str(last)] if last.exists() else [])])
-            return {**table(cli), "global_step": cli.trainer.global_step}
+            last, done = ckpt_dir / "last.ckpt", ckpt_dir / "fit.done"
+            if not done.exists():  # a cut-off fit resumes from its last checkpoint
+                cli_main(["fit", *fit_args, *(["--ckpt_path", str(last)] if last.exists() else [])])
+                done.write_text("")
+            cli = cli_main(["test", *fit_args, "--ckpt_path", str(last)])  # the final weights
+            step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+            return {**table(cli), "global_step": step}
 
         rows[name] = run_phase(out, f"{name}_fit", fit)
 
