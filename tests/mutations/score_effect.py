@@ -23,3 +23,15 @@ MUTATIONS = [
      "old": "nonzero_group_share(a.abs().amax(dim=1), group_size)",
      "new": "nonzero_group_share(a[:, -1], group_size)", "tests": STEP},
 ]
+
+TESTBED = ["tests/test_score_testbed.py"]
+MUTATIONS += [
+    {"name": "train_split_not_excluded", "file": "tasks/arithmetic.py",
+     "old": "if o.disjoint and source != \"test\":", "new": "if o.disjoint and source == \"shots\":", "tests": TESTBED},
+    {"name": "excluded_in_one_order_only", "file": "tasks/arithmetic.py",
+     "old": "        if frozenset((a, b)) in exclude:\n", "new": "        if frozenset((a, b)) in exclude and a <= b:\n",
+     "tests": TESTBED},
+    {"name": "one_digit_operands_dropped", "file": "tasks/arithmetic.py",
+     "old": "    return 10 ** (min_digits - 1), 10 ** digits - 1", "new": "    return 10 ** (digits - 1), 10 ** digits - 1",
+     "tests": TESTBED},
+]
