@@ -1,0 +1,114 @@
+"""SCoRe's effect on the issue-25 testbed (configs/families/score_easyarith_cpu.yaml; predictions:
+docs/evidence/effects_preregistration.md; results: docs/evidence/score_effect.md).
+
+  criterion  before any training: the base model's SAMPLED attempt-1 / attempt-2 accuracy on training problems
+             (N problems x G, temperature and G of the config) and the share of problem groups with a nonzero
+             advantage that implies, per objective, from real rollouts (SCoRe.sample: rl.rollout in the two-attempt
+             environment, the task's reward, rl.score's returns and RLOO baselines):
+                 .venv/bin/python bench/score_effect.py criterion --problems 64
+  run        every arm through train.py (checkpoints; a finished arm is skipped, a stopped one resumes from its
+             last.ckpt), each evaluated greedily on the 300 held-out problems with two attempts (SCoRe's test loop,
+             rl.self_correction.evaluate_two_attempts), the table with standard errors rewritten after each:
+                 nohup nice -n 19 .venv/bin/python bench/score_effect.py run > runs/score_effect.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+CONFIG = "configs/score_stage1_easyarith.yaml"
+
+
+def build(config: str, overrides: list[str]):
+    """The SCoRe module and DataModule of ``config`` as train.py builds them, the policy loaded, set up for fit."""
+    from rl.self_correction import task_reward
+    from train import cli_main
+
+    cli = cli_main(["--config", config, "--trainer.logger", "false", *overrides], run=False)
+    model, dm = cli.model, cli.datamodule
+    dm.setup("fit")
+    model.task, model.format = dm.hparams.task, dm.problem_format   # what SCoRe.setup takes from the DataModule
+    model.reward_fn = model.reward_fn or task_reward(model.task)
+    model.configure_model()
+    model.policy.eval()
+    return model, dm
+
+
+def criterion(args) -> None:
+    import torch
+
+    from rl.advantages import nonzero_group_share
+    from rl.score import attempt_rewards, turn_advantages, turn_returns
+
+    torch.manual_seed(args.seed)
+    model, dm = build(args.config, args.overrides)
+    G, s = model.sampling.group_size, model.sampling
+    out = ROOT / args.out
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / "criterion_samples.jsonl"
+    done = [json.loads(x) for x in cache.read_text().splitlines()] if cache.exists() else []
+    rows = dm.rows["train"][:args.problems]
+    print(f"{len(rows)} training problems x G={G}, temperature {s.temperature}, {s.max_turn_tokens} tokens an attempt, "
+          f"{torch.get_num_threads()} thread(s); {len(done) // G} problems cached", flush=True)
+    for start in range(len(done) // G, len(rows), args.chunk):
+        batch = rows[start:start + args.chunk]
+        examples = [ex for ex in batch for _ in range(G)]          # the G samples of a problem contiguous
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            r = model.sample([model.format.render(model.tokenizer, ex, model.task) for ex in examples])
+        r1, r2 = attempt_rewards(model.reward_fn, r.turn_texts, examples, 2)
+        with open(cache, "a", encoding="utf-8") as f:
+            for ex, turns, a, b in zip(examples, r.turn_texts, r1.tolist(), r2.tolist()):
+                f.write(json.dumps({"id": ex["id"], "problem": ex["problem"], "answer": ex["answer"], "turns": turns,
+                                    "r1": a, "r2": b}) + "\n")
+                done.append({"r1": a, "r2": b})
+        print(f"  {len(done) // G}/{len(rows)} problems ({time.perf_counter() - t0:.0f} s for {len(examples)} "
+              f"rollouts; sampled acc t1 {r1.mean():.3f}, t2 {r2.mean():.3f})", flush=True)
+    r1 = torch.tensor([d["r1"] for d in done])
+    r2 = torch.tensor([d["r2"] for d in done])
+    n = len(r1)
+    lines = [f"{n // G} training problems x G = {G} samples, temperature {s.temperature}, {s.max_turn_tokens} tokens an "
+             f"attempt (config {args.config} {' '.join(args.overrides)})",
+             f"sampled Acc@t1 {r1.mean():.3f} (se {(r1.mean() * (1 - r1.mean()) / n).sqrt():.3f}), "
+             f"Acc@t2 {r2.mean():.3f} (se {(r2.mean() * (1 - r2.mean()) / n).sqrt():.3f}) over {n} samples"]
+    for p, name in ((r1.mean(), "t1"), (r2.mean(), "t2")):
+        lines.append(f"if every problem had p = {p:.3f} at {name}: share 1 - p^G - (1-p)^G = "
+                     f"{1 - p ** G - (1 - p) ** G:.3f}")
+    per_problem = r2.view(-1, G).mean(dim=1)
+    lines.append("problems by sampled attempt-2 successes out of G: "
+                 + ", ".join(f"{k}: {int((per_problem * G).round().eq(k).sum())}" for k in range(G + 1)))
+    for stage, alpha in (("I", 10.0), ("II", 10.0), ("II", 0.0), ("single_turn", 10.0)):
+        rets = turn_returns(r1, None if stage == "single_turn" else r2, stage, alpha)
+        shares = nonzero_group_share(turn_advantages(rets, G, "rloo"), G)
+        overall = nonzero_group_share(turn_advantages(rets, G, "rloo").abs().amax(dim=1), G)
+        lines.append(f"nonzero_advantage_share, stage {stage} alpha {alpha:g}: {float(overall):.3f} "
+                     f"(per attempt: {', '.join(f'{float(x):.3f}' for x in shares)})")
+    (out / "criterion.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=("criterion", "run"))
+    ap.add_argument("--config", default=CONFIG)
+    ap.add_argument("--out", default="runs/score_effect")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--problems", type=int, default=64, help="criterion: training problems (x G samples)")
+    ap.add_argument("--chunk", type=int, default=4, help="criterion: problems a rollout batch")
+    args, args.overrides = ap.parse_known_args()   # the rest: train.py options for every arm (--model.init_args...)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.mode == "criterion":
+        criterion(args)
+
+
+if __name__ == "__main__":
+    main()
