@@ -92,6 +92,76 @@ def criterion(args) -> None:
     (out / "criterion.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 
+# arm -> (config, init_from arm or None, steps key); Stage II's arms start from Stage I's best checkpoint
+ARMS = {"base": ("configs/score_stage1_easyarith.yaml", None, None),
+        "stage1": ("configs/score_stage1_easyarith.yaml", None, "s1"),
+        "stage1_2": ("configs/score_stage2_easyarith.yaml", "stage1", "s2"),
+        "single_turn": ("configs/score_single_turn_easyarith.yaml", None, "s1+s2"),
+        "stage2_no_stage1": ("configs/score_stage2_no_stage1_easyarith.yaml", None, "s2"),
+        "stage1_2_alpha0": ("configs/score_stage2_alpha0_easyarith.yaml", "stage1", "s2")}
+NAMES = {"base": "base model", "stage1": "Stage I", "stage1_2": "Stage I + II", "single_turn": "single-turn RL",
+         "stage2_no_stage1": "ablation: Stage II without Stage I", "stage1_2_alpha0": "ablation: Stage I + II, alpha 0"}
+
+
+def fit(args, arm: str, out: Path) -> str:
+    """train.py fit of ``arm`` (resumed from its last.ckpt when stopped); its best checkpoint by training reward."""
+    from train import cli_main
+
+    done = out / f"{arm}.fit.json"
+    if done.exists():
+        return json.loads(done.read_text())["best"]
+    config, init, steps = ARMS[arm]
+    n = {"s1": args.stage1_steps, "s2": args.stage2_steps, "s1+s2": args.stage1_steps + args.stage2_steps}[steps]
+    last = out / arm / "run" / "checkpoints" / "last.ckpt"   # a fixed version folder: a restart finds it
+    argv = ["fit", "--config", config, *args.overrides, "--trainer.logger.init_args.save_dir", str(out),
+            "--trainer.logger.init_args.name", arm, "--trainer.logger.init_args.version", "run", "--trainer.max_steps",
+            str(n), "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+            "--data.init_args.batch_size", str(args.problems_per_step)]
+    argv += ["--model.init_args.init_from", fit(args, init, out)] if init else []
+    argv += ["--ckpt_path", str(last)] if last.exists() else []
+    print("$ train.py " + " ".join(argv), flush=True)
+    start, cpu = time.time(), time.process_time()
+    cli = cli_main(argv)
+    best = cli.trainer.checkpoint_callback.best_model_path or str(last)
+    done.write_text(json.dumps({"best": best, "steps": n, "seconds": time.time() - start,
+                                "cpu_seconds": time.process_time() - cpu}))
+    return best
+
+
+def evaluate(args, arm: str, out: Path, ckpt: str | None) -> None:
+    """Greedy two attempts on the held-out problems with the arm's policy (SCoRe's test loop: rl.self_correction.
+    evaluate_two_attempts with the module's environment, format, reward and budgets), records cached per batch."""
+    from bench.self_correct_table import run_batches
+    from rl.policy import load_policy_weights
+    from rl.self_correction import evaluate_two_attempts
+
+    path = out / f"{arm}.attempts.jsonl"
+    model, dm = build(ARMS[arm][0], args.overrides)
+    if ckpt:
+        load_policy_weights(model.policy, ckpt)
+    s = model.sampling
+    rows = dm.rows["test"]
+
+    def two(batch):
+        return evaluate_two_attempts(model.policy, model.tokenizer, batch, model.task, env=model.eval_env(),
+                                     problem_format=model.format, greedy=True,
+                                     max_turn_tokens=s.eval_max_turn_tokens or s.max_turn_tokens,
+                                     max_response_tokens=model.response_budget(), batch_size=len(batch),
+                                     reward=model.reward_fn, with_metrics=False)["records"]
+
+    run_batches(path, rows, args.eval_batch_size, two)
+
+
+def run(args) -> None:
+    from bench.score_effect_table import write_table
+
+    out = ROOT / args.out
+    out.mkdir(parents=True, exist_ok=True)
+    for arm in args.arms:
+        ckpt = fit(args, arm, out) if ARMS[arm][2] else None
+        evaluate(args, arm, out, ckpt)
+        print(write_table(out, list(ARMS), NAMES), flush=True)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,12 +172,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--problems", type=int, default=64, help="criterion: training problems (x G samples)")
     ap.add_argument("--chunk", type=int, default=4, help="criterion: problems a rollout batch")
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS),
+                    help="run: these arms, in this order (Stage II's arms fit Stage I first when it is not done)")
+    ap.add_argument("--stage1-steps", type=int, default=20)
+    ap.add_argument("--stage2-steps", type=int, default=20)
+    ap.add_argument("--problems-per-step", type=int, default=2, help="run: problems a step (x G samples)")
+    ap.add_argument("--eval-batch-size", type=int, default=16)
     args, args.overrides = ap.parse_known_args()   # the rest: train.py options for every arm (--model.init_args...)
     import torch
 
     torch.set_num_threads(args.threads)
-    if args.mode == "criterion":
-        criterion(args)
+    criterion(args) if args.mode == "criterion" else run(args)
 
 
 if __name__ == "__main__":

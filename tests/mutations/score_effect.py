@@ -35,3 +35,13 @@ MUTATIONS += [
      "old": "    return 10 ** (min_digits - 1), 10 ** digits - 1", "new": "    return 10 ** (digits - 1), 10 ** digits - 1",
      "tests": TESTBED},
 ]
+
+TABLE = ["tests/test_score_effect_table.py"]
+MUTATIONS += [
+    {"name": "standard_deviation_not_error", "file": "bench/score_effect_table.py",
+     "old": "math.sqrt(sum((x - m) ** 2 for x in xs) / n / n)", "new": "math.sqrt(sum((x - m) ** 2 for x in xs) / n)",
+     "tests": TABLE},
+    {"name": "unpaired_difference_se", "file": "bench/score_effect_table.py",
+     "old": "diffs = {c: [a - b for a, b in zip(mine[c], theirs[c])] for c in COLUMNS}",
+     "new": "diffs = {c: [a - sum(theirs[c]) / len(theirs[c]) for a in mine[c]] for c in COLUMNS}", "tests": TABLE},
+]
