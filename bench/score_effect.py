@@ -10,6 +10,9 @@ docs/evidence/effects_preregistration.md; results: docs/evidence/score_effect.md
              last.ckpt), each evaluated greedily on the 300 held-out problems with two attempts (SCoRe's test loop,
              rl.self_correction.evaluate_two_attempts), the table with standard errors rewritten after each:
                  nohup nice -n 19 .venv/bin/python bench/score_effect.py run > runs/score_effect.log 2>&1 &
+  all        criterion of the designs of docs/evidence/score_effect.md in their order (A: temperature 1.0, B: 0.7,
+             C: 0.4) until one passes (Stage I's share of groups with a nonzero advantage >= 1/3), then ``run`` with
+             it (its temperature for every arm; <out>/design.json says which); resumable like the others.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ def build(config: str, overrides: list[str]):
     return model, dm
 
 
-def criterion(args) -> None:
+def criterion(args) -> float:
+    """The criterion's samples (cached per chunk) and summary; returns Stage I's share (attempt 2's groups)."""
     import torch
 
     from rl.advantages import nonzero_group_share
@@ -59,7 +63,7 @@ def criterion(args) -> None:
     for start in range(len(done) // G, len(rows), args.chunk):
         batch = rows[start:start + args.chunk]
         examples = [ex for ex in batch for _ in range(G)]          # the G samples of a problem contiguous
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with torch.no_grad():
             r = model.sample([model.format.render(model.tokenizer, ex, model.task) for ex in examples])
         r1, r2 = attempt_rewards(model.reward_fn, r.turn_texts, examples, 2)
@@ -68,7 +72,8 @@ def criterion(args) -> None:
                 f.write(json.dumps({"id": ex["id"], "problem": ex["problem"], "answer": ex["answer"], "turns": turns,
                                     "r1": a, "r2": b}) + "\n")
                 done.append({"r1": a, "r2": b})
-        print(f"  {len(done) // G}/{len(rows)} problems ({time.perf_counter() - t0:.0f} s for {len(examples)} "
+        print(f"  {len(done) // G}/{len(rows)} problems ({time.perf_counter() - t0:.0f} s, "
+              f"{time.process_time() - c0:.0f} s of CPU for {len(examples)} "
               f"rollouts; sampled acc t1 {r1.mean():.3f}, t2 {r2.mean():.3f})", flush=True)
     r1 = torch.tensor([d["r1"] for d in done])
     r2 = torch.tensor([d["r2"] for d in done])
@@ -83,14 +88,17 @@ def criterion(args) -> None:
     per_problem = r2.view(-1, G).mean(dim=1)
     lines.append("problems by sampled attempt-2 successes out of G: "
                  + ", ".join(f"{k}: {int((per_problem * G).round().eq(k).sum())}" for k in range(G + 1)))
+    overall_shares = {}
     for stage, alpha in (("I", 10.0), ("II", 10.0), ("II", 0.0), ("single_turn", 10.0)):
         rets = turn_returns(r1, None if stage == "single_turn" else r2, stage, alpha)
         shares = nonzero_group_share(turn_advantages(rets, G, "rloo"), G)
         overall = nonzero_group_share(turn_advantages(rets, G, "rloo").abs().amax(dim=1), G)
+        overall_shares[f"{stage} alpha {alpha:g}"] = float(overall)
         lines.append(f"nonzero_advantage_share, stage {stage} alpha {alpha:g}: {float(overall):.3f} "
                      f"(per attempt: {', '.join(f'{float(x):.3f}' for x in shares)})")
     (out / "criterion.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
+    return overall_shares["I alpha 10"]
 
 # arm -> (config, init_from arm or None, steps key); Stage II's arms start from Stage I's best checkpoint
 ARMS = {"base": ("configs/score_stage1_easyarith.yaml", None, None),
@@ -136,7 +144,8 @@ def evaluate(args, arm: str, out: Path, ckpt: str | None) -> None:
     from rl.self_correction import evaluate_two_attempts
 
     path = out / f"{arm}.attempts.jsonl"
-    model, dm = build(ARMS[arm][0], args.overrides)
+    # a Stage II config names Stage I's checkpoint as init_from: point it at this arm's own (loaded below anyway)
+    model, dm = build(ARMS[arm][0], [*args.overrides, *(["--model.init_args.init_from", ckpt] if ARMS[arm][1] else [])])
     if ckpt:
         load_policy_weights(model.policy, ckpt)
     s = model.sampling
@@ -163,9 +172,32 @@ def run(args) -> None:
         print(write_table(out, list(ARMS), NAMES), flush=True)
 
 
+# The designs of docs/evidence/score_effect.md, in order (written before any ran): the first whose base-model share
+# of groups with a nonzero attempt-2 advantage is at least a third is the one trained.
+DESIGNS = [("A", 1.0), ("B", 0.7), ("C", 0.4)]
+
+
+def all_designs(args) -> None:
+    """criterion of each design in turn until one passes, then ``run`` with it."""
+    overrides, out = list(args.overrides), args.out
+    for name, temperature in DESIGNS:
+        args.overrides = [*overrides, "--model.init_args.sampling.temperature", str(temperature)]
+        args.out = f"{out}_criterion_{name}"
+        share = criterion(args)
+        print(f"design {name} (temperature {temperature}): nonzero-advantage share {share:.3f} "
+              f"({'passes' if share >= 1 / 3 else 'fails'} the criterion, at least 1/3)", flush=True)
+        if share >= 1 / 3:
+            args.out = out
+            (ROOT / out).mkdir(parents=True, exist_ok=True)
+            (ROOT / out / "design.json").write_text(json.dumps({"design": name, "temperature": temperature,
+                                                                "criterion_share": share}))
+            return run(args)
+    print("no design passes the criterion: no training (docs/evidence/score_effect.md)", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=("criterion", "run"))
+    ap.add_argument("mode", choices=("criterion", "run", "all"))
     ap.add_argument("--config", default=CONFIG)
     ap.add_argument("--out", default="runs/score_effect")
     ap.add_argument("--threads", type=int, default=1)
@@ -182,7 +214,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    criterion(args) if args.mode == "criterion" else run(args)
+    {"criterion": criterion, "run": run, "all": all_designs}[args.mode](args)
 
 
 if __name__ == "__main__":
