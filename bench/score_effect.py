@@ -166,6 +166,9 @@ def run(args) -> None:
 
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
+    design = out / "design.json"   # written by `all`: a second process (other arms) trains with the same design
+    if design.exists() and "--model.init_args.sampling.temperature" not in args.overrides:
+        args.overrides += ["--model.init_args.sampling.temperature", str(json.loads(design.read_text())["temperature"])]
     for arm in args.arms:
         ckpt = fit(args, arm, out) if ARMS[arm][2] else None
         evaluate(args, arm, out, ckpt)
