@@ -186,6 +186,7 @@ class SCoRe(PolicyGradientModule):
             returns = returns - turn_kl_penalty(r.old_logprobs, ref, r.loss_mask, r.turn_ids, cfg.kl_coef,
                                                 cfg.kl_estimator)
         adv = token_values(turn_advantages(returns, G, obj.baseline), r.loss_mask, r.turn_ids)       # 5. advantage
+        self.log_advantage_share(turn_advantages(task_returns, G, obj.baseline), G)  # the task reward's signal
         stats = self.rl_update(r, adv, ref_logprobs=ref)                                              # 6. update
         self.log_training(r, r1, r2, task_returns, ref, stats, batch_idx)   # rewards logged without the KL
 

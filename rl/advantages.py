@@ -64,6 +64,23 @@ def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return (groups - others).view(-1)
 
 
+def nonzero_group_share(advantages: torch.Tensor, group_size: int, atol: float = 1e-6) -> torch.Tensor:
+    """Share of prompt groups (``group_size`` contiguous rows) whose advantages are not all zero,
+
+        share = #{groups g : max_{i in g} |A_i| > atol} / #groups,
+
+    for (N,) advantages (a scalar) or (N, T) advantages per turn (one share per turn, (T,)). Under a group baseline
+    (RLOO, GRPO) a group whose samples all got the same return has A = 0 on every row and moves nothing: this is the
+    share of the batch that carries a learning signal. ``atol`` absorbs the baseline's rounding."""
+    a = advantages.detach().float()
+    a = a[:, None] if a.ndim == 1 else a
+    if a.ndim != 2 or group_size < 1 or a.shape[0] % group_size:
+        raise ValueError(f"nonzero_group_share: advantages of shape {tuple(advantages.shape)} do not split into "
+                         f"groups of {group_size} rows")
+    share = (a.abs() > atol).view(-1, group_size, a.shape[1]).any(dim=1).float().mean(dim=0)
+    return share if advantages.ndim == 2 else share[0]
+
+
 def reinforce_advantages(rewards: torch.Tensor, baseline: torch.Tensor | None = None) -> torch.Tensor:
     """REINFORCE with a baseline: A_i = r_i - b_i, with b the batch mean reward when ``baseline`` is None,
     or the given (N,) baseline (e.g. the reward of a greedy rollout of the same prompt, ReMax)."""

@@ -19,6 +19,7 @@ import torch
 
 from generation.logprobs import masked_nll
 from generation.tokens import TokenBatch
+from rl.advantages import nonzero_group_share
 from rl.rollout import Rollouts, rollout
 from rl.settings import PolicyLoss, SampleLog, Sampling, Updates
 from rl.update import update
@@ -92,6 +93,18 @@ class PolicyGradientModule(L.LightningModule):
         self.optimizers().zero_grad()
         return update(self.policy, r, advantages, self.loss, self.updates, self.manual_backward, self._step,
                       temperature=self.sampling.temperature, **kwargs)
+
+    def log_advantage_share(self, advantages: torch.Tensor, group_size: int) -> None:
+        """``train/nonzero_advantage_share``: the share of this step's prompt groups whose advantages are not all
+        zero (rl.advantages.nonzero_group_share), from (N,) advantages; from (N, T) per-turn advantages also
+        ``train/nonzero_advantage_share_t{t}`` per turn, the overall share counting a group when any turn is nonzero.
+        Pass the advantages of the task reward: a KL penalty in the reward makes every group nonzero."""
+        a = advantages if advantages.ndim == 2 else advantages[:, None]
+        logs = {"train/nonzero_advantage_share": nonzero_group_share(a.abs().amax(dim=1), group_size)}
+        if advantages.ndim == 2:
+            logs.update({f"train/nonzero_advantage_share_t{t + 1}": s
+                         for t, s in enumerate(nonzero_group_share(advantages, group_size))})
+        self.log_dict(logs, batch_size=len(a))
 
     def reference_logprobs(self, r: Rollouts) -> torch.Tensor | None:
         """log pi_ref of the rollouts' tokens at the sampling temperature (None without a KL term)."""
