@@ -30,6 +30,7 @@ quiet_warnings()  # before the imports that print (bitsandbytes logs at import)
 os.chdir(ROOT)
 
 import lightning as L  # noqa: E402
+from lightning.pytorch.cli import SaveConfigCallback  # noqa: E402
 
 from bench.machine import describe  # noqa: E402
 from train import cli_main  # noqa: E402
@@ -64,7 +65,8 @@ def main(argv=None) -> None:
                     "--trainer.enable_checkpointing", "false", "--trainer.callbacks", "[]",
                     "--trainer.val_check_interval", "null", "--trainer.limit_val_batches", "0", *extra], run=False)
     timer = StepTimer()
-    cli.trainer.callbacks.append(timer)
+    # no config.yaml in the working directory (without a logger, LightningCLI would write it there)
+    cli.trainer.callbacks = [c for c in cli.trainer.callbacks if not isinstance(c, SaveConfigCallback)] + [timer]
     print(describe(), flush=True)
     if args.profile_parts:
         import cProfile
