@@ -10,7 +10,7 @@ and, once per T steps, the index refresh (re-encoding the corpus), measured here
 
 Three passes over the same ``--steps`` batches: without a cache (every triple scored), with an empty cache
 (scored and stored), and with that cache warm (a re-run, or a later epoch whose candidates did not change);
-``--before`` adds, first, a pass without a cache that also runs every prompt whole (no shared-prefix KV cache:
+``--before`` adds, first, a pass without a cache that also runs every prompt whole (``scoring.shared_prefix`` False:
 the cold-cache step before it).
 
     OMP_NUM_THREADS=1 python bench/lsr_step_cost.py --threads 1
@@ -24,7 +24,6 @@ import os
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,9 +42,7 @@ from datamodules.lsr import LSRQADataModule  # noqa: E402
 from training.schedule import decay_groups  # noqa: E402
 from lightning_modules.replug_lsr import ReplugLSR  # noqa: E402
 from retrieval.lsr import LMScoreCache, LSRLoss, lsr_loss  # noqa: E402
-from retrieval import lsr_lm  # noqa: E402
 from retrieval.lsr_lm import LMScoring  # noqa: E402
-from generation.scoring import score_triples  # noqa: E402
 from retrieval.settings import EncoderSettings  # noqa: E402
 
 
@@ -107,7 +104,7 @@ def main(argv=None) -> None:
         if args.before:  # the scoring before the shared-prefix cache: every prompt run whole
             passes = (("no cache, whole prompts", "whole"),) + passes
         for name, cache in passes:
-            lsr_lm.score_triples = partial(score_triples, shared_prefix=cache != "whole")
+            model.scoring.shared_prefix = cache != "whole"
             model.load_state_dict(initial)
             optimizer.load_state_dict(initial_opt)
             model.retrieval_index = index       # built from the initial weights, which every pass starts from

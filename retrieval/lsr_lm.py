@@ -38,6 +38,8 @@ class LMScoring:
         reduction: ``sum`` (log P_LM(y | d, x), the paper) or ``mean`` (per-token mean).
         batch_size / max_length: prompts per LM batch; prompts cut to their last ``max_length`` tokens (None: whole).
         cache: SQLite file of LM scores (resumable across runs; None: score every time).
+        shared_prefix: run the prompts' common leading tokens (instruction, demonstrations) once per call
+            (generation.scoring.pair_logprobs); False runs every prompt whole (the same scores, slower).
     """
     prompt: str | PromptFormat = "few_shot"
     target_prefix: str = " "
@@ -45,6 +47,7 @@ class LMScoring:
     batch_size: int = 8
     max_length: int | None = None
     cache: str | None = None
+    shared_prefix: bool = True
 
     def __post_init__(self) -> None:
         if self.reduction not in REDUCTIONS:
@@ -102,7 +105,7 @@ def lm_scores(frozen: FrozenLM, scoring: LMScoring, prompt: PromptFormat, cache:
     """(B, K) log P_LM(y | d, x) from the frozen LM, through the score cache. The LM computes in its own dtype and
     precision whatever the trainer's (the cache's key holds the LM's precision, not the trainer's autocast)."""
     score = partial(score_triples, frozen.model, frozen.tokenizer, prompt_format=prompt, reduction=scoring.reduction,
-                    batch_size=scoring.batch_size, max_length=scoring.max_length)
+                    batch_size=scoring.batch_size, max_length=scoring.max_length, shared_prefix=scoring.shared_prefix)
     with torch.autocast(frozen.model.device.type, enabled=False):
         return lm_logliks(inputs, documents, [scoring.target_prefix + y for y in targets], score, cache)
 
@@ -136,7 +139,7 @@ def lm_sums(frozen: FrozenLM, scoring: LMScoring, prompt: PromptFormat, k: int, 
     model, tok = frozen.model, frozen.tokenizer
     targets = [scoring.target_prefix + y for y in targets]
     none = score_triples(model, tok, [None] * len(targets), inputs, targets, prompt_format=prompt,
-                         batch_size=scoring.batch_size, max_length=scoring.max_length)
+                         batch_size=scoring.batch_size, max_length=scoring.max_length, shared_prefix=scoring.shared_prefix)
     passages, scores = _top(hits, docs, k)
     replug = replug_score(model, tok, inputs, passages, scores, targets, prompt_format=prompt, temperature=temperature,
                           batch_size=scoring.batch_size)

@@ -13,33 +13,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
 from generation.logprobs import MIN_SHARED_PREFIX, common_prefix, sequence_logprobs
 from generation.prefill import prefill
 from generation.tokens import pad
+from test_shared_prefix import model  # noqa: F401  (the tiny Llama and GPT-2, a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-VOCAB = 97
 PREFIX = [(7 * i) % 90 + 3 for i in range(MIN_SHARED_PREFIX + 3)]
 # groups of 2-3 copies, suffixes of unequal lengths, rows out of group order
 DISTINCT = [PREFIX + [5, 17, 33, 2], PREFIX + [12], PREFIX + [3, 88, 21, 19, 4, 6]]
 PROMPTS = [DISTINCT[0], DISTINCT[1], DISTINCT[0], DISTINCT[2], DISTINCT[1], DISTINCT[2], DISTINCT[0]]
-
-
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
-def model(request, tmp_path_factory):
-    torch.manual_seed(0)
-    if request.param == "llama":
-        m = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
-    else:
-        m = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64))
-        with torch.no_grad():  # random init gives tiny position embeddings; make positions matter
-            m.transformer.wpe.weight.normal_(0, 1.0)
-    path = tmp_path_factory.mktemp(request.param)
-    m.save_pretrained(path)
-    return AutoModelForCausalLM.from_pretrained(path).eval()
 
 
 def alone(model, prompt):

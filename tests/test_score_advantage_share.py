@@ -12,13 +12,13 @@ import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader
-from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList
+from transformers import AutoTokenizer, LogitsProcessorList
 
 from rl.advantages import nonzero_group_share
 from rl.score import Objective
 from rl.self_correction import ProblemFormat
 from rl.settings import PolicyLoss, SampleLog, Sampling, Updates
-from test_score_module_step import Recorded, RecordingSGD, answer_reward
+from test_score_module_step import ForceTwoAttempts, Recorded, RecordingSGD, answer_reward
 from training.settings import LM
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,30 +29,11 @@ FIRST = [" 7", " 7", " 3", " 9", " 1", " 2"]    # r1: a [1, 1], b [0, 1], c [0, 
 SECOND = [" 7", " 7", " 9", " 9", " 4", " 5"]   # r2: a [1, 1], b [1, 1], c [0, 1]
 
 
-class Force(LogitsProcessor):
-    """Row i: attempt 1 is FIRST[i], attempt 2 SECOND[i], each then EOS (a new generate call = the next attempt)."""
-
-    def __init__(self, tok):
-        self.plans = [[tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]
-                      for texts in (FIRST, SECOND)]
-        self.calls, self.last, self.start = 0, None, None
-
-    def __call__(self, input_ids, scores):
-        if self.last is None or input_ids.shape[1] != self.last + 1:
-            self.calls, self.start = self.calls + 1, input_ids.shape[1]
-        self.last = input_ids.shape[1]
-        step = input_ids.shape[1] - self.start
-        out = torch.full_like(scores, float("-inf"))
-        for i, plan in enumerate(self.plans[min(self.calls, 2) - 1][:input_ids.shape[0]]):
-            out[i, plan[min(step, len(plan) - 1)]] = 0.0
-        return out
-
-
 def step_metrics(model_dir, stage: str, alpha: float) -> tuple[dict, Recorded]:
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = Recorded(LM(model_dir), stage=stage, task="gsm8k", reward=answer_reward, instruction="Check it.",
                      sampling=Sampling(group_size=2, max_turn_tokens=4, max_response_tokens=40, temperature=0.7,
-                                       generation_kwargs={"logits_processor": LogitsProcessorList([Force(tok)])}),
+                                       generation_kwargs={"logits_processor": LogitsProcessorList([ForceTwoAttempts(tok, FIRST, SECOND)])}),
                      objective=Objective(alpha=alpha, beta1=0.2, beta2=0.5),
                      loss=PolicyLoss(aggregation="seq-mean-token-sum", kl_in_reward=True),
                      updates=Updates(micro_batch_size=8, max_grad_norm=None), log_samples=SampleLog(count=0),

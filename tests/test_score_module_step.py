@@ -32,11 +32,11 @@ def answer_reward(responses, examples):
 
 
 class ForceTwoAttempts(LogitsProcessor):
-    """Row i: attempt 1 is FIRST[i], attempt 2 SECOND[i], each then EOS."""
+    """Row i: attempt 1 is first[i], attempt 2 second[i], each then EOS (a new generate call = the next attempt)."""
 
-    def __init__(self, tok):
+    def __init__(self, tok, first=FIRST, second=SECOND):
         self.plans = [[tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]
-                      for texts in (FIRST, SECOND)]
+                      for texts in (first, second)]
         self.calls, self.last, self.start = 0, None, None
 
     def __call__(self, input_ids, scores):
