@@ -229,3 +229,23 @@ def test_rl_old_new_and_reference_logprobs_share_the_rollouts_prefix(tiny_llama_
     stats = module.__dict__.pop("_stats")
     assert shapes[0] == (1, r.prefix)
     assert stats["ratio_mean"] == pytest.approx(1.0, abs=1e-6) and stats["approx_kl"] == pytest.approx(0, abs=1e-7)
+
+
+def test_lsr_scoring_option_runs_whole_prompts_or_the_shared_prefix_once(tiny_llama_dir):
+    """``LMScoring.shared_prefix`` reaches the scorer: True runs the few-shot prefix once (a batch-1 forward of it),
+    False runs every prompt whole; the scores agree."""
+    from retrieval.lsr_lm import FrozenLM, LMScoring, lm_scores
+    from generation.prompts import prompt_format
+    from training.models import load_causal_lm
+
+    frozen = FrozenLM(*load_causal_lm(tiny_llama_dir, device="cpu"))
+    prompt = prompt_format("few_shot")
+    args = (["who wrote hamlet", "capital of peru"], [["Shakespeare wrote it.", "A play."], ["Lima is.", "Peru."]],
+            ["Shakespeare", "Lima"])
+    runs = {}
+    for shared in (True, False):
+        shapes = forward_shapes(frozen.model, lambda: runs.__setitem__(shared, lm_scores(
+            frozen, LMScoring(shared_prefix=shared), prompt, None, *args)))
+        runs[shared, "batch-1 forwards"] = sum(s[0] == 1 for s in shapes)
+    assert runs[True, "batch-1 forwards"] == 1 and runs[False, "batch-1 forwards"] == 0
+    torch.testing.assert_close(runs[True], runs[False], atol=1e-4, rtol=1e-4)

@@ -65,4 +65,7 @@ MUTATIONS = [
     {"name": "rollout_old_logprobs_without_prefix", "file": "rl/rollout.py",
      "old": "                                             prefix=prefix).logprobs.cpu()",
      "new": "                                             prefix=0).logprobs.cpu()", "tests": RL},
+    {"name": "lsr_scoring_ignores_shared_prefix_option", "file": "retrieval/lsr_lm.py",
+     "old": "shared_prefix=scoring.shared_prefix)", "new": "shared_prefix=True)",
+     "tests": [T + "test_lsr_scoring_option_runs_whole_prompts_or_the_shared_prefix_once"]},
 ]
