@@ -139,7 +139,8 @@ def lm_sums(frozen: FrozenLM, scoring: LMScoring, prompt: PromptFormat, k: int, 
     model, tok = frozen.model, frozen.tokenizer
     targets = [scoring.target_prefix + y for y in targets]
     none = score_triples(model, tok, [None] * len(targets), inputs, targets, prompt_format=prompt,
-                         batch_size=scoring.batch_size, max_length=scoring.max_length, shared_prefix=scoring.shared_prefix)
+                         batch_size=scoring.batch_size, max_length=scoring.max_length,
+                         shared_prefix=scoring.shared_prefix)
     passages, scores = _top(hits, docs, k)
     replug = replug_score(model, tok, inputs, passages, scores, targets, prompt_format=prompt, temperature=temperature,
                           batch_size=scoring.batch_size)

@@ -66,6 +66,7 @@ MUTATIONS = [
      "old": "                                             prefix=prefix).logprobs.cpu()",
      "new": "                                             prefix=0).logprobs.cpu()", "tests": RL},
     {"name": "lsr_scoring_ignores_shared_prefix_option", "file": "retrieval/lsr_lm.py",
-     "old": "shared_prefix=scoring.shared_prefix)", "new": "shared_prefix=True)",
+     "old": "shared_prefix=scoring.shared_prefix)\n    with torch.autocast",
+     "new": "shared_prefix=True)\n    with torch.autocast",
      "tests": [T + "test_lsr_scoring_option_runs_whole_prompts_or_the_shared_prefix_once"]},
 ]
