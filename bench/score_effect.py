@@ -11,7 +11,7 @@ docs/evidence/effects_preregistration.md; results: docs/evidence/score_effect.md
              rl.self_correction.evaluate_two_attempts), the table with standard errors rewritten after each:
                  nohup nice -n 19 .venv/bin/python bench/score_effect.py run > runs/score_effect.log 2>&1 &
   all        criterion of the designs of docs/evidence/score_effect.md in their order (A: temperature 1.0, B: 0.7,
-             C: 0.4) until one passes (Stage I's share of groups with a nonzero advantage >= 1/3), then ``run`` with
+             C: 0.4; D: 1.0 and E: 0.7 with two-attempt demonstrations) until one passes (Stage I's share of groups with a nonzero advantage >= 1/3), then ``run`` with
              it (its temperature for every arm; <out>/design.json says which); resumable like the others.
 """
 
@@ -30,14 +30,12 @@ CONFIG = "configs/score_stage1_easyarith.yaml"
 
 def build(config: str, overrides: list[str]):
     """The SCoRe module and DataModule of ``config`` as train.py builds them, the policy loaded, set up for fit."""
-    from rl.self_correction import task_reward
     from train import cli_main
 
     cli = cli_main(["--config", config, "--trainer.logger", "false", *overrides], run=False)
     model, dm = cli.model, cli.datamodule
     dm.setup("fit")
-    model.task, model.format = dm.hparams.task, dm.problem_format   # what SCoRe.setup takes from the DataModule
-    model.reward_fn = model.reward_fn or task_reward(model.task)
+    model.use_datamodule(dm)   # what SCoRe.setup takes from the DataModule: task, problem format, reward
     model.configure_model()
     model.policy.eval()
     return model, dm
@@ -168,23 +166,27 @@ def run(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     design = out / "design.json"   # written by `all`: a second process (other arms) trains with the same design
     if design.exists() and "--model.init_args.sampling.temperature" not in args.overrides:
-        args.overrides += ["--model.init_args.sampling.temperature", str(json.loads(design.read_text())["temperature"])]
+        d = json.loads(design.read_text())
+        args.overrides += ["--model.init_args.sampling.temperature", str(d["temperature"]), *d.get("overrides", [])]
     for arm in args.arms:
         ckpt = fit(args, arm, out) if ARMS[arm][2] else None
         evaluate(args, arm, out, ckpt)
         print(write_table(out, list(ARMS), NAMES), flush=True)
 
 
-# The designs of docs/evidence/score_effect.md, in order (written before any ran): the first whose base-model share
-# of groups with a nonzero attempt-2 advantage is at least a third is the one trained.
-DESIGNS = [("A", 1.0), ("B", 0.7), ("C", 0.4)]
+# The designs of docs/evidence/score_effect.md, in order (each written before it ran): the first whose base-model
+# share of groups with a nonzero attempt-2 advantage is at least a third is the one trained. A-C failed; D and E
+# show the demonstrations as whole two-attempt exchanges (data.init_args.shot_attempts 2).
+TWO_ATTEMPT_SHOTS = ["--data.init_args.shot_attempts", "2"]
+DESIGNS = {"A": (1.0, []), "B": (0.7, []), "C": (0.4, []), "D": (1.0, TWO_ATTEMPT_SHOTS), "E": (0.7, TWO_ATTEMPT_SHOTS)}
 
 
 def all_designs(args) -> None:
-    """criterion of each design in turn until one passes, then ``run`` with it."""
+    """criterion of each design of ``--designs`` in turn until one passes, then ``run`` with it."""
     overrides, out = list(args.overrides), args.out
-    for name, temperature in DESIGNS:
-        args.overrides = [*overrides, "--model.init_args.sampling.temperature", str(temperature)]
+    for name in args.designs:
+        temperature, extra = DESIGNS[name]
+        args.overrides = [*overrides, "--model.init_args.sampling.temperature", str(temperature), *extra]
         args.out = f"{out}_criterion_{name}"
         share = criterion(args)
         print(f"design {name} (temperature {temperature}): nonzero-advantage share {share:.3f} "
@@ -193,7 +195,7 @@ def all_designs(args) -> None:
             args.out = out
             (ROOT / out).mkdir(parents=True, exist_ok=True)
             (ROOT / out / "design.json").write_text(json.dumps({"design": name, "temperature": temperature,
-                                                                "criterion_share": share}))
+                                                                "overrides": extra, "criterion_share": share}))
             return run(args)
     print("no design passes the criterion: no training (docs/evidence/score_effect.md)", flush=True)
 
@@ -205,6 +207,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/score_effect")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--designs", nargs="+", default=list(DESIGNS), choices=list(DESIGNS),
+                    help="all: the designs to check, in this order")
     ap.add_argument("--problems", type=int, default=64, help="criterion: training problems (x G samples)")
     ap.add_argument("--chunk", type=int, default=4, help="criterion: problems a rollout batch")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS),

@@ -58,7 +58,9 @@ class SelfCorrectionDataModule(L.LightningDataModule):
         slice: a name in ``SLICES`` (``short``: at most ``max_steps`` solution lines), or None.
         prompt: the first-attempt template (a ``tasks.prompts.PROMPTS`` name, a literal template, or None for
             the task's own); ``num_shots`` demonstrations from ``shots_file`` (default: the task's pool: GSM8K
-            train, MBPP's prompt split, Minerva's four MATH examples); ``chat``: use the chat template.
+            train, MBPP's prompt split, Minerva's four MATH examples); ``chat``: use the chat template;
+            ``shot_attempts``: 2 shows each demonstration as a whole two-attempt exchange (its answer, the
+            instruction, the same answer: ``tasks.problem_format.ProblemFormat``; SCoRe supplies the instruction).
         batch_size / eval_batch_size: problems per training / evaluation batch.
         seed: the training order.
     """
@@ -67,13 +69,15 @@ class SelfCorrectionDataModule(L.LightningDataModule):
                  options: dict | None = None, limit_train: int | None = None, limit_val: int | None = None,
                  limit_test: int | None = None, slice: str | None = None, max_steps: int = 2,
                  prompt: str | None = None, num_shots: int = 0, shots_file: str | None = None, chat: bool = True,
-                 batch_size: int = 8, eval_batch_size: int = 8, seed: int = 0):
+                 shot_attempts: int = 1, batch_size: int = 8, eval_batch_size: int = 8, seed: int = 0):
         super().__init__()
         self.options = get_task(task).make_options(options)
         if slice is not None and slice not in SLICES:
             raise ValueError(f"unknown slice {slice!r}; expected one of {sorted(SLICES)} or null")
         if num_shots < 0:
             raise ValueError(f"num_shots must be >= 0, got {num_shots}")
+        if shot_attempts not in (1, 2):
+            raise ValueError(f"shot_attempts must be 1 or 2, got {shot_attempts!r}")
         self.save_hyperparameters()
         self.rows: dict[str, list[dict]] = {}
         self.shots: list[dict] = []
@@ -136,7 +140,8 @@ class SelfCorrectionDataModule(L.LightningDataModule):
     @property
     def problem_format(self) -> ProblemFormat:
         """How the module renders a first attempt: the prompt template, the demonstrations, chat or not."""
-        return ProblemFormat(self.hparams.prompt, tuple(self.shots), self.hparams.chat)
+        hp = self.hparams
+        return ProblemFormat(hp.prompt, tuple(self.shots), hp.chat, shot_attempts=hp.shot_attempts)
 
     # -- loaders --------------------------------------------------------------------------------------
     def _split(self, name: str) -> list[dict]:

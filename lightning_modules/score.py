@@ -42,7 +42,7 @@ from rl.rollout import Rollouts
 from rl.score import (Objective, attempt_logs, attempt_rewards, check_stage, num_attempts, pair_text, selection_reward,
                       token_values, turn_advantages, turn_kl_coefs, turn_kl_penalty, turn_means, turn_returns)
 from rl.self_correction import (ProblemFormat, attempt_metrics, attempt_texts, evaluate_two_attempts, reward_health,
-                                task_kind, task_reward, two_attempt_env)
+                                task_instruction, task_kind, task_reward, two_attempt_env)
 from rl.settings import PolicyLoss, SampleLog, Sampling, Updates
 from training.distributed import sum_over_ranks
 from training.settings import LM, save_settings
@@ -112,8 +112,11 @@ class SCoRe(PolicyGradientModule):
 
     # -- set-up -----------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        """The task and the problem format from the DataModule (one place says how a problem is shown)."""
-        dm = self.trainer.datamodule if self._trainer is not None else None
+        self.use_datamodule(self.trainer.datamodule if self._trainer is not None else None)
+
+    def use_datamodule(self, dm) -> None:
+        """The task and the problem format from the DataModule (one place says how a problem is shown); a format
+        whose demonstrations show both attempts gets this module's two-attempt instruction."""
         dm_task = getattr(getattr(dm, "hparams", None), "task", None)
         if self.task is not None and dm_task is not None and task_kind(self.task) != task_kind(dm_task):
             raise ValueError(f"SCoRe: model task {self.task!r} but the DataModule's task is {dm_task!r}")
@@ -122,6 +125,12 @@ class SCoRe(PolicyGradientModule):
             raise ValueError("SCoRe: no task (set model.init_args.task, or use a DataModule with a task)")
         if hasattr(dm, "problem_format"):
             self.format = dm.problem_format
+        if self.format.shot_attempts == 2:
+            if self.env_override is not None:
+                raise ValueError("SCoRe: shot_attempts 2 shows the default two-attempt instruction in the "
+                                 "demonstrations; with env given, use shot_attempts 1")
+            self.format = self.format.with_instruction(
+                task_instruction(self.task) if self.instruction is None else self.instruction)
         if self.reward_fn is None:
             self.reward_fn = task_reward(self.task)
 

@@ -5,7 +5,7 @@ DataModule, the two-attempt evaluation and SCoRe alike."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from generation.prompts import named_template, render_messages
 from tasks.prompts import PROMPTS, demonstration, fill
@@ -28,18 +28,38 @@ def resolve_prompt(prompt: str | None, task: str) -> str:
 class ProblemFormat:
     """How a problem is shown at the first attempt: ``prompt`` (a ``PROMPTS`` name, a literal template, or
     None for the task's default), ``shots`` (demonstration examples: each a problem and its worked answer,
-    given as earlier user/assistant turns of the chat, or as "template + answer" blocks in plain text) and
-    ``chat`` (use the tokenizer's chat template when it has one)."""
+    given as earlier user/assistant turns of the chat, or as "template + answer" blocks in plain text),
+    ``chat`` (use the tokenizer's chat template when it has one) and ``shot_attempts``: 1 shows each
+    demonstration as one exchange; 2 as the whole two-attempt exchange of self-correction (the problem, the
+    worked answer, ``instruction``, the same worked answer again), so that a small model sees in context what
+    follows the instruction. A kept correct answer, never a correction: the demonstrations show the format of
+    attempt 2, not a way to correct. ``instruction`` is the two-attempt environment's (SCoRe sets it,
+    :meth:`with_instruction`)."""
     prompt: str | None = None
     shots: Sequence[dict] = field(default_factory=tuple)
     chat: bool = True
+    shot_attempts: int = 1
+    instruction: str | None = None
+
+    def __post_init__(self):
+        if self.shot_attempts not in (1, 2):
+            raise ValueError(f"ProblemFormat: shot_attempts must be 1 or 2, got {self.shot_attempts!r}")
+
+    def with_instruction(self, instruction: str) -> ProblemFormat:
+        """This format with the two-attempt instruction its two-attempt demonstrations show."""
+        return replace(self, instruction=instruction)
 
     def messages(self, example: dict, task: str) -> list[dict]:
         template, kind = resolve_prompt(self.prompt, task), task_kind(task)
+        if self.shot_attempts == 2 and self.shots and not self.instruction:
+            raise ValueError("ProblemFormat: shot_attempts 2 shows the two-attempt instruction in each demonstration "
+                             "but none is set (ProblemFormat.with_instruction; SCoRe sets its environment's)")
         out = []
         for shot in self.shots:
-            out += [{"role": "user", "content": fill(template, shot)},
-                    {"role": "assistant", "content": demonstration(shot, kind)}]
+            answer = demonstration(shot, kind)
+            out += [{"role": "user", "content": fill(template, shot)}, {"role": "assistant", "content": answer}]
+            if self.shot_attempts == 2:
+                out += [{"role": "user", "content": self.instruction}, {"role": "assistant", "content": answer}]
         return out + [{"role": "user", "content": fill(template, example)}]
 
     def render(self, tokenizer, example: dict, task: str) -> str:
