@@ -34,6 +34,15 @@ MUTATIONS += [
     {"name": "one_digit_operands_dropped", "file": "tasks/arithmetic.py",
      "old": "    return 10 ** (min_digits - 1), 10 ** digits - 1", "new": "    return 10 ** (digits - 1), 10 ** digits - 1",
      "tests": TESTBED},
+    {"name": "two_attempt_shot_without_its_second_answer", "file": "tasks/problem_format.py",
+     "old": "out += [{\"role\": \"user\", \"content\": self.instruction}, {\"role\": \"assistant\", \"content\": answer}]",
+     "new": "out += [{\"role\": \"user\", \"content\": self.instruction}]", "tests": TESTBED},
+    {"name": "datamodule_drops_shot_attempts", "file": "datamodules/self_correction.py",
+     "old": "return ProblemFormat(hp.prompt, tuple(self.shots), hp.chat, shot_attempts=hp.shot_attempts)",
+     "new": "return ProblemFormat(hp.prompt, tuple(self.shots), hp.chat)", "tests": TESTBED},
+    {"name": "shots_show_the_tasks_instruction_not_the_modules", "file": "lightning_modules/score.py",
+     "old": "task_instruction(self.task) if self.instruction is None else self.instruction)",
+     "new": "task_instruction(self.task))", "tests": TESTBED},
 ]
 
 TABLE = ["tests/test_score_effect_table.py"]
