@@ -35,7 +35,7 @@ def build(config: str, overrides: list[str]):
     cli = cli_main(["--config", config, "--trainer.logger", "false", *overrides], run=False)
     model, dm = cli.model, cli.datamodule
     dm.setup("fit")
-    model.use_datamodule(dm)   # what SCoRe.setup takes from the DataModule: task, problem format, reward
+    model.setup("fit", dm)   # what SCoRe.setup takes from the DataModule: task, problem format, reward
     model.configure_model()
     model.policy.eval()
     return model, dm

@@ -41,8 +41,8 @@ from rl.policy_module import PolicyGradientModule
 from rl.rollout import Rollouts
 from rl.score import (Objective, attempt_logs, attempt_rewards, check_stage, num_attempts, pair_text, selection_reward,
                       token_values, turn_advantages, turn_kl_coefs, turn_kl_penalty, turn_means, turn_returns)
-from rl.self_correction import (ProblemFormat, attempt_metrics, attempt_texts, evaluate_two_attempts, reward_health,
-                                task_instruction, task_kind, task_reward, two_attempt_env)
+from rl.self_correction import (ProblemFormat, attempt_format, attempt_metrics, attempt_texts, evaluate_two_attempts,
+                                reward_health, task_kind, task_reward, two_attempt_env)
 from rl.settings import PolicyLoss, SampleLog, Sampling, Updates
 from training.distributed import sum_over_ranks
 from training.settings import LM, save_settings
@@ -111,26 +111,17 @@ class SCoRe(PolicyGradientModule):
         self._init_done = False
 
     # -- set-up -----------------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        self.use_datamodule(self.trainer.datamodule if self._trainer is not None else None)
-
-    def use_datamodule(self, dm) -> None:
-        """The task and the problem format from the DataModule (one place says how a problem is shown); a format
-        whose demonstrations show both attempts gets this module's two-attempt instruction."""
+    def setup(self, stage: str, dm=None) -> None:
+        """The task and the problem format from the DataModule (``dm``, else the trainer's; one place says how)."""
+        dm = dm if dm is not None else (self.trainer.datamodule if self._trainer is not None else None)
         dm_task = getattr(getattr(dm, "hparams", None), "task", None)
         if self.task is not None and dm_task is not None and task_kind(self.task) != task_kind(dm_task):
             raise ValueError(f"SCoRe: model task {self.task!r} but the DataModule's task is {dm_task!r}")
         self.task = self.task or dm_task
         if self.task is None:
             raise ValueError("SCoRe: no task (set model.init_args.task, or use a DataModule with a task)")
-        if hasattr(dm, "problem_format"):
-            self.format = dm.problem_format
-        if self.format.shot_attempts == 2:
-            if self.env_override is not None:
-                raise ValueError("SCoRe: shot_attempts 2 shows the default two-attempt instruction in the "
-                                 "demonstrations; with env given, use shot_attempts 1")
-            self.format = self.format.with_instruction(
-                task_instruction(self.task) if self.instruction is None else self.instruction)
+        self.format = attempt_format(getattr(dm, "problem_format", self.format), self.task, self.instruction,
+                                     self.env_override is not None)
         if self.reward_fn is None:
             self.reward_fn = task_reward(self.task)
 

@@ -34,6 +34,17 @@ def two_attempt_env(tokenizer, task: str, instruction: str | None = None, chat: 
     return env
 
 
+def attempt_format(fmt: ProblemFormat, task: str, instruction: str | None, env_given: bool = False) -> ProblemFormat:
+    """``fmt``; when its demonstrations show both attempts, with the two-attempt instruction they show: ``instruction``
+    or the task's (that of :func:`two_attempt_env`). A custom environment's instruction is not known here."""
+    if fmt.shot_attempts == 1:
+        return fmt
+    if env_given:
+        raise ValueError("SCoRe: shot_attempts 2 shows the default two-attempt instruction in the demonstrations; "
+                         "with env given, use shot_attempts 1")
+    return fmt.with_instruction(task_instruction(task) if instruction is None else instruction)
+
+
 class InstructionSequenceEnv(Environment):
     """Generation turns separated by fixed instructions: turn k is followed by ``steps[k]`` (each a
     :class:`TwoAttemptEnv` holding the chat-template text of one instruction), until the last turn.

@@ -59,7 +59,7 @@ def test_two_attempt_demonstrations_show_what_the_environment_appends(tiny_llama
                                   shot_attempts=2, limit_test=5)
     dm.setup("fit")
     model = SCoRe(LM(tiny_llama_dir), task="arithmetic", instruction="Check it once more.")
-    model.use_datamodule(dm)
+    model.setup("fit", dm)
     assert model.format.instruction == "Check it once more."
     text = model.format.render(tok, dm.rows["test"][0], "arithmetic")
     env = two_attempt_env(tok, "arithmetic", "Check it once more.")
@@ -74,7 +74,7 @@ def test_two_attempt_demonstrations_show_what_the_environment_appends(tiny_llama
     one.setup("fit")
     assert "Check it once more." not in one.problem_format.render(tok, dm.rows["test"][0], "arithmetic")
     default = SCoRe(LM(tiny_llama_dir), task="arithmetic")
-    default.use_datamodule(dm)
+    default.setup("fit", dm)
     assert default.format.instruction == task_instruction("arithmetic")
     assert default.format.render(tok, dm.rows["test"][0], "arithmetic").count(task_instruction("arithmetic")) == 3
 
@@ -92,4 +92,4 @@ def test_two_attempt_demonstrations_refuse_what_they_cannot_show(tiny_llama_dir)
     dm.setup("fit")
     model = SCoRe(LM(tiny_llama_dir), task="arithmetic", env=TwoAttemptEnv("Again."))
     with pytest.raises(ValueError, match="with env given, use shot_attempts 1"):
-        model.use_datamodule(dm)
+        model.setup("fit", dm)

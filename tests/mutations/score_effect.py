@@ -40,9 +40,11 @@ MUTATIONS += [
     {"name": "datamodule_drops_shot_attempts", "file": "datamodules/self_correction.py",
      "old": "return ProblemFormat(hp.prompt, tuple(self.shots), hp.chat, shot_attempts=hp.shot_attempts)",
      "new": "return ProblemFormat(hp.prompt, tuple(self.shots), hp.chat)", "tests": TESTBED},
-    {"name": "shots_show_the_tasks_instruction_not_the_modules", "file": "lightning_modules/score.py",
-     "old": "task_instruction(self.task) if self.instruction is None else self.instruction)",
-     "new": "task_instruction(self.task))", "tests": TESTBED},
+    {"name": "shots_show_the_tasks_instruction_not_the_modules", "file": "rl/self_correction.py",
+     "old": "return fmt.with_instruction(task_instruction(task) if instruction is None else instruction)",
+     "new": "return fmt.with_instruction(task_instruction(task))", "tests": TESTBED},
+    {"name": "module_instruction_not_passed_to_the_format", "file": "lightning_modules/score.py",
+     "old": "self.task, self.instruction,\n", "new": "self.task, None,\n", "tests": TESTBED},
 ]
 
 TABLE = ["tests/test_score_effect_table.py"]
