@@ -11,7 +11,8 @@ docs/evidence/effects_preregistration.md; results: docs/evidence/score_effect.md
              rl.self_correction.evaluate_two_attempts), the table with standard errors rewritten after each:
                  nohup nice -n 19 .venv/bin/python bench/score_effect.py run > runs/score_effect.log 2>&1 &
   all        criterion of the designs of docs/evidence/score_effect.md in their order (A: temperature 1.0, B: 0.7,
-             C: 0.4; D: 1.0 and E: 0.7 with two-attempt demonstrations) until one passes (Stage I's share of groups with a nonzero advantage >= 1/3), then ``run`` with
+             C: 0.4; D: 1.0 and E: 0.7 with two-attempt demonstrations) until one passes (Stage I's share of
+             groups with a nonzero advantage >= 1/3), then ``run`` with
              it (its temperature for every arm; <out>/design.json says which); resumable like the others.
 """
 
