@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from datamodules.beir import resolve_data_dir
 from datamodules.qa import needs_split
 from datamodules.resumable import StatefulDataLoader, train_loader
-from tasks.problem_format import ProblemFormat
+from tasks.problem_format import ProblemFormat, check_shot_attempts
 from tasks.registry import Task, get_task
 
 
@@ -76,8 +76,7 @@ class SelfCorrectionDataModule(L.LightningDataModule):
             raise ValueError(f"unknown slice {slice!r}; expected one of {sorted(SLICES)} or null")
         if num_shots < 0:
             raise ValueError(f"num_shots must be >= 0, got {num_shots}")
-        if shot_attempts not in (1, 2):
-            raise ValueError(f"shot_attempts must be 1 or 2, got {shot_attempts!r}")
+        check_shot_attempts(shot_attempts)  # an early error from the config, before setup builds the format
         self.save_hyperparameters()
         self.rows: dict[str, list[dict]] = {}
         self.shots: list[dict] = []

@@ -22,10 +22,15 @@ from tasks.registry import reward_health, task_instruction, task_kind, task_rewa
 
 # -- environments -------------------------------------------------------------------------------------------
 
+def score_instruction(task: str, instruction: str | None = None) -> str:
+    """The two-attempt instruction: ``instruction``, or the task's (SCoRe's paper prompt) when none is given."""
+    return task_instruction(task) if instruction is None else instruction
+
+
 def two_attempt_env(tokenizer, task: str, instruction: str | None = None, chat: bool = True) -> TwoAttemptEnv:
     """SCoRe's two-attempt environment for ``task``: the paper's instruction as a user turn of the chat
     template (plain ``\\n\\n{instruction}\\n\\n`` without one)."""
-    instruction = task_instruction(task) if instruction is None else instruction
+    instruction = score_instruction(task, instruction)
     if chat and getattr(tokenizer, "chat_template", None):
         env = TwoAttemptEnv.for_chat(tokenizer, instruction)
     else:
@@ -42,7 +47,7 @@ def attempt_format(fmt: ProblemFormat, task: str, instruction: str | None, env_g
     if env_given:
         raise ValueError("SCoRe: shot_attempts 2 shows the default two-attempt instruction in the demonstrations; "
                          "with env given, use shot_attempts 1")
-    return fmt.with_instruction(task_instruction(task) if instruction is None else instruction)
+    return fmt.with_instruction(score_instruction(task, instruction))
 
 
 class InstructionSequenceEnv(Environment):

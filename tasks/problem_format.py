@@ -24,6 +24,13 @@ def resolve_prompt(prompt: str | None, task: str) -> str:
     return named_template(prompt, PROMPTS, "problem")
 
 
+def check_shot_attempts(shot_attempts: int) -> int:
+    """``shot_attempts`` when it is 1 (each demonstration one exchange) or 2 (the whole two-attempt exchange)."""
+    if shot_attempts not in (1, 2):
+        raise ValueError(f"shot_attempts must be 1 or 2, got {shot_attempts!r}")
+    return shot_attempts
+
+
 @dataclass
 class ProblemFormat:
     """How a problem is shown at the first attempt: ``prompt`` (a ``PROMPTS`` name, a literal template, or
@@ -42,8 +49,7 @@ class ProblemFormat:
     instruction: str | None = None
 
     def __post_init__(self):
-        if self.shot_attempts not in (1, 2):
-            raise ValueError(f"ProblemFormat: shot_attempts must be 1 or 2, got {self.shot_attempts!r}")
+        check_shot_attempts(self.shot_attempts)
 
     def with_instruction(self, instruction: str) -> ProblemFormat:
         """This format with the two-attempt instruction its two-attempt demonstrations show."""

@@ -41,8 +41,8 @@ MUTATIONS += [
      "old": "return ProblemFormat(hp.prompt, tuple(self.shots), hp.chat, shot_attempts=hp.shot_attempts)",
      "new": "return ProblemFormat(hp.prompt, tuple(self.shots), hp.chat)", "tests": TESTBED},
     {"name": "shots_show_the_tasks_instruction_not_the_modules", "file": "rl/self_correction.py",
-     "old": "return fmt.with_instruction(task_instruction(task) if instruction is None else instruction)",
-     "new": "return fmt.with_instruction(task_instruction(task))", "tests": TESTBED},
+     "old": "return fmt.with_instruction(score_instruction(task, instruction))",
+     "new": "return fmt.with_instruction(score_instruction(task))", "tests": TESTBED},
     {"name": "module_instruction_not_passed_to_the_format", "file": "lightning_modules/score.py",
      "old": "self.task, self.instruction,\n", "new": "self.task, None,\n", "tests": TESTBED},
 ]
