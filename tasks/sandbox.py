@@ -115,6 +115,7 @@ class Sandbox:
         self.python = python or sys.executable
         self._procs: list[subprocess.Popen | None] = [None] * workers
         self._scratch: list[str | None] = [None] * workers
+        self._stderr: list = [None] * workers  # each worker's (and zygote's) stderr: its last words if it dies
         self.isolation: list[dict] = [{} for _ in range(workers)]
         self._lock = threading.Lock()
         for i in range(workers):  # start now: a refused mode is an error at construction, not mid-training
@@ -128,7 +129,7 @@ class Sandbox:
         os.chmod(self._scratch[i], 0o711)
         config = {"limits": asdict(self.limits), "uid": self.base_uid + i, "mode": self.mode,
                   "cgroup": self._cgroup(i), "scratch": self._scratch[i]}
-        stderr = tempfile.TemporaryFile()  # a worker's (and its zygote's) last words, shown if it fails to start
+        stderr = self._stderr[i] = tempfile.TemporaryFile()  # shown if the worker fails to start or dies
         proc = subprocess.Popen([self.python, "-I", WORKER, "--worker", json.dumps(config)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
                                 env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"},
@@ -139,14 +140,37 @@ class Sandbox:
             hello = {"error": f"{type(e).__name__}: {e}"}
         if not hello.get("ready"):
             self._procs[i] = proc
+            try:
+                proc.wait(timeout=1.0)  # let it finish its last words
+            except subprocess.TimeoutExpired:
+                pass
+            tail = self._last_words(i, 2000)
             self._kill(i)
-            stderr.seek(0)
-            tail = stderr.read()[-2000:].decode(errors="replace").strip()
             raise RuntimeError(f"sandbox worker {i} refused to start: {hello.get('error')}"
                                + (f"\nworker stderr:\n{tail}" if tail else ""))
-        stderr.close()  # the worker keeps its own descriptor of the file
         self.isolation[i] = {k: hello[k] for k in ("mode", "uid", "cgroup", "seccomp")}
         return proc
+
+    def _last_words(self, i: int, chars: int) -> str:
+        """The tail of worker ``i``'s stderr (a traceback, the zygote's error)."""
+        f = self._stderr[i]
+        if f is None:
+            return ""
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 4 * chars))
+        return f.read().decode(errors="replace").strip()[-chars:]
+
+    def _death(self, i: int) -> str:
+        """How worker ``i`` ended, for a job it did not answer: its exit status (a signal by name: SIGKILL from
+        the OOM killer, say) and the tail of its stderr."""
+        proc = self._procs[i]
+        try:
+            code = proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            return "; the worker is still running"
+        how = f"killed by {signal.Signals(-code).name}" if -code in signal.valid_signals() else f"exit status {code}"
+        tail = self._last_words(i, 300)
+        return f"; worker {how}" + (f"; its stderr: {tail}" if tail else "")
 
     def _kill(self, i: int) -> None:
         proc, self._procs[i] = self._procs[i], None
@@ -162,6 +186,9 @@ class Sandbox:
         if self._scratch[i] is not None:
             shutil.rmtree(self._scratch[i], ignore_errors=True)
             self._scratch[i] = None
+        if self._stderr[i] is not None:
+            self._stderr[i].close()
+            self._stderr[i] = None
 
     def _run_one(self, i: int, job: dict) -> ExecResult:
         if self._procs[i] is None or self._procs[i].poll() is not None:
@@ -175,8 +202,9 @@ class Sandbox:
             return ExecResult(r["status"] == "passed", str(r["status"]), [t is True for t in r["tests"]],
                               str(r.get("detail", "")), float(r.get("seconds", 0.0)))
         except Exception as e:  # noqa: BLE001 - the worker is in an unknown state: replace it
+            died = self._death(i) if isinstance(e, EOFError) else ""
             self._kill(i)
-            return ExecResult(False, "error", [False] * len(job["tests"]), f"sandbox worker failed: {e}")
+            return ExecResult(False, "error", [False] * len(job["tests"]), f"sandbox worker failed: {e}{died}")
 
     def run(self, jobs: Sequence[dict]) -> list[ExecResult]:
         """Check every job: ``{"program": str, "tests": [str, ...], "prelude": str (optional trusted imports),

@@ -190,58 +190,85 @@ def program_names(tests: Sequence[str], trusted: dict, shadow: Sequence[str]) ->
 WATCH_S = 0.05  # how often the job's deadline and its tree's CPU time are checked while tests run
 
 
-def run_tests(fd: int, job: dict, deadline: float, reply_limit: int,
-              over_cpu=lambda: False) -> tuple[list[bool], str]:
-    """Send the program, build the trusted namespace, run each test; (per-test pass, first failure)."""
-    ch = Channel(fd, deadline, reply_limit)
-    fail = [False] * len(job["tests"])
+class Watch:
+    """The SIGALRM handler of a test run: raises :class:`Deadline` once the job's wall time or its tree's CPU
+    time is over, at most once, and never after :meth:`disarm` (so neither the handler of that Deadline nor
+    the cleanup after it can be interrupted by another one)."""
 
-    def watch(signum, frame):
-        if time.monotonic() >= deadline:
+    def __init__(self, deadline: float, over_cpu):
+        self.deadline, self.over_cpu, self.live = deadline, over_cpu, True
+
+    def __call__(self, signum, frame):
+        if not self.live:
+            return
+        if time.monotonic() >= self.deadline:
+            self.live = False
             raise Deadline("wall time exceeded while testing")
-        if over_cpu():
+        if self.over_cpu():
+            self.live = False
             raise Deadline("CPU time of the job's processes exceeded while testing")
 
+    def disarm(self) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        self.live = False
+
+
+def run_tests(fd: int, job: dict, deadline: float, reply_limit: int,
+              over_cpu=lambda: False) -> tuple[list[bool], str]:
+    """Send the program, build the trusted namespace, run each test; (per-test pass, first failure).
+    Never raises :class:`Deadline`: the alarm may fire anywhere, also while another error is being handled
+    (a worker that let it escape died and cost the job an "error" instead of its timeout)."""
+    fail = [False] * len(job["tests"])
+    watch = Watch(deadline, over_cpu)
     old = signal.signal(signal.SIGALRM, watch)
     signal.setitimer(signal.ITIMER_REAL, WATCH_S, WATCH_S)
     try:
-        ns: dict = {"__name__": "__test__"}
-        # The same task comes back for every sample of a group: its code is compiled and parsed once.
-        exec(_compiled(job.get("prelude", ""), "<prelude>"), ns)
-        exec(_compiled(job.get("trusted", ""), "<trusted>"), ns)
-        names = program_names(job["tests"], ns, job.get("shadow", ()))
-        calls = json.loads(_literal_calls(tuple(job["tests"]), tuple(names)))
-        # one round trip: load the program, get the names, make the literal calls
-        codec.send(fd, {"program": job["program"], "get": names, "calls": calls, "budget": reply_limit // 2})
-        hello = ch.receive()
-        if hello.get("loaded") is not True:
-            return fail, f"program failed to load: {str(hello.get('error'))[:500]}"
-        ch.store(calls, hello.get("calls"))
-        got = hello.get("got")
-        for name in names:
-            try:
-                ns[name] = ch.unpack(got.get(name) if type(got) is dict else None)
-                if type(ns[name]) is Remote:
-                    ch.named[json.dumps(object.__getattribute__(ns[name], "_ref"), sort_keys=True)] = name
-            except NameError:
-                ns.pop(name, None)  # the test that uses it fails with NameError
-            except Exception as e:  # noqa: BLE001 - the program's own error while looking the name up
-                return fail, f"getting {name!r}: {type(e).__name__}: {str(e)[:300]}"
-        results, detail = [], ""
-        for i, test in enumerate(job["tests"]):
-            try:
-                exec(_compiled(test, f"<test {i}>"), ns)
-                results.append(True)
-            except Exception as e:  # noqa: BLE001 - any failure of a test is a failed test
-                results.append(False)
-                detail = detail or f"test {i}: {type(e).__name__}: {str(e)[:300]}"
         try:
-            codec.send(fd, {"op": "finish"})
-        except OSError:
-            pass
-        return results, detail
-    except (Deadline, RemoteError, OSError) as e:
-        return fail, f"{type(e).__name__}: {str(e)[:300]}"
+            return _run_tests(Channel(fd, deadline, reply_limit), fd, job, reply_limit, fail)
+        except (RemoteError, OSError) as e:
+            return fail, f"{type(e).__name__}: {str(e)[:300]}"
+        finally:
+            watch.disarm()
+    except Deadline as e:  # raised at most once: in the tests, in the handler above or before the disarm
+        return fail, f"Deadline: {e}"
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        watch.disarm()
         signal.signal(signal.SIGALRM, old)
+
+
+def _run_tests(ch: Channel, fd: int, job: dict, reply_limit: int, fail: list[bool]) -> tuple[list[bool], str]:
+    ns: dict = {"__name__": "__test__"}
+    # The same task comes back for every sample of a group: its code is compiled and parsed once.
+    exec(_compiled(job.get("prelude", ""), "<prelude>"), ns)
+    exec(_compiled(job.get("trusted", ""), "<trusted>"), ns)
+    names = program_names(job["tests"], ns, job.get("shadow", ()))
+    calls = json.loads(_literal_calls(tuple(job["tests"]), tuple(names)))
+    # one round trip: load the program, get the names, make the literal calls
+    codec.send(fd, {"program": job["program"], "get": names, "calls": calls, "budget": reply_limit // 2})
+    hello = ch.receive()
+    if hello.get("loaded") is not True:
+        return fail, f"program failed to load: {str(hello.get('error'))[:500]}"
+    ch.store(calls, hello.get("calls"))
+    got = hello.get("got")
+    for name in names:
+        try:
+            ns[name] = ch.unpack(got.get(name) if type(got) is dict else None)
+            if type(ns[name]) is Remote:
+                ch.named[json.dumps(object.__getattribute__(ns[name], "_ref"), sort_keys=True)] = name
+        except NameError:
+            ns.pop(name, None)  # the test that uses it fails with NameError
+        except Exception as e:  # noqa: BLE001 - the program's own error while looking the name up
+            return fail, f"getting {name!r}: {type(e).__name__}: {str(e)[:300]}"
+    results, detail = [], ""
+    for i, test in enumerate(job["tests"]):
+        try:
+            exec(_compiled(test, f"<test {i}>"), ns)
+            results.append(True)
+        except Exception as e:  # noqa: BLE001 - any failure of a test is a failed test
+            results.append(False)
+            detail = detail or f"test {i}: {type(e).__name__}: {str(e)[:300]}"
+    try:
+        codec.send(fd, {"op": "finish"})
+    except OSError:
+        pass
+    return results, detail

@@ -303,4 +303,49 @@ def test_worker_death_is_a_failed_sample_and_the_pool_recovers(sandbox):
     slow = "import time\ndef add(a, b):\n    time.sleep(2)\n    return a + b\n"
     r = sandbox.run([{"program": slow, "tests": ADD_TESTS}] * 2)
     assert [x.status for x in r] == ["error", "error"]
+    assert all("worker killed by SIGKILL" in x.detail for x in r), r  # how it died, to tell OOM from a bug
     assert all(x.passed for x in sandbox.run([{"program": GOOD, "tests": ADD_TESTS}] * 3))
+
+
+@pytest.fixture
+def trusted(monkeypatch):
+    """The worker's job loop module, imported as the worker does (next to its codec)."""
+    monkeypatch.syspath_prepend(str(ROOT / "tasks"))
+    import sandbox_trusted
+    return sandbox_trusted
+
+
+def test_a_deadline_while_another_error_is_handled_is_a_result_not_a_dead_worker(monkeypatch, trusted):
+    """The watch's alarm can fire anywhere, also inside the handler of an earlier error (seen under load: the
+    program gone at its wall time, then the alarm in the handler). The Deadline used to escape run_tests and
+    kill the worker: the job came back "error" instead of its timeout. Here the handler's str(e) raises it."""
+    st = trusted
+    class GoneAtTheDeadline(st.RemoteError):
+        def __str__(self):
+            raise st.Deadline("wall time exceeded while testing")
+
+    def receive(self):
+        raise GoneAtTheDeadline()
+
+    monkeypatch.setattr(st.Channel, "receive", receive)
+    before = signal.getsignal(signal.SIGALRM)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        tests, detail = st.run_tests(ours.fileno(), {"program": GOOD, "tests": ADD_TESTS}, time.monotonic() + 5, 1 << 16)
+    assert tests == [False, False] and detail == "Deadline: wall time exceeded while testing"
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) is before
+
+
+def test_the_watch_raises_its_deadline_once_and_never_after_disarm(trusted):
+    Deadline, Watch = trusted.Deadline, trusted.Watch
+
+    late = Watch(time.monotonic() - 1.0, over_cpu=lambda: False)
+    with pytest.raises(Deadline, match="wall time"):
+        late(signal.SIGALRM, None)
+    assert late(signal.SIGALRM, None) is None  # its handler and the cleanup after it run uninterrupted
+    cpu = Watch(time.monotonic() + 60, over_cpu=lambda: True)
+    with pytest.raises(Deadline, match="CPU time"):
+        cpu(signal.SIGALRM, None)
+    disarmed = Watch(time.monotonic() - 1.0, over_cpu=lambda: True)
+    disarmed.disarm()
+    assert disarmed(signal.SIGALRM, None) is None

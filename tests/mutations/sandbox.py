@@ -55,4 +55,18 @@ MUTATIONS = [
      "old": '    _check(libc.umount2(b"/.old", MNT_DETACH), "umount old root")\n    os.rmdir("/.old")\n',
      "new": "",
      "tests": [f"{H}::test_data_folder_and_repository_are_not_readable"]},
+    # a Deadline fired while another error is handled used to kill the worker (an "error", not a timeout)
+    {"name": "deadline_in_an_error_handler_escapes", "file": TR,
+     "old": "    except Deadline as e:  # raised at most once", "new": "    except RemoteError as e:  # raised at most once",
+     "tests": ["tests/test_sandbox.py::test_a_deadline_while_another_error_is_handled_is_a_result_not_a_dead_worker"]},
+    {"name": "watch_raises_again_after_its_deadline", "file": TR,
+     "old": "            self.live = False\n            raise Deadline(\"wall time", "new": "            raise Deadline(\"wall time",
+     "tests": ["tests/test_sandbox.py::test_the_watch_raises_its_deadline_once_and_never_after_disarm"]},
+    {"name": "watch_still_live_after_disarm", "file": TR,
+     "old": "        signal.setitimer(signal.ITIMER_REAL, 0)\n        self.live = False",
+     "new": "        signal.setitimer(signal.ITIMER_REAL, 0)",
+     "tests": ["tests/test_sandbox.py::test_the_watch_raises_its_deadline_once_and_never_after_disarm"]},
+    {"name": "worker_death_without_its_cause", "file": SB,
+     "old": 'died = self._death(i) if isinstance(e, EOFError) else ""', "new": 'died = ""',
+     "tests": ["tests/test_sandbox.py::test_worker_death_is_a_failed_sample_and_the_pool_recovers"]},
 ]
