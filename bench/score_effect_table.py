@@ -2,6 +2,8 @@
 Acc@t2, Delta, Delta_i->c, Delta_c->i (rl.self_correction.attempt_metrics) and the edit distance between the attempts
 (rl.score.edit_distance_ratio), each with its standard error; then each arm minus the base model, paired over the same
 problems (the standard error of the per-problem difference). A difference under 2 standard errors is no difference.
+Then each trained arm's training diagnostics, per step, from its TensorBoard events (<out>/<arm>/run): the share of
+RLOO groups with a nonzero advantage, the sampled Acc@t1 / Acc@t2 and each attempt's KL to the reference.
 
     .venv/bin/python bench/score_effect_table.py runs/score_effect
 """
@@ -75,9 +77,44 @@ def write_table(out: Path, arms: list[str], names: dict[str, str]) -> str:
             diffs = {c: [a - b for a, b in zip(mine[c], theirs[c])] for c in COLUMNS}
             lines.append(f"| {names[arm]} | {len(ids)} | " + " | ".join("%+.3f (%.3f)" % mean_se(diffs[c]) for c in COLUMNS)
                          + " |")
+    lines += training_diagnostics(out, arms, names)
     text = "\n".join(lines) + "\n"
     (out / "table.md").write_text(text)
     return text
+
+
+DIAGNOSTICS = {"nonzero_advantage_share": "share of groups with a nonzero advantage", "acc_t1": "sampled Acc@t1",
+               "acc_t2": "sampled Acc@t2", "kl_t1": "KL to the reference, attempt 1", "kl_t2": "KL, attempt 2"}
+
+
+def scalars(run: Path) -> dict[str, dict[int, float]]:
+    """``train/<name>`` of DIAGNOSTICS by step, over every events file of a run (a resumed run writes one more;
+    the later file wins a step both have)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    found: dict[str, dict[int, float]] = {}
+    for path in sorted(run.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
+        acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
+        acc.Reload()
+        for name in DIAGNOSTICS:
+            if f"train/{name}" in acc.Tags()["scalars"]:
+                found.setdefault(name, {}).update({e.step: e.value for e in acc.Scalars(f"train/{name}")})
+    return found
+
+
+def training_diagnostics(out: Path, arms: list[str], names: dict[str, str]) -> list[str]:
+    lines = []
+    for arm in arms:
+        found = scalars(out / arm / "run") if (out / arm / "run").is_dir() else {}
+        if not found:
+            continue
+        lines += ["", f"Training of {names[arm]}, per logged step (TensorBoard, {out / arm / 'run'}):", ""]
+        for name, label in DIAGNOSTICS.items():
+            if name in found:
+                steps = [found[name][k] for k in sorted(found[name])]
+                lines.append(f"- {label}: mean {sum(steps) / len(steps):.3f} over {len(steps)} steps; "
+                             + " ".join(f"{v:.3f}" for v in steps))
+    return lines
 
 
 if __name__ == "__main__":

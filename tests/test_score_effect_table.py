@@ -27,3 +27,26 @@ def test_table_standard_errors_and_paired_differences_by_hand(tmp_path):
     # Acc@t1 [0, 1, 0, 0] -> +0.25 (.217); Acc@t2 [1, 1, 0, 0] -> +0.5 (.25); Delta [1, 0, 0, 0] -> +0.25 (.217)
     assert paired[:4] == ["4", "+0.250 (0.217)", "+0.500 (0.250)", "+0.250 (0.217)"]
     assert (tmp_path / "table.md").read_text() == text
+
+
+def test_training_diagnostics_per_step_from_every_events_file_of_a_resumed_run(tmp_path):
+    import os
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from bench.score_effect_table import training_diagnostics
+
+    run = tmp_path / "stage1" / "run"
+    for k, (steps, share) in enumerate((((0, 1), (0.0, 0.25)), ((1, 2), (0.5, 1.0)))):   # resumed at step 1
+        with SummaryWriter(str(run), filename_suffix=f".{k}") as w:
+            for step, v in zip(steps, share):
+                w.add_scalar("train/nonzero_advantage_share", v, step)
+                w.add_scalar("train/kl_t1", v / 10, step)
+        last = max(run.glob("events.out.tfevents.*"), key=lambda p: p.name.endswith(f".{k}"))
+        os.utime(last, (1000 + k, 1000 + k))                    # the resumed file is the later one
+    lines = training_diagnostics(tmp_path, ["base", "stage1"], {"base": "base", "stage1": "Stage I"})
+    assert any("Training of Stage I" in line for line in lines)
+    # step 1 from the later file (0.5, not 0.25): mean of 0, 0.5, 1
+    assert "- share of groups with a nonzero advantage: mean 0.500 over 3 steps; 0.000 0.500 1.000" in lines
+    assert "- KL to the reference, attempt 1: mean 0.050 over 3 steps; 0.000 0.050 0.100" in lines
+    assert not any("sampled Acc@t2" in line for line in lines)   # not logged: not shown

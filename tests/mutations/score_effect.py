@@ -55,4 +55,9 @@ MUTATIONS += [
     {"name": "unpaired_difference_se", "file": "bench/score_effect_table.py",
      "old": "diffs = {c: [a - b for a, b in zip(mine[c], theirs[c])] for c in COLUMNS}",
      "new": "diffs = {c: [a - sum(theirs[c]) / len(theirs[c]) for a in mine[c]] for c in COLUMNS}", "tests": TABLE},
+    {"name": "resumed_run_earlier_file_wins", "file": "bench/score_effect_table.py",
+     "old": 'key=lambda p: p.stat().st_mtime):', "new": 'key=lambda p: -p.stat().st_mtime):', "tests": TABLE},
+    {"name": "diagnostics_first_step_dropped", "file": "bench/score_effect_table.py",
+     "old": "steps = [found[name][k] for k in sorted(found[name])]",
+     "new": "steps = [found[name][k] for k in sorted(found[name])][1:]", "tests": TABLE},
 ]
