@@ -46,6 +46,27 @@ def load(out: Path, arm: str) -> dict[str, dict] | None:
     return {r["id"]: r for r in map(json.loads, path.read_text().splitlines()) if r}
 
 
+ABLATIONS = ("stage2_no_stage1", "stage1_2_alpha0")
+
+
+def paired(recs: dict, ref: str, arms: list[str], names: dict[str, str], title: str) -> list[str]:
+    """Rows of each arm of ``arms`` minus ``ref``, over the problems both have: the mean of the per-problem
+    differences and its standard error. Nothing until ``ref`` and an arm have records."""
+    if not recs.get(ref) or not any(recs.get(a) for a in arms):
+        return []
+    lines = ["", title, "", "| policy | n | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    for arm in arms:
+        r = recs.get(arm)
+        if not r:
+            continue
+        ids = [i for i in r if i in recs[ref]]
+        mine, theirs = per_problem([r[i] for i in ids]), per_problem([recs[ref][i] for i in ids])
+        diffs = {c: [a - b for a, b in zip(mine[c], theirs[c])] for c in COLUMNS}
+        lines.append(f"| {names[arm]} | {len(ids)} | " + " | ".join("%+.3f (%.3f)" % mean_se(diffs[c]) for c in COLUMNS)
+                     + " |")
+    return lines
+
+
 def write_table(out: Path, arms: list[str], names: dict[str, str]) -> str:
     from rl.self_correction import attempt_metrics
 
@@ -64,19 +85,10 @@ def write_table(out: Path, arms: list[str], names: dict[str, str]) -> str:
         assert abs(sum(values["Delta"]) / len(rows) - metrics["delta(t1,t2)"]) < 1e-9
         lines.append(f"| {names[arm]} | {len(rows)} | " + " | ".join("%.3f (%.3f)" % mean_se(values[c]) for c in COLUMNS)
                      + " |")
-    base = recs.get("base")
-    if base:
-        lines += ["", "Each arm minus the base model, paired over the problems both have (difference (standard error)):",
-                  "", "| policy | n | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
-        for arm in arms:
-            r = recs[arm]
-            if arm == "base" or not r:
-                continue
-            ids = [i for i in r if i in base]
-            mine, theirs = per_problem([r[i] for i in ids]), per_problem([base[i] for i in ids])
-            diffs = {c: [a - b for a, b in zip(mine[c], theirs[c])] for c in COLUMNS}
-            lines.append(f"| {names[arm]} | {len(ids)} | " + " | ".join("%+.3f (%.3f)" % mean_se(diffs[c]) for c in COLUMNS)
-                         + " |")
+    lines += paired(recs, "base", [a for a in arms if a != "base"], names,
+                    "Each arm minus the base model, paired over the problems both have (difference (standard error)):")
+    lines += paired(recs, "stage1_2", [a for a in ABLATIONS if a in arms], names,
+                    "Each ablation minus Stage I + II (prediction 4: both Deltas lower), paired the same way:")
     lines += training_diagnostics(out, arms, names)
     text = "\n".join(lines) + "\n"
     (out / "table.md").write_text(text)

@@ -50,3 +50,18 @@ def test_training_diagnostics_per_step_from_every_events_file_of_a_resumed_run(t
     assert "- share of groups with a nonzero advantage: mean 0.500 over 3 steps; 0.000 0.500 1.000" in lines
     assert "- KL to the reference, attempt 1: mean 0.050 over 3 steps; 0.000 0.050 0.100" in lines
     assert not any("sampled Acc@t2" in line for line in lines)   # not logged: not shown
+
+
+def test_each_ablation_minus_stage_one_and_two_paired_by_hand(tmp_path):
+    arms = {"base": records([0, 0, 0, 0], [0, 0, 0, 0], ["ab"] * 4),
+            "stage1_2": records([0, 1, 0, 1], [1, 1, 0, 1], ["ab"] * 4),           # Delta [1, 0, 0, 0]
+            "stage1_2_alpha0": records([0, 1, 1, 1], [0, 0, 1, 1], ["ab"] * 4)}    # Delta [0, -1, 0, 0]
+    for arm, recs in arms.items():
+        (tmp_path / f"{arm}.attempts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    names = {"base": "base", "stage1_2": "S12", "stage2_no_stage1": "noS1", "stage1_2_alpha0": "a0"}
+    text = write_table(tmp_path, list(names), names)
+    section = text.split("Each ablation minus Stage I + II")[1]
+    row = [line for line in section.splitlines() if line.startswith("| a0 |")][0].split(" | ")[1:]
+    # alpha 0 minus S12 per problem: Acc@t1 [0, 0, 1, 0] -> +0.25 (.217); Delta [-1, -1, 0, 0] -> -0.5 (.25)
+    assert row[0] == "4" and row[1] == "+0.250 (0.217)" and row[3] == "-0.500 (0.250)"
+    assert "| noS1 |" not in section   # no records: no row

@@ -60,4 +60,7 @@ MUTATIONS += [
     {"name": "diagnostics_first_step_dropped", "file": "bench/score_effect_table.py",
      "old": "steps = [found[name][k] for k in sorted(found[name])]",
      "new": "steps = [found[name][k] for k in sorted(found[name])][1:]", "tests": TABLE},
+    {"name": "ablation_rows_against_the_base", "file": "bench/score_effect_table.py",
+     "old": 'lines += paired(recs, "stage1_2", [a for a in ABLATIONS', "new": 'lines += paired(recs, "base", [a for a in ABLATIONS',
+     "tests": TABLE},
 ]
